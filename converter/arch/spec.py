@@ -1,0 +1,181 @@
+"""Resolve a model's config.json against the family tables into a concrete ArchSpec.
+
+The ArchSpec says, for this particular model, which tensors must exist, their exact shapes and
+which axes a plan cuts. It is checked against the checkpoint headers before anything is written,
+so a config that disagrees with its weights is caught up front, not halfway through an export.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from converter.arch.families import FAMILIES
+from converter.errors import ConvertError
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+LIMITS = {"vocab": 16_777_216, "hidden": 1_048_576, "ffn": 4_194_304, "layers": 4096, "heads": 4096,
+          "kv_heads": 4096, "head_dim": 65_536}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The named dimensions that shapes in the family tables refer to."""
+
+    vocab: int
+    hidden: int
+    ffn: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    def size(self, dim: str) -> int:
+        derived = {"q_dim": self.heads * self.head_dim, "kv_dim": self.kv_heads * self.head_dim}
+        return derived[dim] if dim in derived else getattr(self, dim)
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """One tensor the architecture expects, with its role and named dimensions."""
+
+    name: str
+    role: str
+    dims: tuple[str, ...]
+    layer: int | None
+    required: bool
+
+    def shape(self, dims: ModelDims) -> tuple[int, ...]:
+        return tuple(dims.size(d) for d in self.dims)
+
+    def axis(self, dim: str) -> int | None:
+        """Which axis a plan cuts for `dim` ("vocab" or "ffn"), if any."""
+        return self.dims.index(dim) if dim in self.dims else None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A supported model as data: family, dimensions, tied embeddings, expected tensors, quirks."""
+
+    family: str
+    architecture: str
+    model_type: str
+    dims: ModelDims
+    tied_embeddings: bool
+    slots: tuple[TensorSlot, ...]
+    quirks: frozenset[str]
+    config: Mapping[str, Any] = field(repr=False, hash=False, compare=False)
+
+    def slot(self, name: str) -> TensorSlot | None:
+        return self._by_name().get(name)
+
+    def _by_name(self) -> dict[str, TensorSlot]:
+        cache = self.__dict__.get("_slot_cache")
+        if cache is None:
+            cache = {s.name: s for s in self.slots}
+            object.__setattr__(self, "_slot_cache", cache)
+        return cache
+
+    def has_quirk(self, quirk: str) -> bool:
+        return quirk in self.quirks
+
+
+def supported_architectures() -> list[str]:
+    return sorted(a for fam in FAMILIES.values() for a in fam["architectures"])  # type: ignore[attr-defined]
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """Parse config.json, refusing a missing, oversized or non-object file."""
+    path = folder / "config.json"
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConvertError("is implausibly large for a model config", path)
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError("is missing; a Hugging Face model folder needs its config.json", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
+    if not isinstance(raw, dict):
+        raise ConvertError("is not a JSON object", path)
+    return raw
+
+
+def _family_of(config: Mapping[str, Any], path: Path) -> tuple[str, str]:
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    model_type = config.get("model_type")
+    for name, fam in FAMILIES.items():
+        if arch in fam["architectures"]:  # type: ignore[operator]
+            return name, arch
+    for name, fam in FAMILIES.items():
+        if arch is None and model_type in fam["model_types"]:  # type: ignore[operator]
+            return name, fam["architectures"][0]  # type: ignore[index]
+    shown = arch or model_type or "no 'architectures' or 'model_type'"
+    raise ConvertError(f"architecture {shown!r} is not supported; supported: {', '.join(supported_architectures())}",
+                       path)
+
+
+def _positive_int(config: Mapping[str, Any], key: str, limit: int, path: Path, default: object = None) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+        raise ConvertError(f"'{key}' must be a positive integer no larger than {limit}, got {value!r}", path)
+    return value
+
+
+def dims_from_config(config: Mapping[str, Any], path: Path) -> ModelDims:
+    heads = _positive_int(config, "num_attention_heads", LIMITS["heads"], path)
+    hidden = _positive_int(config, "hidden_size", LIMITS["hidden"], path)
+    head_dim = config.get("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise ConvertError(f"hidden_size {hidden} is not divisible by num_attention_heads {heads}", path)
+        head_dim = hidden // heads
+    return ModelDims(
+        vocab=_positive_int(config, "vocab_size", LIMITS["vocab"], path),
+        hidden=hidden,
+        ffn=_positive_int(config, "intermediate_size", LIMITS["ffn"], path),
+        layers=_positive_int(config, "num_hidden_layers", LIMITS["layers"], path),
+        heads=heads,
+        kv_heads=_positive_int(config, "num_key_value_heads", LIMITS["kv_heads"], path, default=heads),
+        head_dim=_positive_int({"head_dim": head_dim}, "head_dim", LIMITS["head_dim"], path),
+    )
+
+
+def _slots(family: Mapping[str, Any], dims: ModelDims, tied: bool) -> tuple[TensorSlot, ...]:
+    slots: list[TensorSlot] = []
+    for templates, required in ((family["tensors"], True), (family["optional_tensors"], False)):
+        for template, role, shape in templates:
+            layers = range(dims.layers) if "{layer}" in template else [None]
+            for layer in layers:
+                name = template.format(layer=layer) if layer is not None else template
+                slots.append(TensorSlot(name, role, tuple(shape), layer, required and not (tied and role == "lm_head")))
+    return tuple(slots)
+
+
+def resolve_arch(config: Mapping[str, Any], path: Path) -> ArchSpec:
+    """Turn a parsed config.json into an ArchSpec, or raise a ConvertError naming the problem."""
+    family_name, arch = _family_of(config, path)
+    family = FAMILIES[family_name]
+    dims = dims_from_config(config, path)
+    tied = config.get("tie_word_embeddings", family_name.startswith("gemma"))
+    if not isinstance(tied, bool):
+        raise ConvertError(f"'tie_word_embeddings' must be true or false, got {tied!r}", path)
+    params = sum(math.prod(s.shape(dims)) for s in _slots(family, dims, tied))
+    if params > 10**13:
+        raise ConvertError(f"describes {params:.3g} parameters, which is absurd; the config is corrupt", path)
+    return ArchSpec(family_name, arch, str(config.get("model_type", "")), dims, tied,
+                    _slots(family, dims, tied), frozenset(family["quirks"]), config)  # type: ignore[arg-type]
+
+
+def load_arch(folder: Path) -> ArchSpec:
+    """Read `folder/config.json` and resolve it."""
+    return resolve_arch(read_config(folder), folder / "config.json")
+
+
+def is_ignored_tensor(name: str) -> bool:
+    """Buffers some old checkpoints saved that carry no weights (transformers drops them too)."""
+    return name.endswith(IGNORED_SUFFIXES)

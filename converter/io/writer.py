@@ -1,0 +1,100 @@
+"""ShardWriter: stream tensors into one safetensors file without holding them.
+
+`safetensors.save_file` wants every tensor of a shard in memory at once. Because a prune plan
+fixes every output shape in advance, the header can be written first and each tensor's bytes
+appended as the pruned stream yields them, so memory stays at one tensor whatever the shard size.
+The writer checks that tensors arrive in the declared order with the declared size.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import numpy as np
+
+from converter.io.header import DTYPE_SIZES
+
+
+@dataclass(frozen=True)
+class DeclaredTensor:
+    """A tensor the writer expects: name, safetensors dtype and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+class ShardWriter:
+    """Writes one safetensors file: declare all tensors up front, then `write` each in order.
+
+    Use as a context manager; `finalize()` (called on a clean exit) checks every tensor arrived
+    and fsyncs. Writing out of order, twice, with the wrong size, or after finalizing is an error.
+    """
+
+    def __init__(self, path: Path, tensors: list[DeclaredTensor], metadata: dict[str, str] | None = None) -> None:
+        self.path = path
+        self._declared = tensors
+        self._metadata = metadata or {"format": "pt"}
+        self._next = 0
+        self._file: BinaryIO | None = None
+        self._finalized = False
+
+    def header_bytes(self) -> bytes:
+        header: dict[str, object] = {"__metadata__": self._metadata}
+        offset = 0
+        for t in self._declared:
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        return len(blob).to_bytes(8, "little") + blob
+
+    def __enter__(self) -> ShardWriter:
+        if self._file is not None or self._finalized:
+            raise RuntimeError("ShardWriter can be entered only once")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in finalize/__exit__
+        self._file.write(self.header_bytes())
+        return self
+
+    def write(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
+        """Append the bytes of the next declared tensor."""
+        if self._file is None or self._finalized:
+            raise RuntimeError("ShardWriter.write called outside an open writer")
+        if self._next >= len(self._declared):
+            raise RuntimeError(f"tensor '{name}' was not declared for {self.path.name}")
+        expected = self._declared[self._next]
+        if name != expected.name:
+            raise RuntimeError(f"tensor '{name}' written out of order; {self.path.name} expects '{expected.name}' next")
+        view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+        if view.nbytes != expected.nbytes:
+            raise RuntimeError(f"tensor '{name}' has {view.nbytes} bytes, declared {expected.nbytes}")
+        self._file.write(view)
+        self._next += 1
+
+    def finalize(self) -> Path:
+        if self._file is None or self._finalized:
+            raise RuntimeError("ShardWriter.finalize called twice or before entering")
+        if self._next != len(self._declared):
+            missing = self._declared[self._next].name
+            raise RuntimeError(f"{self.path.name} is incomplete: tensor '{missing}' was never written")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._finalized = True
+        return self.path
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None and not self._finalized:
+            self.finalize()
+        elif self._file is not None and not self._file.closed:
+            self._file.close()

@@ -1,0 +1,148 @@
+"""PrunePlan: the frozen, versioned, human-editable description of what to keep.
+
+A plan lists the original token ids and, per layer, the original FFN channel indices that
+survive. New ids are the kept ids in order (new id i is old id kept_token_ids[i]), so the plan
+is also the id map. It is a pure value: scores and a budget make one, exporters only read it,
+and it is validated against the checkpoint headers before a byte of output is written.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from converter.arch import ArchSpec
+from converter.errors import ConvertError
+
+FORMAT_VERSION = 1
+MAX_PLAN_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Kept token ids and kept FFN channels per layer, all as original indices, sorted."""
+
+    kept_token_ids: tuple[int, ...]
+    kept_ffn_channels: tuple[tuple[int, ...], ...]
+    source_fingerprint: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def identity(cls, spec: ArchSpec, fingerprint: str | None = None) -> PrunePlan:
+        """A plan that keeps everything: the rewrite must reproduce the input bit for bit."""
+        channels = tuple(range(spec.dims.ffn))
+        return cls(tuple(range(spec.dims.vocab)), tuple(channels for _ in range(spec.dims.layers)), fingerprint,
+                   {"method": "identity"})
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.kept_token_ids)
+
+    @property
+    def intermediate_size(self) -> int:
+        return len(self.kept_ffn_channels[0]) if self.kept_ffn_channels else 0
+
+    def with_tokens(self, kept_token_ids: Sequence[int], **metadata: Any) -> PrunePlan:
+        """The same plan with a different (e.g. tokenizer-expanded) keep set."""
+        return replace(self, kept_token_ids=tuple(sorted(kept_token_ids)), metadata={**self.metadata, **metadata})
+
+    def keeps_all_tokens(self, vocab: int) -> bool:
+        return self.kept_token_ids == tuple(range(vocab))
+
+    def validate(self, spec: ArchSpec, fingerprint: str | None, path: Path | str = "prune_plan.json") -> None:
+        """Check the plan fits the model whose headers gave `spec`; raise ConvertError if not."""
+        if self.source_fingerprint is not None and fingerprint is not None and self.source_fingerprint != fingerprint:
+            raise ConvertError(f"source_fingerprint {self.source_fingerprint} does not match the checkpoint "
+                               f"({fingerprint}); the plan was made for another model", path)
+        _check_ids(self.kept_token_ids, spec.dims.vocab, "kept_token_ids", "vocab_size", path)
+        if len(self.kept_ffn_channels) != spec.dims.layers:
+            raise ConvertError(f"kept_ffn_channels has {len(self.kept_ffn_channels)} layers but the model has "
+                               f"{spec.dims.layers}", path)
+        counts = {len(c) for c in self.kept_ffn_channels}
+        if len(counts) != 1:
+            raise ConvertError(f"kept_ffn_channels keeps {min(counts)} to {max(counts)} channels per layer; every "
+                               "layer must keep the same number so the result has one intermediate_size", path)
+        for layer, channels in enumerate(self.kept_ffn_channels):
+            _check_ids(channels, spec.dims.ffn, f"kept_ffn_channels[{layer}]", "intermediate_size", path)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "vocab_size": self.vocab_size,
+            "intermediate_size": self.intermediate_size,
+            "kept_token_ids": list(self.kept_token_ids),
+            "kept_ffn_channels": [list(c) for c in self.kept_ffn_channels],
+            "metadata": dict(self.metadata),
+        }
+        if self.source_fingerprint is not None:
+            out["source_fingerprint"] = self.source_fingerprint
+        return out
+
+    def save(self, path: Path) -> Path:
+        lines = json.dumps(self.to_json(), separators=(",", ":"))
+        path.write_text(_pretty(self.to_json()) if len(lines) < 2_000_000 else lines, encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_json(cls, raw: object, path: Path | str = "prune_plan.json") -> PrunePlan:
+        if not isinstance(raw, dict):
+            raise ConvertError("is not a JSON object", path)
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ConvertError(f"format_version must be {FORMAT_VERSION}, got {raw.get('format_version')!r}", path)
+        tokens = _int_list(raw.get("kept_token_ids"), "kept_token_ids", path)
+        layers = raw.get("kept_ffn_channels")
+        if not isinstance(layers, list) or not layers:
+            raise ConvertError("kept_ffn_channels must be a non-empty list with one list of channels per layer", path)
+        channels = tuple(tuple(sorted(_int_list(c, f"kept_ffn_channels[{i}]", path))) for i, c in enumerate(layers))
+        fingerprint = raw.get("source_fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise ConvertError("source_fingerprint must be a string", path)
+        metadata = raw.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ConvertError("metadata must be an object", path)
+        return cls(tuple(sorted(tokens)), channels, fingerprint, metadata)
+
+    @classmethod
+    def load(cls, path: Path) -> PrunePlan:
+        try:
+            if path.stat().st_size > MAX_PLAN_BYTES:
+                raise ConvertError("is implausibly large for a prune plan", path)
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConvertError("does not exist", path) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ConvertError(f"cannot be parsed as a prune plan ({type(exc).__name__}: {exc})", path) from exc
+        return cls.from_json(raw, path)
+
+
+def _pretty(obj: dict[str, Any]) -> str:
+    """Indented JSON with each id list on one line: readable, diffable, and not a million lines long."""
+    parts = []
+    for key, value in obj.items():
+        if key == "kept_ffn_channels":
+            body = ",\n".join("    " + json.dumps(v, separators=(",", ":")) for v in value)
+            parts.append(f'  "{key}": [\n{body}\n  ]')
+        elif key == "metadata":
+            parts.append(f'  "{key}": ' + json.dumps(value, indent=2).replace("\n", "\n  "))
+        else:
+            parts.append(f'  "{key}": ' + json.dumps(value, separators=(",", ":")))
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def _int_list(value: object, key: str, path: Path | str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ConvertError(f"{key} must be a list of integers", path)
+    return value
+
+
+def _check_ids(ids: Sequence[int], limit: int, key: str, what: str, path: Path | str) -> None:
+    if not ids:
+        raise ConvertError(f"{key} keeps nothing; a model needs at least one entry", path)
+    if ids[0] < 0 or ids[-1] >= limit:
+        bad = ids[0] if ids[0] < 0 else ids[-1]
+        raise ConvertError(f"{key} contains {bad}, outside 0..{limit - 1} (the model's {what})", path)
+    for a, b in zip(ids, ids[1:]):
+        if a == b:
+            raise ConvertError(f"{key} lists {a} twice", path)

@@ -1,0 +1,153 @@
+"""PrunedCheckpoint: the source checkpoint seen through a plan, one tensor at a time.
+
+Nothing is materialised up front. `planned()` lists every output tensor with its final shape
+(so writers can lay out headers first); `raw_tensors()` then yields each tensor's bytes, reading
+only the kept rows of row-pruned tensors and passing untouched tensors through as zero-copy views
+of the memory map. Bytes are sliced without reinterpretation, so every dtype (bf16 included)
+survives bit for bit.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from converter.arch import ArchSpec, check_against, is_ignored_tensor
+from converter.arch.spec import ModelDims, TensorSlot
+from converter.io import Checkpoint, TensorInfo
+from converter.plan import PrunePlan
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+CONFIG_KEYS_DROPPED = ("auto_map", "quantization_config", "_name_or_path")
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: its name and final shape, and how it is cut from its source."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    source: TensorInfo
+    role: str | None
+    axis: int | None
+    keep: tuple[int, ...] | None
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.source.itemsize
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Reinterpret raw little-endian bytes as a torch tensor (copies, so the result is writable)."""
+    flat = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(-1))
+    return flat.view(TORCH_DTYPES[dtype]).reshape(shape)
+
+
+class PrunedCheckpoint:
+    """A Checkpoint, its ArchSpec and a validated PrunePlan, streamed as pruned tensors."""
+
+    def __init__(self, ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
+        check_against(spec, ckpt)
+        plan.validate(spec, ckpt.fingerprint() if plan.source_fingerprint else None)
+        self.source = ckpt
+        self.spec = spec
+        self.plan = plan
+        self._planned = self._plan_tensors()
+
+    @property
+    def dims(self) -> ModelDims:
+        """Dimensions of the pruned model."""
+        d = self.spec.dims
+        return ModelDims(self.plan.vocab_size, d.hidden, self.plan.intermediate_size, d.layers, d.heads,
+                         d.kv_heads, d.head_dim)
+
+    def _cut(self, slot: TensorSlot | None) -> tuple[int | None, tuple[int, ...] | None]:
+        if slot is None:
+            return None, None
+        for dim, keep in (("vocab", self.plan.kept_token_ids), ("ffn", None)):
+            axis = slot.axis(dim)
+            if axis is None:
+                continue
+            if dim == "ffn":
+                keep = self.plan.kept_ffn_channels[slot.layer or 0]
+            return axis, keep
+        return None, None
+
+    def _plan_tensors(self) -> list[PlannedTensor]:
+        out = []
+        for info in sorted(self.source, key=lambda t: (str(t.file), t.start)):
+            if is_ignored_tensor(info.name):
+                continue
+            slot = self.spec.slot(info.name)
+            axis, keep = self._cut(slot)
+            shape = list(info.shape)
+            if axis is not None and keep is not None:
+                shape[axis] = len(keep)
+            out.append(PlannedTensor(info.name, info.dtype, tuple(shape), info, slot.role if slot else None, axis,
+                                     keep))
+        return out
+
+    def planned(self) -> list[PlannedTensor]:
+        """Every output tensor, in source-file order, with its final shape."""
+        return list(self._planned)
+
+    def read(self, planned: PlannedTensor) -> np.ndarray:
+        """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8."""
+        src = planned.source
+        if planned.axis is None or planned.keep is None or planned.shape == src.shape:
+            data = self.source.raw(src.name)
+        elif planned.axis == 0:
+            data = self.source.raw_rows(src.name, planned.keep)
+        elif planned.axis == 1 and len(src.shape) == 2:
+            data = self.source.raw_cols(src.name, planned.keep)
+        else:
+            raise ValueError(f"cannot cut axis {planned.axis} of {src.name}")
+        return data.reshape(*planned.shape, src.itemsize)
+
+    def raw_tensors(self) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
+        """Yield (planned tensor, bytes) one at a time; untouched tensors are views, not copies."""
+        for planned in self._planned:
+            yield planned, self.read(planned)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, torch tensor) one at a time, in the source dtype."""
+        for planned, data in self.raw_tensors():
+            yield planned.name, raw_to_torch(data, planned.dtype, planned.shape)
+
+    def new_config(self) -> dict[str, Any]:
+        """config.json of the pruned model: new sizes, and no keys that would run or load foreign code."""
+        config = copy.deepcopy(dict(self.spec.config))
+        for key in CONFIG_KEYS_DROPPED:
+            config.pop(key, None)
+        config["vocab_size"] = self.plan.vocab_size
+        config["intermediate_size"] = self.plan.intermediate_size
+        return config
+
+    def summary(self) -> dict[str, int]:
+        """Counts for --dry-run and reports: tensors, parameters and bytes before and after."""
+        kept = [p for p in self._planned]
+        return {
+            "tensors": len(kept),
+            "params_before": sum(math.prod(p.source.shape) for p in kept),
+            "params_after": sum(p.numel for p in kept),
+            "bytes_before": sum(p.source.nbytes for p in kept),
+            "bytes_after": sum(p.nbytes for p in kept),
+            "vocab_before": self.spec.dims.vocab,
+            "vocab_after": self.plan.vocab_size,
+            "ffn_before": self.spec.dims.ffn,
+            "ffn_after": self.plan.intermediate_size,
+        }

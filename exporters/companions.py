@@ -1,0 +1,102 @@
+"""The files every export carries beside its weights: tokenizer, configs and the plan.
+
+All formats ship the same rewritten tokenizer and the plan, so a user (or another tool) can
+map ids between the original and the pruned model whatever runtime they use.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from converter.errors import ConvertError
+from converter.prune import PrunedCheckpoint
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "added_tokens.json")
+SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "unk_token_id",
+                   "sep_token_id", "mask_token_id")
+
+
+def _copy_inside(src: Path, folder: Path, out_dir: Path) -> Path | None:
+    if not src.is_file():
+        return None
+    if not src.resolve().is_relative_to(folder.resolve()):
+        raise ConvertError("is a link that leads outside the model folder; refusing to read it", src)
+    dest = out_dir / src.name
+    shutil.copyfile(src, dest)
+    return dest
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from the model folder, or None if the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
+    if not isinstance(raw, dict):
+        raise ConvertError("is not a JSON object", path)
+    return raw
+
+
+def remap_ids(config: dict[str, Any], old_to_new: dict[int, int] | None, path: Path) -> dict[str, Any]:
+    """Translate special token ids (an id may be a list) into the pruned vocabulary."""
+    if old_to_new is None:
+        return config
+    out = dict(config)
+
+    def one(key: str, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, int) or value not in old_to_new:
+            raise ConvertError(f"'{key}' is {value!r}, which the pruned vocabulary does not keep", path)
+        return old_to_new[value]
+
+    for key in SPECIAL_ID_KEYS:
+        if key in out:
+            value = out[key]
+            out[key] = [one(key, v) for v in value] if isinstance(value, list) else one(key, value)
+    return out
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
+                     write_config: bool = True) -> list[Path]:
+    """Tokenizer files, config.json, generation_config.json and prune_plan.json into out_dir.
+
+    `tokenizer` is the TokenizerRewrite whose keep set the plan already carries, or None when the
+    plan keeps every token (then the tokenizer files are copied as they are).
+    """
+    folder = pruned.source.folder
+    written: list[Path] = []
+    keeps_all = pruned.plan.keeps_all_tokens(pruned.spec.dims.vocab)
+    old_to_new = None if keeps_all else {old: new for new, old in enumerate(pruned.plan.kept_token_ids)}
+    if tokenizer is not None:
+        from converter.tokenizer import write_tokenizer
+
+        if tuple(tokenizer.kept_ids) != pruned.plan.kept_token_ids:
+            raise RuntimeError("the tokenizer keep set differs from the plan; expand the plan before pruning")
+        written += write_tokenizer(folder, tokenizer, out_dir)
+    elif keeps_all:
+        for name in TOKENIZER_FILES:
+            copied = _copy_inside(folder / name, folder, out_dir)
+            if copied is not None:
+                written.append(copied)
+    if write_config:
+        written.append(write_json(out_dir / "config.json",
+                                  remap_ids(pruned.new_config(), old_to_new, folder / "config.json")))
+    generation = read_json(folder / "generation_config.json")
+    if generation is None:
+        generation = {k: pruned.spec.config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                      if pruned.spec.config.get(k) is not None}
+    written.append(write_json(out_dir / "generation_config.json",
+                              remap_ids(generation, old_to_new, folder / "generation_config.json")))
+    written.append(pruned.plan.save(out_dir / "prune_plan.json"))
+    return written

@@ -1,0 +1,71 @@
+"""Hugging Face exporter: sharded safetensors + index + configs + tokenizer, streamed.
+
+Shards are laid out like transformers' `save_pretrained` (greedy fill up to max_shard_size, a
+tensor larger than the limit alone in its shard, `model-0000K-of-0000N.safetensors` plus
+`model.safetensors.index.json`, or one `model.safetensors`), so stock `from_pretrained` loads
+the result. Tensor bytes go straight from the source memory map to the output file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from converter.io.writer import DeclaredTensor, ShardWriter
+from converter.prune import PlannedTensor, PrunedCheckpoint
+from exporters.companions import write_companions
+from exporters.options import ExportOptions
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
+    """Greedy shard layout: fill each shard up to the limit; an oversized tensor gets its own."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOptions) -> list[Path]:
+    """Stream every pruned tensor into shards; returns the weight files (and index) written."""
+    shards = plan_shards(pruned.planned(), options.max_shard_size)
+    names = shard_names(len(shards))
+    total = sum(t.nbytes for shard in shards for t in shard)
+    written: list[Path] = []
+    stream = pruned.raw_tensors()
+    with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
+        for name, shard in zip(names, shards):
+            declared = [DeclaredTensor(t.name, t.dtype, t.shape) for t in shard]
+            with ShardWriter(out_dir / name, declared) as writer:
+                for expected in shard:
+                    planned, data = next(stream)
+                    writer.write(planned.name, data)
+                    bar.update(planned.nbytes)
+            written.append(out_dir / name)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {t.name: name for name, shard in zip(names, shards) for t in shard}}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        written.append(out_dir / INDEX_NAME)
+    return written
+
+
+def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+    """Write a Hugging Face model folder for the pruned checkpoint into out_dir."""
+    written = write_weights(pruned, out_dir, options)
+    written += write_companions(pruned, tokenizer, out_dir)
+    return written

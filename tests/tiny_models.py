@@ -1,0 +1,53 @@
+"""Tiny random models of every supported family, built and saved at test time.
+
+Each has hidden size 64, 2 layers and a vocabulary the size of a tiny trained tokenizer, so a
+full export round trip takes a fraction of a second while exercising the real transformers
+classes (biases for Qwen2, q/k norms for Qwen3 and Gemma3, sandwich norms for Gemma2/3, tied
+and untied embeddings).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
+
+
+def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = None, **overrides: object):
+    """A transformers config of `model_type` with tiny, deterministic dimensions."""
+    kwargs: dict[str, object] = dict(
+        hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=vocab_size, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )
+    if model_type in ("gemma2", "gemma3_text"):
+        kwargs["sliding_window"] = 8
+    if tied is not None:
+        kwargs["tie_word_embeddings"] = tied
+    kwargs.update(overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def build_tiny_model(model_type: str, seed: int = 0, vocab_size: int = 2000, tied: bool | None = None,
+                     dtype: torch.dtype = torch.float32, **overrides: object) -> PreTrainedModel:
+    """Random weights, including norms and biases (which start as constants otherwise)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, vocab_size, tied, **overrides))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn_like(param) * 0.2)
+    return model.to(dtype).eval()
+
+
+def save_tiny_model(model: PreTrainedModel, out_dir: Path, max_shard_size: str | int = "5GB",
+                    tokenizer_dir: Path | None = None) -> Path:
+    """save_pretrained plus, optionally, a tokenizer's files copied beside the weights."""
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    if tokenizer_dir is not None:
+        for f in tokenizer_dir.iterdir():
+            if f.is_file():
+                shutil.copyfile(f, out_dir / f.name)
+    return out_dir
