@@ -12,6 +12,8 @@ class ExportOptions:
 
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE
     outtype: str | None = None
+    pre_tokenizer: str | None = None
+    int4_block_size: int = 32
     progress: bool = True
     command_line: str = ""
 

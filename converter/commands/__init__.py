@@ -1,0 +1,1 @@
+"""One module per CLI subcommand; each exposes `run(argv) -> int` and raises ConvertError on bad input."""
