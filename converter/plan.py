@@ -28,6 +28,7 @@ class PrunePlan:
     kept_ffn_channels: tuple[tuple[int, ...], ...]
     source_fingerprint: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def identity(cls, spec: ArchSpec, fingerprint: str | None = None) -> PrunePlan:
@@ -51,8 +52,9 @@ class PrunePlan:
     def keeps_all_tokens(self, vocab: int) -> bool:
         return self.kept_token_ids == tuple(range(vocab))
 
-    def validate(self, spec: ArchSpec, fingerprint: str | None, path: Path | str = "prune_plan.json") -> None:
+    def validate(self, spec: ArchSpec, fingerprint: str | None, path: Path | str | None = None) -> None:
         """Check the plan fits the model whose headers gave `spec`; raise ConvertError if not."""
+        path = path or self.origin or "prune_plan.json"
         if self.source_fingerprint is not None and fingerprint is not None and self.source_fingerprint != fingerprint:
             raise ConvertError(f"source_fingerprint {self.source_fingerprint} does not match the checkpoint "
                                f"({fingerprint}); the plan was made for another model", path)
@@ -102,7 +104,7 @@ class PrunePlan:
         metadata = raw.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ConvertError("metadata must be an object", path)
-        return cls(tuple(sorted(tokens)), channels, fingerprint, metadata)
+        return cls(tuple(sorted(tokens)), channels, fingerprint, metadata, str(path))
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:

@@ -1,0 +1,241 @@
+"""Catalogue of bad inputs: each must fail with exit 2, one line naming the file, nothing written.
+
+Every case starts from a valid tiny model folder and a valid plan, breaks one thing, and runs the
+real CLI entry point in-process. Add a case here for every new error the tool handles.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from converter.cli import main
+from converter.pipeline import open_source
+from converter.plan import PrunePlan
+from tests.tiny_models import build_tiny_model, save_tiny_model
+
+Breaker = Callable[[Path, Path], None]  # (model folder, plan path) -> None
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    breaker: Breaker
+    expect: str  # a fragment the message must contain
+    names: str  # the file (or folder) name the message must name
+    extra_args: tuple[str, ...] = ()
+
+
+def _first_shard(model: Path) -> Path:
+    return sorted(model.glob("*.safetensors"))[0]
+
+
+def _rewrite_header(path: Path, edit: Callable[[dict], None]) -> None:
+    blob = path.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + blob[8 + n:])
+
+
+def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def _edit_index(model: Path, edit: Callable[[dict], None]) -> None:
+    _edit_json(model / "model.safetensors.index.json", edit)
+
+
+def _edit_plan(edit: Callable[[dict], None]) -> Breaker:
+    return lambda model, plan: _edit_json(plan, edit)
+
+
+def _set_config(**values: object) -> Breaker:
+    return lambda model, plan: _edit_json(model / "config.json", lambda c: c.update(values))
+
+
+def _point_first_tensor_at(target: str) -> Breaker:
+    def brk(model: Path, plan: Path) -> None:
+        def edit(index: dict) -> None:
+            first = sorted(index["weight_map"])[0]
+            index["weight_map"][first] = target
+        _edit_index(model, edit)
+    return brk
+
+
+def _symlink_escape(model: Path, plan: Path) -> None:
+    outside = model.parent / "elsewhere.safetensors"
+    shard = _first_shard(model)
+    shard.rename(outside)
+    shard.symlink_to(outside)
+
+
+def _duplicate_across_shards(model: Path, plan: Path) -> None:
+    shards = sorted(model.glob("model-*.safetensors"))
+    victim = json.loads(shards[0].read_bytes()[8:8 + struct.unpack("<Q", shards[0].read_bytes()[:8])[0]])
+    name = next(k for k in victim if k != "__metadata__")
+    def edit(header: dict) -> None:
+        entry = dict(victim[name])
+        data_end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        size = entry["data_offsets"][1] - entry["data_offsets"][0]
+        entry["data_offsets"] = [data_end, data_end + size]
+        header[name] = entry
+    _rewrite_header(shards[1], edit)
+    with shards[1].open("ab") as f:
+        f.write(b"\0" * (victim[name]["data_offsets"][1] - victim[name]["data_offsets"][0]))
+
+
+def _pickle_only(model: Path, plan: Path) -> None:
+    for f in model.glob("*.safetensors*"):
+        f.unlink()
+    (model / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+
+
+def _truncate(model: Path, plan: Path) -> None:
+    shard = _first_shard(model)
+    shard.write_bytes(shard.read_bytes()[:-100])
+
+
+CASES = [
+    Case("config-missing", lambda m, p: (m / "config.json").unlink(), "config.json", "config.json"),
+    Case("config-not-json", lambda m, p: (m / "config.json").write_text("{oops"), "cannot be parsed", "config.json"),
+    Case("config-not-object", lambda m, p: (m / "config.json").write_text("[1, 2]"), "not a JSON object",
+         "config.json"),
+    Case("unsupported-architecture", _set_config(architectures=["BertForMaskedLM"], model_type="bert"),
+         "is not supported; supported:", "config.json"),
+    Case("config-negative-size", _set_config(hidden_size=-64), "hidden_size", "config.json"),
+    Case("config-string-size", _set_config(num_hidden_layers="2"), "num_hidden_layers", "config.json"),
+    Case("config-billions-of-layers", _set_config(num_hidden_layers=2_000_000_000), "num_hidden_layers",
+         "config.json"),
+    Case("config-shape-mismatch", _set_config(intermediate_size=128), "config.json implies", "safetensors"),
+    Case("no-safetensors", lambda m, p: [f.unlink() for f in m.glob("*.safetensors*")], "no .safetensors", "in"),
+    Case("pickle-only", _pickle_only, "never unpickles", "in"),
+    Case("header-truncated", lambda m, p: _first_shard(m).write_bytes(b"\x10\x00"), "truncated", "safetensors"),
+    Case("header-absurd-length", lambda m, p: _first_shard(m).write_bytes(struct.pack("<Q", 2**60) + b"{}"),
+         "header claims", "safetensors"),
+    Case("header-not-json", lambda m, p: _first_shard(m).write_bytes(struct.pack("<Q", 4) + b"{{{{"),
+         "not valid JSON", "safetensors"),
+    Case("data-truncated", _truncate, "safetensors", "safetensors"),
+    Case("unknown-dtype", lambda m, p: _rewrite_header(_first_shard(m), lambda h: h[next(
+        k for k in h if k != "__metadata__")].update(dtype="F42")), "unknown dtype", "safetensors"),
+    Case("index-parent-escape", _point_first_tensor_at("../x.safetensors"), "outside the model folder",
+         "model.safetensors.index.json"),
+    Case("index-absolute-path", _point_first_tensor_at("/etc/passwd.safetensors"), "outside the model folder",
+         "model.safetensors.index.json"),
+    Case("index-symlink-escape", _symlink_escape, "outside the model folder", "model.safetensors.index.json"),
+    Case("index-missing-shard", _point_first_tensor_at("model-00099-of-00099.safetensors"), "does not exist",
+         "model.safetensors.index.json"),
+    Case("index-not-safetensors", _point_first_tensor_at("model.bin"), "not a .safetensors file",
+         "model.safetensors.index.json"),
+    Case("tensor-listed-twice", _duplicate_across_shards, "stored twice", "safetensors"),
+    Case("plan-fingerprint-mismatch", _edit_plan(lambda p: p.update(source_fingerprint="sha256:0000")),
+         "another model", "my-plan.json"),
+    Case("plan-token-out-of-range", _edit_plan(lambda p: p["kept_token_ids"].append(10**6)), "outside",
+         "my-plan.json"),
+    Case("plan-duplicate-token", _edit_plan(lambda p: p["kept_token_ids"].append(5)), "twice", "my-plan.json"),
+    Case("plan-duplicate-channel", _edit_plan(lambda p: p["kept_ffn_channels"][0].__setitem__(1, p[
+        "kept_ffn_channels"][0][0])), "twice", "my-plan.json"),
+    Case("plan-unequal-channels", _edit_plan(lambda p: p["kept_ffn_channels"][1].pop()), "same number",
+         "my-plan.json"),
+    Case("plan-zero-tokens", _edit_plan(lambda p: p.update(kept_token_ids=[])), "keeps nothing", "my-plan.json"),
+    Case("plan-zero-channels", _edit_plan(lambda p: p.update(kept_ffn_channels=[[], []])), "keeps nothing",
+         "my-plan.json"),
+    Case("plan-wrong-layer-count", _edit_plan(lambda p: p["kept_ffn_channels"].pop()), "layers", "my-plan.json"),
+    Case("plan-wrong-version", _edit_plan(lambda p: p.update(format_version=7)), "format_version", "my-plan.json"),
+    Case("plan-not-json", lambda m, p: p.write_text("nope"), "cannot be parsed", "my-plan.json"),
+]
+
+
+@pytest.fixture()
+def sharded_model(tmp_path: Path) -> tuple[Path, Path]:
+    model = build_tiny_model("llama", dtype=torch.float32)
+    folder = save_tiny_model(model, tmp_path / "in", max_shard_size="200KB")
+    source = open_source(folder)
+    plan = PrunePlan.identity(source.spec, source.checkpoint.fingerprint())
+    plan = PrunePlan(plan.kept_token_ids, tuple(c[:64] for c in plan.kept_ffn_channels), plan.source_fingerprint)
+    return folder, plan.save(tmp_path / "my-plan.json")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_cleanly(case: Case, sharded_model: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    model, plan = sharded_model
+    case.breaker(model, plan)
+    out = tmp_path / "out"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = run_cli([str(model), str(out), "--plan", str(plan), "--no-progress", *case.extra_args], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert case.expect in lines[0] and case.names in lines[0], lines[0]
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_output_not_empty_needs_force(sharded_model: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    model, plan = sharded_model
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = run_cli([str(model), str(out), "--plan", str(plan), "--no-progress"], capsys)
+    assert code == 2 and "not empty" in err and "out" in err
+    assert (out / "keep.txt").read_text() == "mine"
+    code, _ = run_cli([str(model), str(out), "--plan", str(plan), "--no-progress", "--force"], capsys)
+    assert code == 0 and not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_output_inside_input_is_refused(sharded_model: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    model, plan = sharded_model
+    code, err = run_cli([str(model), str(model / "sub"), "--plan", str(plan)], capsys)
+    assert code == 2 and "inside the input" in err
+    assert not (model / "sub").exists()
+
+
+def test_dry_run_writes_nothing(sharded_model: tuple[Path, Path], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    model, plan = sharded_model
+    code = main([str(model), str(tmp_path / "out"), "--plan", str(plan), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "ffn        160 -> 64" in printed and "nothing written" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_mid_export_leaves_nothing(sharded_model: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while writing (here: a disk error on the 5th tensor) removes the staging folder."""
+    from converter.io import writer
+
+    model, plan = sharded_model
+    real_write = writer.ShardWriter.write
+    calls = {"n": 0}
+
+    def failing_write(self, name, data):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(28, "No space left on device")
+        return real_write(self, name, data)
+
+    monkeypatch.setattr(writer.ShardWriter, "write", failing_write)
+    with pytest.raises(OSError):
+        main([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"])
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert os.listdir(model)
