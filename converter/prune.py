@@ -12,20 +12,22 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from converter.arch import ArchSpec, check_against, is_ignored_tensor
 from converter.arch.spec import ModelDims, TensorSlot
 from converter.io import Checkpoint, TensorInfo
 from converter.plan import PrunePlan
 
-TORCH_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+if TYPE_CHECKING:
+    import torch
+
+TORCH_DTYPE_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
 }
 CONFIG_KEYS_DROPPED = ("auto_map", "quantization_config", "_name_or_path")
 
@@ -52,9 +54,15 @@ class PlannedTensor:
 
 
 def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Reinterpret raw little-endian bytes as a torch tensor (copies, so the result is writable)."""
+    """Reinterpret raw little-endian bytes as a torch tensor (copies, so the result is writable).
+
+    torch is imported here, not at module level: the byte-streaming HF path never needs it, and
+    importing it costs a second of start-up.
+    """
+    import torch
+
     flat = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(-1))
-    return flat.view(TORCH_DTYPES[dtype]).reshape(shape)
+    return flat.view(getattr(torch, TORCH_DTYPE_NAMES[dtype])).reshape(shape)
 
 
 class PrunedCheckpoint:
@@ -105,6 +113,15 @@ class PrunedCheckpoint:
         """Every output tensor, in source-file order, with its final shape."""
         return list(self._planned)
 
+    @staticmethod
+    def is_passthrough(planned: PlannedTensor) -> bool:
+        """True when the output tensor is the source tensor unchanged (copyable byte for byte)."""
+        return planned.shape == planned.source.shape
+
+    def copy_source(self, planned: PlannedTensor, dest_fd: int) -> None:
+        """Append an unchanged tensor to an open file without going through Python memory."""
+        self.source.copy_range(planned.source.name, dest_fd)
+
     def read(self, planned: PlannedTensor) -> np.ndarray:
         """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8."""
         src = planned.source
@@ -119,7 +136,7 @@ class PrunedCheckpoint:
         return data.reshape(*planned.shape, src.itemsize)
 
     def raw_tensors(self) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
-        """Yield (planned tensor, bytes) one at a time; untouched tensors are views, not copies."""
+        """Yield (planned tensor, bytes) one at a time."""
         for planned in self._planned:
             yield planned, self.read(planned)
 

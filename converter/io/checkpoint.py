@@ -1,16 +1,17 @@
 """Checkpoint: a lazy, validated view over a Hugging Face safetensors model folder.
 
-Only headers are read when a checkpoint is opened. Tensor bytes come from a read-only memory
-map, so asking for some rows of a 2 GB embedding touches only those rows' pages, and the kernel
-may drop file pages under pressure (they never count as anonymous memory). Every file the
-checkpoint touches is proven to lie inside the model folder first; pickled `.bin` weights are
-refused, never loaded.
+Only headers are read when a checkpoint is opened. Tensor bytes are read with positional reads
+(pread) of exactly the spans needed: asking for some rows of a 2 GB embedding reads those rows
+(coalescing small gaps so the disk sees large sequential reads), and untouched tensors can be
+copied file-to-file by the kernel without passing through Python at all (`copy_range`). A
+memory map was tried first: page faults at 4 KiB granularity ran at under half of `cp`'s speed
+on a cold cache. Every file the checkpoint touches is proven to lie inside the model folder
+first; pickled `.bin` weights are refused, never loaded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from converter.io.header import DTYPE_SIZES, HeaderEntry, read_header
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
+COALESCE_GAP_BYTES = 1 << 20
+WORD_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Checkpoint:
         self.folder = folder
         self.tensors = tensors
         self.files = files
-        self._maps: dict[Path, np.ndarray] = {}
+        self._fds: dict[Path, int] = {}
 
     @classmethod
     def open(cls, folder: Path | str) -> Checkpoint:
@@ -155,31 +158,83 @@ class Checkpoint:
         except KeyError:
             raise ConvertError(f"tensor '{name}' is not in the checkpoint", self.folder) from None
 
-    def _map(self, file: Path) -> np.ndarray:
-        mapped = self._maps.get(file)
-        if mapped is None:
-            with file.open("rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            mapped = np.frombuffer(mm, dtype=np.uint8)
-            self._maps[file] = mapped
-        return mapped
+    def _fd(self, file: Path) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = os.open(file, os.O_RDONLY)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            self._fds[file] = fd
+        return fd
+
+    def _pread_into(self, file: Path, offset: int, out: np.ndarray) -> None:
+        view = memoryview(out).cast("B")
+        fd = self._fd(file)
+        done = 0
+        while done < view.nbytes:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ConvertError(f"file ended while reading at byte {offset + done}; it was truncated", file)
+            done += n
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes as a read-only uint8 view into the memory map (no copy)."""
+        """The tensor's bytes as a fresh uint8 array."""
         info = self.info(name)
-        return self._map(info.file)[info.start:info.end]
+        out = np.empty(info.nbytes, dtype=np.uint8)
+        self._pread_into(info.file, info.start, out)
+        return out
 
     def raw_rows(self, name: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Bytes of the selected rows (axis 0), copied; only those rows' pages are read."""
+        """Bytes of the selected rows (axis 0, sorted), shaped [len(rows), row_bytes].
+
+        Kept rows closer than about 1 MiB are read as one span, so a dense selection becomes a
+        few large sequential reads and a sparse one reads little more than the rows themselves.
+        """
         info = self.info(name)
-        data = self.raw(name).reshape(info.shape[0], -1)
-        return data[np.asarray(rows, dtype=np.int64)]
+        idx = np.asarray(rows, dtype=np.int64)
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        out = np.empty((len(idx), row_bytes), dtype=np.uint8)
+        if not len(idx) or not row_bytes:
+            return out
+        gap_rows = max(1, COALESCE_GAP_BYTES // row_bytes)
+        breaks = np.flatnonzero(np.diff(idx) > gap_rows) + 1
+        for group in np.split(np.arange(len(idx)), breaks):
+            lo, hi = int(idx[group[0]]), int(idx[group[-1]]) + 1
+            if hi - lo == len(group):
+                self._pread_into(info.file, info.start + lo * row_bytes, out[group[0]:group[-1] + 1])
+                continue
+            span = np.empty((hi - lo, row_bytes), dtype=np.uint8)
+            self._pread_into(info.file, info.start + lo * row_bytes, span)
+            np.take(span, idx[group] - lo, axis=0, out=out[group[0]:group[-1] + 1])
+        return out
 
     def raw_cols(self, name: str, cols: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Bytes of the selected columns (axis 1) of a 2-D tensor, copied."""
+        """Bytes of the selected columns (axis 1) of a 2-D tensor, shaped [rows, len(cols), itemsize]."""
         info = self.info(name)
-        data = self.raw(name).reshape(info.shape[0], info.shape[1], info.itemsize)
-        return data[:, np.asarray(cols, dtype=np.int64), :]
+        words = self.raw(name).view(WORD_OF_SIZE[info.itemsize]).reshape(info.shape[0], info.shape[1])
+        return np.take(words, np.asarray(cols, dtype=np.int64), axis=1).view(np.uint8).reshape(
+            info.shape[0], -1, info.itemsize)
+
+    def copy_range(self, name: str, dest_fd: int) -> None:
+        """Append a tensor's bytes to an open file, copied by the kernel where it can."""
+        info = self.info(name)
+        src = self._fd(info.file)
+        offset, remaining = info.start, info.nbytes
+        try:
+            while remaining:
+                n = os.copy_file_range(src, dest_fd, remaining, offset)
+                if n <= 0:
+                    raise OSError("copy_file_range made no progress")
+                offset += n
+                remaining -= n
+        except OSError:
+            chunk = np.empty(min(remaining, 64 << 20), dtype=np.uint8)
+            while remaining:
+                part = chunk[: min(remaining, chunk.size)]
+                self._pread_into(info.file, offset, part)
+                os.write(dest_fd, memoryview(part))
+                offset += part.size
+                remaining -= part.size
 
     def fingerprint(self) -> str:
         """A cheap identity of the checkpoint: a hash of every tensor's name, dtype, shape and headers.
@@ -192,10 +247,17 @@ class Checkpoint:
             t = self.tensors[name]
             h.update(f"{name}|{t.dtype}|{t.shape}|{t.nbytes}\n".encode())
         for file in self.files:
-            mapped = self._map(file)
-            h.update(bytes(mapped[:4096]))
-            h.update(bytes(mapped[-4096:]))
+            size = file.stat().st_size
+            for offset in (0, max(0, size - 4096)):
+                chunk = np.empty(min(4096, size), dtype=np.uint8)
+                self._pread_into(file, offset, chunk)
+                h.update(chunk.tobytes())
         return "sha256:" + h.hexdigest()[:32]
 
     def close(self) -> None:
-        self._maps.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        self.close()

@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 from typing import BinaryIO
 
@@ -61,24 +62,38 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         if self._file is not None or self._finalized:
             raise RuntimeError("ShardWriter can be entered only once")
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in finalize/__exit__
+        self._file = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed in finalize/__exit__
         self._file.write(self.header_bytes())
         return self
 
-    def write(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
-        """Append the bytes of the next declared tensor."""
+    def _expect(self, name: str, nbytes: int) -> BinaryIO:
         if self._file is None or self._finalized:
-            raise RuntimeError("ShardWriter.write called outside an open writer")
+            raise RuntimeError("ShardWriter used outside an open writer")
         if self._next >= len(self._declared):
             raise RuntimeError(f"tensor '{name}' was not declared for {self.path.name}")
         expected = self._declared[self._next]
         if name != expected.name:
             raise RuntimeError(f"tensor '{name}' written out of order; {self.path.name} expects '{expected.name}' next")
-        view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
-        if view.nbytes != expected.nbytes:
-            raise RuntimeError(f"tensor '{name}' has {view.nbytes} bytes, declared {expected.nbytes}")
-        self._file.write(view)
+        if nbytes != expected.nbytes:
+            raise RuntimeError(f"tensor '{name}' has {nbytes} bytes, declared {expected.nbytes}")
         self._next += 1
+        return self._file
+
+    def write(self, name: str, data: np.ndarray | bytes | memoryview) -> None:
+        """Append the bytes of the next declared tensor."""
+        view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
+        f = self._expect(name, view.nbytes)
+        while view.nbytes:
+            written = f.write(view)
+            view = view[written:]
+
+    def write_with(self, name: str, nbytes: int, copy: Callable[[int], None]) -> None:
+        """Append the next tensor by handing the file descriptor to `copy` (e.g. a kernel copy)."""
+        f = self._expect(name, nbytes)
+        before = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+        copy(f.fileno())
+        if os.lseek(f.fileno(), 0, os.SEEK_CUR) - before != nbytes:
+            raise RuntimeError(f"tensor '{name}' copy wrote the wrong number of bytes")
 
     def finalize(self) -> Path:
         if self._file is None or self._finalized:

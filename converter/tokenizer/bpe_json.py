@@ -1,0 +1,137 @@
+"""The BPE model section of tokenizer.json: read and check it, name its byte alphabet, rewrite it.
+
+Only BPE can be pruned by dropping vocabulary rows and merges: byte-level BPE (GPT-2, Llama 3,
+Qwen, SmolLM2), and SentencePiece-style BPE with byte fallback (Llama 2, Gemma). WordPiece,
+Unigram and WordLevel tokenizers are refused rather than rewritten into something that
+tokenizes differently. Merges come in two spellings (`"a b"` strings, and `["a", "b"]` pairs
+since tokenizers 0.20); a rewrite keeps the source's spelling.
+See https://huggingface.co/docs/tokenizers/api/models#tokenizers.models.BPE.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import pre_tokenizers
+
+from converter.tokenizer.errors import TokenizerError
+
+UNSUPPORTED_MODELS = ("WordPiece", "Unigram", "WordLevel")
+
+
+@dataclass(frozen=True)
+class BpeModel:
+    """What the keep-set rules need to know about a BPE model."""
+
+    vocab: dict[str, int]
+    merges: tuple[tuple[str, str], ...]
+    merges_as_strings: bool
+    unk_token: str | None
+    byte_fallback: bool
+    byte_level: bool
+
+
+def _has_byte_level(node: object) -> bool:
+    """True when a normalizer or pre-tokenizer (possibly a Sequence) maps input bytes to symbols."""
+    if isinstance(node, dict):
+        return node.get("type") == "ByteLevel" or any(_has_byte_level(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_byte_level(v) for v in node)
+    return False
+
+
+def _vocab(raw: object, path: Path) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise TokenizerError("model.vocab is not an object mapping tokens to ids", path)
+    seen: set[int] = set()
+    for token, idx in raw.items():
+        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+            raise TokenizerError(f"model.vocab gives token {token!r} the invalid id {idx!r}", path)
+        if idx in seen:
+            raise TokenizerError(f"model.vocab gives id {idx} to more than one token (one is {token!r})", path)
+        seen.add(idx)
+    return raw
+
+
+def _merges(raw: object, vocab: Mapping[str, int], path: Path) -> tuple[tuple[tuple[str, str], ...], bool]:
+    if raw is None:
+        return (), False
+    if not isinstance(raw, list):
+        raise TokenizerError("model.merges is not a list", path)
+    as_strings = bool(raw) and isinstance(raw[0], str)
+    merges: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        if as_strings and isinstance(item, str):
+            parts = item.split(" ")
+        elif not as_strings and isinstance(item, list):
+            parts = item
+        else:
+            raise TokenizerError(f"model.merges[{i}] is {item!r}; merges must all be 'a b' strings or all "
+                                 "[a, b] pairs", path)
+        if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+            raise TokenizerError(f"model.merges[{i}] is {item!r}, not a pair of tokens", path)
+        a, b = parts
+        if a not in vocab or b not in vocab or a + b not in vocab:
+            raise TokenizerError(f"model.merges[{i}] {item!r} uses or makes a token that is not in model.vocab; "
+                                 "the file is corrupt", path)
+        merges.append((a, b))
+    return tuple(merges), as_strings
+
+
+def read_bpe(tokenizer_json: Mapping[str, Any], path: Path) -> BpeModel:
+    """Check the model is a BPE this module can rewrite and collect its vocab and merges."""
+    model = tokenizer_json.get("model")
+    if not isinstance(model, dict):
+        raise TokenizerError("has no model section", path)
+    kind = model.get("type", "BPE" if "merges" in model else None)
+    if kind in UNSUPPORTED_MODELS:
+        raise TokenizerError(f"uses a {kind} model; only BPE tokenizers (byte-level, or SentencePiece-style "
+                             "with byte fallback) can have their vocabulary pruned", path)
+    if kind != "BPE":
+        raise TokenizerError(f"has model type {kind!r}, which tokenizer surgery does not know", path)
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise TokenizerError(f"BPE model sets {key}={model[key]!r}; such word-piece style BPE is not "
+                                 "supported", path)
+    unk = model.get("unk_token")
+    if unk is not None and not isinstance(unk, str):
+        raise TokenizerError(f"model.unk_token is {unk!r}, not a string", path)
+    vocab = _vocab(model.get("vocab"), path)
+    if unk is not None and unk not in vocab:
+        raise TokenizerError(f"model.unk_token {unk!r} is not in model.vocab", path)
+    merges, as_strings = _merges(model.get("merges"), vocab, path)
+    byte_level = _has_byte_level(tokenizer_json.get("pre_tokenizer")) or _has_byte_level(
+        tokenizer_json.get("normalizer"))
+    return BpeModel(vocab=vocab, merges=merges, merges_as_strings=as_strings, unk_token=unk,
+                    byte_fallback=bool(model.get("byte_fallback")), byte_level=byte_level)
+
+
+def byte_alphabet(model: BpeModel) -> list[str]:
+    """Token strings that let any input be encoded: byte-level symbols and/or <0xNN> fallback pieces."""
+    symbols: list[str] = []
+    if model.byte_level:
+        symbols += sorted(pre_tokenizers.ByteLevel.alphabet())
+    if model.byte_fallback:
+        symbols += [f"<0x{b:02X}>" for b in range(256)]
+    return [s for s in symbols if s in model.vocab]
+
+
+def single_characters(model: BpeModel) -> list[str]:
+    """Without bytes to fall back on, every one-character token is needed to stay lossless."""
+    return [t for t in model.vocab if len(t) == 1]
+
+
+def rewrite_bpe_model(model_json: Mapping[str, Any], bpe: BpeModel, old_to_new: Mapping[int, int]) -> dict[str, Any]:
+    """The model section with kept tokens renumbered and only the merges whose parts and result survive."""
+    kept = sorted((old_to_new[i], t) for t, i in bpe.vocab.items() if i in old_to_new)
+    vocab = {t: new for new, t in kept}
+    merges: list[Any] = []
+    for a, b in bpe.merges:
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append(f"{a} {b}" if bpe.merges_as_strings else [a, b])
+    out = dict(model_json)
+    out["vocab"] = vocab
+    out["merges"] = merges
+    return out

@@ -1,0 +1,39 @@
+"""A model folder's tokenizer, parsed and cross-checked once for planning and writing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from converter.tokenizer.bpe_json import BpeModel, read_bpe
+from converter.tokenizer.sentencepiece_model import check_agrees, read_sentencepiece
+from converter.tokenizer.source import TOKENIZER_JSON, TokenizerSource, read_source
+from converter.tokenizer.vocabulary import Vocabulary, read_vocabulary
+
+
+@dataclass(frozen=True)
+class ParsedTokenizer:
+    """tokenizer.json's BPE model and id table, the other files, and tokenizer.model if present."""
+
+    source: TokenizerSource
+    bpe: BpeModel
+    vocabulary: Vocabulary
+    sentencepiece: Any | None
+
+    @property
+    def json_path(self) -> Path:
+        return self.source.path(TOKENIZER_JSON)
+
+
+def parse_tokenizer(src_dir: Path) -> ParsedTokenizer:
+    """Read and check every tokenizer file of `src_dir`; raise TokenizerError on the first problem."""
+    source = read_source(Path(src_dir))
+    path = source.path(TOKENIZER_JSON)
+    bpe = read_bpe(source.tokenizer_json, path)
+    vocabulary = read_vocabulary(source.tokenizer_json, bpe, path)
+    spm_path = source.sentencepiece_model
+    spm = None
+    if spm_path is not None:
+        spm = read_sentencepiece(spm_path)
+        check_agrees(spm, vocabulary.tokens, range(len(spm.pieces)), spm_path)
+    return ParsedTokenizer(source=source, bpe=bpe, vocabulary=vocabulary, sentencepiece=spm)

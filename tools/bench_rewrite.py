@@ -1,0 +1,177 @@
+"""Benchmark the streamed rewrite against `cp` + `sync` on synthetic sharded checkpoints.
+
+For Llama-shaped bf16 checkpoints of about 1, 2 and 4 GB (written here, random bytes), it runs,
+side by side and interleaved, with the page cache dropped before each run where the machine
+allows: `cp -r` + `sync`, the identity rewrite (every byte passes through) and an FFN-pruned
+rewrite (5632 -> 4096 channels), all as subprocesses of the real CLI. It prints throughput in
+GB/s of source bytes, the ratio to cp, and the peak anonymous (RssAnon) and file-backed
+(RssFile) memory of the rewrite, sampled from /proc, since mmap'd file pages are not a cost the
+kernel cannot reclaim.
+
+    python -m tools.bench_rewrite [--sizes 1 2 4] [--repeats 3] [--workdir DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, FFN, VOCAB, HEADS, KV_HEADS = 2048, 5632, 32000, 16, 4
+LAYERS_FOR_GB = {1: 8, 2: 19, 4: 41}
+
+
+def _tensors(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+    kv = HIDDEN // HEADS * KV_HEADS
+    out = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out += [(p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)), (p + "self_attn.k_proj.weight", (kv, HIDDEN)),
+                (p + "self_attn.v_proj.weight", (kv, HIDDEN)), (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+                (p + "mlp.gate_proj.weight", (FFN, HIDDEN)), (p + "mlp.up_proj.weight", (FFN, HIDDEN)),
+                (p + "mlp.down_proj.weight", (HIDDEN, FFN)), (p + "input_layernorm.weight", (HIDDEN,)),
+                (p + "post_attention_layernorm.weight", (HIDDEN,))]
+    return out + [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+
+
+def write_synthetic(folder: Path, layers: int, shard_bytes: int = 1 << 30) -> int:
+    """A Llama-shaped bf16 checkpoint with random bytes, sharded like save_pretrained."""
+    from converter.io.writer import DeclaredTensor, ShardWriter
+    from exporters.hf import INDEX_NAME, plan_shards, shard_names
+
+    folder.mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, size=64 << 20, dtype=np.uint8)
+    declared = [DeclaredTensor(n, "BF16", s) for n, s in _tensors(layers)]
+    shards = plan_shards(declared, shard_bytes)  # type: ignore[arg-type]
+    names = shard_names(len(shards))
+    for name, shard in zip(names, shards):
+        with ShardWriter(folder / name, list(shard)) as w:
+            for t in shard:
+                reps = -(-t.nbytes // noise.size)
+                w.write(t.name, np.tile(noise, reps)[: t.nbytes] if reps > 1 else noise[: t.nbytes])
+    index = {"metadata": {"total_size": sum(t.nbytes for t in declared)},
+             "weight_map": {t.name: n for n, s in zip(names, shards) for t in s}}
+    (folder / INDEX_NAME).write_text(json.dumps(index))
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": FFN, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+              "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "tie_word_embeddings": False,
+              "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return sum(t.nbytes for t in declared)
+
+
+def write_plans(folder: Path, layers: int) -> tuple[Path, Path]:
+    from converter.plan import PrunePlan
+
+    ident = PrunePlan(tuple(range(VOCAB)), tuple(tuple(range(FFN)) for _ in range(layers)))
+    rng = np.random.default_rng(1)
+    ffn = PrunePlan(tuple(range(VOCAB)),
+                    tuple(tuple(sorted(rng.choice(FFN, 4096, replace=False).tolist())) for _ in range(layers)))
+    return ident.save(folder / "identity.json"), ffn.save(folder / "ffn4096.json")
+
+
+def drop_caches() -> bool:
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+class MemorySampler(threading.Thread):
+    """Peak RssAnon / RssFile of a process, sampled from /proc every few milliseconds."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.anon, self.file, self.done = pid, 0, 0, False
+
+    def run(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self.done:
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            except (OSError, ValueError):
+                break
+            self.anon = max(self.anon, int(fields.get("RssAnon", "0 kB").split()[0]) * 1024)
+            self.file = max(self.file, int(fields.get("RssFile", "0 kB").split()[0]) * 1024)
+            time.sleep(0.005)
+
+
+def timed(cmd: list[str]) -> tuple[float, int, int]:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sampler = MemorySampler(proc.pid)
+    sampler.start()
+    _, err = proc.communicate()
+    subprocess.run(["sync"], check=True)
+    elapsed = time.perf_counter() - start
+    sampler.done = True
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"{cmd[0]} failed: {err.decode()[-500:]}")
+    return elapsed, sampler.anon, sampler.file
+
+
+def bench_size(work: Path, gb: int, repeats: int) -> dict[str, object]:
+    src = work / f"synthetic-{gb}gb"
+    total = write_synthetic(src, LAYERS_FOR_GB[gb])
+    ident, ffn = write_plans(work, LAYERS_FOR_GB[gb])
+    rewrite = [sys.executable, "-m", "converter.cli", str(src)]
+    runs: dict[str, list[tuple[float, int, int]]] = {"cp": [], "identity": [], "ffn": []}
+    cold = True
+    for _ in range(repeats):
+        for label, cmd in (("cp", ["cp", "-r", str(src), str(work / "cp-out")]),
+                           ("identity", rewrite + [str(work / "out"), "--plan", str(ident), "--no-progress"]),
+                           ("ffn", rewrite + [str(work / "out"), "--plan", str(ffn), "--no-progress"])):
+            cold = drop_caches() and cold
+            runs[label].append(timed(cmd))
+            shutil.rmtree(work / "cp-out", ignore_errors=True)
+            shutil.rmtree(work / "out", ignore_errors=True)
+    largest = VOCAB * HIDDEN * 2
+    shutil.rmtree(src)
+    med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    return {"gb": total / 1e9, "cold_cache": cold, "largest_tensor": largest,
+            "cp_gbs": total / med["cp"] / 1e9,
+            **{f"{k}_gbs": total / med[k] / 1e9 for k in ("identity", "ffn")},
+            **{f"{k}_anon": max(r[1] for r in runs[k]) for k in ("identity", "ffn")},
+            **{f"{k}_file": max(r[2] for r in runs[k]) for k in ("identity", "ffn")}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4], choices=sorted(LAYERS_FOR_GB))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-rewrite-", dir=args.workdir))
+    try:
+        rows = [bench_size(work, gb, args.repeats) for gb in args.sizes]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    mib = 2**20
+    print(f"{'size':>6} {'cp+sync':>8} {'identity':>9} {'ratio':>6} {'ffn-cut':>8} {'ratio':>6} "
+          f"{'anon id/ffn MiB':>16} {'file id/ffn MiB':>16} {'anon limit':>10}")
+    for r in rows:
+        limit = (2 * r["largest_tensor"] + 300e6) / mib  # type: ignore[operator]
+        print(f"{r['gb']:5.2f}G {r['cp_gbs']:7.2f}/s {r['identity_gbs']:8.2f}/s "
+              f"{r['identity_gbs'] / r['cp_gbs']:5.2f}x {r['ffn_gbs']:7.2f}/s {r['ffn_gbs'] / r['cp_gbs']:5.2f}x "
+              f"{r['identity_anon'] / mib:7.0f}/{r['ffn_anon'] / mib:<8.0f} {r['identity_file'] / mib:7.0f}/"
+              f"{r['ffn_file'] / mib:<8.0f} {limit:9.0f}")
+    if len(rows) > 1:
+        growth = rows[-1]["ffn_anon"] / rows[0]["ffn_anon"] - 1  # type: ignore[operator]
+        print(f"peak anonymous memory growth {rows[0]['gb']:.0f} GB -> {rows[-1]['gb']:.0f} GB: {100 * growth:+.1f}%")
+    print("cache: " + ("dropped before every run" if all(r["cold_cache"] for r in rows) else
+                       "could not be dropped (runs are warm)"))
+
+
+if __name__ == "__main__":
+    main()
