@@ -8,7 +8,9 @@ stderr with exit status 2; Ctrl-C exits 130 after the staging folder has been re
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from converter.errors import ConvertError
@@ -35,9 +37,16 @@ def run(argv: Sequence[str]) -> int:
     return int(module.run(rest, prog=f"compact-convert {name}" if name != "convert" else "compact-convert"))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the staging folder is removed on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return run(argv)
     except ConvertError as exc:
@@ -46,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("compact-convert: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

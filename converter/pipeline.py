@@ -85,6 +85,10 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
     exporter = exporter_for(fmt)
     final, tokenizer = settle_plan(source, plan, keep_reserved)
     pruned = PrunedCheckpoint(source.checkpoint, source.spec, final)
-    with StagedOutput(out_dir, force=force) as staged:
-        written = exporter(pruned, tokenizer, staged, options)
+    try:
+        with StagedOutput(out_dir, force=force) as staged:
+            written = exporter(pruned, tokenizer, staged, options)
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise ConvertError(f"writing the output failed ({exc.strerror or exc}); nothing was written", where) from exc
     return [out_dir / p.relative_to(staged) for p in written]

@@ -234,8 +234,8 @@ def test_failure_mid_export_leaves_nothing(sharded_model: tuple[Path, Path], tmp
         return real_write(self, name, data)
 
     monkeypatch.setattr(writer.ShardWriter, "write", failing_write)
-    with pytest.raises(OSError):
-        main([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"])
+    code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left on device" in err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert os.listdir(model)
