@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"compact-convert: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("compact-convert: interrupted; nothing was written", file=sys.stderr)
+        print("compact-convert: interrupted; the staging folder was removed", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

@@ -52,6 +52,9 @@ class StagedOutput:
             shutil.rmtree(stale, ignore_errors=True)
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self.out_dir.parent))
+            mask = os.umask(0)
+            os.umask(mask)
+            self.path.chmod(0o777 & ~mask)
         except OSError as exc:
             raise ConvertError(f"cannot create a staging folder here: {exc.strerror}", self.out_dir.parent) from exc
         return self.path
