@@ -15,6 +15,7 @@ from typing import Any
 
 from converter.arch import ArchSpec
 from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
 
 FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 512 * 1024 * 1024
@@ -108,15 +109,7 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:
-        try:
-            if path.stat().st_size > MAX_PLAN_BYTES:
-                raise ConvertError("is implausibly large for a prune plan", path)
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConvertError("does not exist", path) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ConvertError(f"cannot be parsed as a prune plan ({type(exc).__name__}: {exc})", path) from exc
-        return cls.from_json(raw, path)
+        return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan"), path)
 
 
 def _pretty(obj: dict[str, Any]) -> str:

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
 from converter.prune import PrunedCheckpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "added_tokens.json")
+MAX_COMPANION_BYTES = 16 * 1024 * 1024
 SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "unk_token_id",
                    "sep_token_id", "mask_token_id")
 
@@ -33,13 +35,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from the model folder, or None if the file is absent."""
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(raw, dict):
-        raise ConvertError("is not a JSON object", path)
-    return raw
+    return read_json_object(path, MAX_COMPANION_BYTES, "a configuration file")
 
 
 def remap_ids(config: dict[str, Any], old_to_new: dict[int, int] | None, path: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ so a config that disagrees with its weights is caught up front, not halfway thro
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from converter.arch.families import FAMILIES
 from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 LIMITS = {"vocab": 16_777_216, "hidden": 1_048_576, "ffn": 4_194_304, "layers": 4096, "heads": 4096,
@@ -90,18 +90,8 @@ def supported_architectures() -> list[str]:
 
 def read_config(folder: Path) -> dict[str, Any]:
     """Parse config.json, refusing a missing, oversized or non-object file."""
-    path = folder / "config.json"
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConvertError("is implausibly large for a model config", path)
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError("is missing; a Hugging Face model folder needs its config.json", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(raw, dict):
-        raise ConvertError("is not a JSON object", path)
-    return raw
+    return read_json_object(folder / "config.json", MAX_CONFIG_BYTES, "a model config",
+                            missing="is missing; a Hugging Face model folder needs its config.json")
 
 
 def _family_of(config: Mapping[str, Any], path: Path) -> tuple[str, str]:

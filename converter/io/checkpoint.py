@@ -11,7 +11,6 @@ first; pickled `.bin` weights are refused, never loaded.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
 from converter.io.header import DTYPE_SIZES, HeaderEntry, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -69,13 +69,8 @@ def _inside(folder: Path, name: object, index_path: Path) -> Path:
 
 
 def _read_index(folder: Path, index_path: Path) -> dict[str, Path]:
-    try:
-        if index_path.stat().st_size > MAX_INDEX_BYTES:
-            raise ConvertError("index file is implausibly large", index_path)
-        raw = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ConvertError(f"cannot parse the index ({type(exc).__name__}: {exc})", index_path) from exc
-    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    raw = read_json_object(index_path, MAX_INDEX_BYTES, "a safetensors index")
+    weight_map = raw.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConvertError("index has no 'weight_map' object mapping tensor names to shard files", index_path)
     resolved: dict[str, Path] = {}
