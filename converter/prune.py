@@ -20,6 +20,7 @@ from converter.arch import ArchSpec, check_against, is_ignored_tensor
 from converter.arch.spec import ModelDims, TensorSlot
 from converter.io import Checkpoint, TensorInfo
 from converter.plan import PrunePlan
+from converter.readahead import read_ahead
 
 if TYPE_CHECKING:
     import torch
@@ -136,9 +137,8 @@ class PrunedCheckpoint:
         return data.reshape(*planned.shape, src.itemsize)
 
     def raw_tensors(self) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
-        """Yield (planned tensor, bytes) one at a time."""
-        for planned in self._planned:
-            yield planned, self.read(planned)
+        """Yield (planned tensor, bytes) one at a time, the next one read ahead in a worker thread."""
+        yield from read_ahead(self._planned, self.read)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (name, torch tensor) one at a time, in the source dtype."""

@@ -3,8 +3,8 @@
 Shards are laid out like transformers' `save_pretrained` (greedy fill up to max_shard_size, a
 tensor larger than the limit alone in its shard, `model-0000K-of-0000N.safetensors` plus
 `model.safetensors.index.json`, or one `model.safetensors`), so stock `from_pretrained` loads
-the result. Untouched tensors are copied file to file by the kernel; pruned ones are read row-wise and
-written from one buffer each.
+the result. Untouched tensors are copied file to file by the kernel; pruned ones are read row-wise by a
+worker thread one tensor ahead of the writer.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from converter.io.writer import DeclaredTensor, ShardWriter
 from converter.prune import PlannedTensor, PrunedCheckpoint
+from converter.readahead import read_ahead
 from exporters.companions import write_companions
 from exporters.options import ExportOptions
 
@@ -47,16 +48,20 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     names = shard_names(len(shards))
     total = sum(t.nbytes for shard in shards for t in shard)
     written: list[Path] = []
+    order = [t for shard in shards for t in shard]
+    stream = read_ahead(order, lambda t: None if pruned.is_passthrough(t) else pruned.read(t))
     with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
         for name, shard in zip(names, shards):
             declared = [DeclaredTensor(t.name, t.dtype, t.shape) for t in shard]
             with ShardWriter(out_dir / name, declared) as writer:
-                for planned in shard:
-                    if pruned.is_passthrough(planned):
+                for _ in shard:
+                    planned, data = next(stream)
+                    if data is None:
                         writer.write_with(planned.name, planned.nbytes,
                                           lambda fd, p=planned: pruned.copy_source(p, fd))  # type: ignore[misc]
                     else:
-                        writer.write(planned.name, pruned.read(planned))
+                        writer.write(planned.name, data)
+                    del data
                     bar.update(planned.nbytes)
             written.append(out_dir / name)
     if len(shards) > 1:

@@ -60,6 +60,7 @@ class StagedOutput:
         return self.path
 
     def _commit(self, staged: Path) -> None:
+        _fsync_tree(staged)
         if self.out_dir.exists():
             if any(self.out_dir.iterdir()) and not self.force:
                 raise ConvertError("output folder appeared during the export and is not empty; pass --force",
@@ -85,6 +86,18 @@ class StagedOutput:
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Make every staged file durable before the rename that makes the output visible."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -38,7 +38,9 @@ class ShardWriter:
     """Writes one safetensors file: declare all tensors up front, then `write` each in order.
 
     Use as a context manager; `finalize()` (called on a clean exit) checks every tensor arrived
-    and fsyncs. Writing out of order, twice, with the wrong size, or after finalizing is an error.
+    and closes the file; durability is the staging folder's job (it fsyncs every file once, at the
+    end, so the kernel can write back earlier shards while later ones are still being read).
+    Writing out of order, twice, with the wrong size, or after finalizing is an error.
     """
 
     def __init__(self, path: Path, tensors: list[DeclaredTensor], metadata: dict[str, str] | None = None) -> None:
@@ -101,8 +103,6 @@ class ShardWriter:
         if self._next != len(self._declared):
             missing = self._declared[self._next].name
             raise RuntimeError(f"{self.path.name} is incomplete: tensor '{missing}' was never written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         self._finalized = True
         return self.path

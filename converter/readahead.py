@@ -1,0 +1,34 @@
+"""Overlap reading the next tensor with writing the current one.
+
+A rewrite alternates disk reads, a numpy gather and disk writes; done strictly in turn, the disk
+sits idle while numpy gathers and vice versa. One worker thread loading one item ahead (preadv
+and numpy's take release the GIL) keeps both busy, and bounds memory to two tensors in flight.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def read_ahead(items: Sequence[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, R]]:
+    """Yield (item, load(item)) in order while a worker thread loads up to `depth` items ahead."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        pending: deque[tuple[T, Future[R]]] = deque()
+        upcoming = iter(items)
+        try:
+            for item in upcoming:
+                pending.append((item, pool.submit(load, item)))
+                if len(pending) > depth:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
