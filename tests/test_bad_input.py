@@ -106,6 +106,47 @@ def _truncate(model: Path, plan: Path) -> None:
     shard.write_bytes(shard.read_bytes()[:-100])
 
 
+def _busiest_shard(model: Path) -> Path:
+    def count(path: Path) -> int:
+        blob = path.read_bytes()
+        return len(json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]]))
+    return max(sorted(model.glob("*.safetensors")), key=count)
+
+
+def _first_entry(header: dict) -> dict:
+    return header[sorted(k for k in header if k != "__metadata__")[0]]
+
+
+def _overlap(header: dict) -> None:
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    first, second = header[names[0]], header[names[1]]
+    size = second["data_offsets"][1] - second["data_offsets"][0]
+    second["data_offsets"] = [first["data_offsets"][0], first["data_offsets"][0] + size]
+
+
+def _drop_tensor(name: str) -> Breaker:
+    def brk(model: Path, plan: Path) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        for shard in model.glob("*.safetensors"):
+            tensors = load_file(shard)
+            if tensors.pop(name, None) is not None:
+                save_file(tensors, shard, metadata={"format": "pt"})
+        _edit_index(model, lambda i: i["weight_map"].pop(name, None))
+    return brk
+
+
+def _add_foreign_tensor(model: Path, plan: Path) -> None:
+    shard = _first_shard(model)
+    def edit(header: dict) -> None:
+        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        header["model.vision_tower.weight"] = {"dtype": "F32", "shape": [2], "data_offsets": [end, end + 8]}
+    _rewrite_header(shard, edit)
+    with shard.open("ab") as f:
+        f.write(b"\0" * 8)
+    _edit_index(model, lambda i: i["weight_map"].__setitem__("model.vision_tower.weight", shard.name))
+
+
 CASES = [
     Case("config-missing", lambda m, p: (m / "config.json").unlink(), "config.json", "config.json"),
     Case("config-not-json", lambda m, p: (m / "config.json").write_text("{oops"), "cannot be parsed", "config.json"),
@@ -138,6 +179,35 @@ CASES = [
     Case("index-not-safetensors", _point_first_tensor_at("model.bin"), "not a .safetensors file",
          "model.safetensors.index.json"),
     Case("tensor-listed-twice", _duplicate_across_shards, "stored twice", "safetensors"),
+    Case("header-offsets-overlap", lambda m, p: _rewrite_header(_busiest_shard(m), _overlap), "overlap", "safetensors"),
+    Case("header-offsets-gap", lambda m, p: _rewrite_header(_first_shard(m), lambda h: [
+        v["data_offsets"].__setitem__(i, v["data_offsets"][i] + 4) for k, v in h.items() if k != "__metadata__"
+        for i in (0, 1)]), "safetensors", "safetensors"),
+    Case("header-shape-overflow", lambda m, p: _rewrite_header(_first_shard(m), lambda h: _first_entry(h).update(
+        shape=[2**40, 2**40, 2**40])), "shape", "safetensors"),
+    Case("header-not-object", lambda m, p: _first_shard(m).write_bytes(struct.pack("<Q", 8) + b"[1,2,3] "),
+         "not a JSON object", "safetensors"),
+    Case("header-bad-metadata", lambda m, p: _rewrite_header(_first_shard(m), lambda h: h.update(
+        __metadata__={"format": 1})), "__metadata__", "safetensors"),
+    Case("index-not-json", lambda m, p: (m / "model.safetensors.index.json").write_text("{"), "cannot be parsed",
+         "model.safetensors.index.json"),
+    Case("index-without-weight-map", lambda m, p: (m / "model.safetensors.index.json").write_text("{}"),
+         "weight_map", "model.safetensors.index.json"),
+    Case("index-lists-tensor-not-in-shard", lambda m, p: _edit_index(m, lambda i: i["weight_map"].__setitem__(
+        "model.extra.weight", sorted(i["weight_map"].values())[0])), "does not contain it",
+         "model.safetensors.index.json"),
+    Case("config-zero-vocab", _set_config(vocab_size=0), "vocab_size", "config.json"),
+    Case("config-heads-do-not-divide", _set_config(head_dim=None, num_attention_heads=5), "not divisible",
+         "config.json"),
+    Case("config-tie-not-bool", _set_config(tie_word_embeddings="yes"), "tie_word_embeddings", "config.json"),
+    Case("config-custom-code-architecture", _set_config(architectures=["EvilForCausalLM"], model_type="evil",
+                                                         auto_map={"AutoModelForCausalLM": "evil.Evil"}),
+         "is not supported", "config.json"),
+    Case("missing-required-tensor", _drop_tensor("model.layers.1.mlp.up_proj.weight"), "missing", "in"),
+    Case("tensor-not-in-architecture", _add_foreign_tensor, "not part of the LlamaForCausalLM", "safetensors"),
+    Case("plan-ids-not-a-list", _edit_plan(lambda p: p.update(kept_token_ids="all")), "list of integers",
+         "my-plan.json"),
+    Case("plan-negative-id", _edit_plan(lambda p: p["kept_token_ids"].insert(0, -1)), "outside", "my-plan.json"),
     Case("plan-fingerprint-mismatch", _edit_plan(lambda p: p.update(source_fingerprint="sha256:0000")),
          "another model", "my-plan.json"),
     Case("plan-token-out-of-range", _edit_plan(lambda p: p["kept_token_ids"].append(10**6)), "outside",
@@ -206,6 +276,18 @@ def test_output_inside_input_is_refused(sharded_model: tuple[Path, Path], capsys
     code, err = run_cli([str(model), str(model / "sub"), "--plan", str(plan)], capsys)
     assert code == 2 and "inside the input" in err
     assert not (model / "sub").exists()
+
+
+def test_custom_code_is_ignored_for_a_native_architecture(sharded_model: tuple[Path, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """auto_map never runs: a natively supported model exports, and the output drops the pointer."""
+    model, plan = sharded_model
+    _edit_json(model / "config.json", lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.X"}))
+    (model / "modeling_x.py").write_text("raise SystemExit('custom code must never run')\n")
+    code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
+    assert code == 0, err
+    assert "auto_map" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    assert not (tmp_path / "out" / "modeling_x.py").exists()
 
 
 def test_dry_run_writes_nothing(sharded_model: tuple[Path, Path], tmp_path: Path,
