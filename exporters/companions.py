@@ -6,29 +6,16 @@ map ids between the original and the pruned model whatever runtime they use.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
+from converter.io.safe_copy import copy_inside
 from converter.prune import PrunedCheckpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "chat_template.json", "tokenizer.model", "added_tokens.json")
 MAX_COMPANION_BYTES = 16 * 1024 * 1024
-SPECIAL_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "unk_token_id",
-                   "sep_token_id", "mask_token_id")
-
-
-def _copy_inside(src: Path, folder: Path, out_dir: Path) -> Path | None:
-    if not src.is_file():
-        return None
-    if not src.resolve().is_relative_to(folder.resolve()):
-        raise ConvertError("is a link that leads outside the model folder; refusing to read it", src)
-    dest = out_dir / src.name
-    shutil.copyfile(src, dest)
-    return dest
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -39,23 +26,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def remap_ids(config: dict[str, Any], old_to_new: dict[int, int] | None, path: Path) -> dict[str, Any]:
-    """Translate special token ids (an id may be a list) into the pruned vocabulary."""
+    """Translate special token ids into the pruned vocabulary (unchanged when every token is kept)."""
     if old_to_new is None:
         return config
-    out = dict(config)
+    from converter.tokenizer import remap_special_ids
 
-    def one(key: str, value: object) -> object:
-        if value is None:
-            return None
-        if not isinstance(value, int) or value not in old_to_new:
-            raise ConvertError(f"'{key}' is {value!r}, which the pruned vocabulary does not keep", path)
-        return old_to_new[value]
-
-    for key in SPECIAL_ID_KEYS:
-        if key in out:
-            value = out[key]
-            out[key] = [one(key, v) for v in value] if isinstance(value, list) else one(key, value)
-    return out
+    return remap_special_ids(config, old_to_new, where=path)
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> Path:
@@ -82,9 +58,8 @@ def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
         written += write_tokenizer(folder, tokenizer, out_dir)
     elif keeps_all:
         for name in TOKENIZER_FILES:
-            copied = _copy_inside(folder / name, folder, out_dir)
-            if copied is not None:
-                written.append(copied)
+            if (folder / name).is_file():
+                written.append(copy_inside(folder / name, folder, out_dir / name))
     if write_config:
         written.append(write_json(out_dir / "config.json",
                                   remap_ids(pruned.new_config(), old_to_new, folder / "config.json")))

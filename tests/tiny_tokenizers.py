@@ -59,3 +59,39 @@ def train_byte_level_bpe(out_dir: Path, vocab_size: int = 2000) -> Path:
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+SPM_CONTROL_SYMBOLS = ["<|im_start|>", "<|im_end|>", "<unused0>", "<unused1>", "<unused2>"]
+
+
+def train_sentencepiece_bpe(out_dir: Path, vocab_size: int = 1500) -> Path:
+    """Train a Llama-2-style SentencePiece BPE (byte fallback, dummy prefix) and save it the HF way.
+
+    Writes tokenizer.model (the trained protobuf), tokenizer.json (transformers' own conversion
+    of it, with a Metaspace pre-tokenizer and a BOS template), tokenizer_config.json with role
+    tokens and `<unusedN>` placeholders, and chat_template.jinja. transformers 5's conversion
+    splits leading whitespace runs differently from SentencePiece itself, so compare each
+    runtime only with itself.
+    """
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_lines()), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=0.9995, split_digits=True, num_threads=1,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3, control_symbols=SPM_CONTROL_SYMBOLS,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        allow_whitespace_only_pieces=True, minloglevel=2,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False,
+              "extra_special_tokens": SPM_CONTROL_SYMBOLS}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    AutoTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
+    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    return out_dir

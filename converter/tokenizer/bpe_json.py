@@ -9,7 +9,7 @@ See https://huggingface.co/docs/tokenizers/api/models#tokenizers.models.BPE.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,39 +45,30 @@ def _has_byte_level(node: object) -> bool:
 def _vocab(raw: object, path: Path) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise TokenizerError("model.vocab is not an object mapping tokens to ids", path)
-    seen: set[int] = set()
-    for token, idx in raw.items():
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise TokenizerError(f"model.vocab gives token {token!r} the invalid id {idx!r}", path)
-        if idx in seen:
-            raise TokenizerError(f"model.vocab gives id {idx} to more than one token (one is {token!r})", path)
-        seen.add(idx)
+    ids = list(raw.values())
+    if not set(map(type, ids)) <= {int} or (ids and min(ids) < 0):
+        token, idx = next((t, i) for t, i in raw.items() if type(i) is not int or i < 0)
+        raise TokenizerError(f"model.vocab gives token {token!r} the invalid id {idx!r}", path)
+    if len(set(ids)) != len(ids):
+        raise TokenizerError("model.vocab gives the same id to more than one token", path)
     return raw
 
 
-def _merges(raw: object, vocab: Mapping[str, int], path: Path) -> tuple[tuple[tuple[str, str], ...], bool]:
+def _merges(raw: object, path: Path) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """Merges as (a, b) pairs; parts that are not in the vocabulary are caught where they are used."""
     if raw is None:
         return (), False
     if not isinstance(raw, list):
         raise TokenizerError("model.merges is not a list", path)
-    as_strings = bool(raw) and isinstance(raw[0], str)
-    merges: list[tuple[str, str]] = []
-    for i, item in enumerate(raw):
-        if as_strings and isinstance(item, str):
-            parts = item.split(" ")
-        elif not as_strings and isinstance(item, list):
-            parts = item
-        else:
-            raise TokenizerError(f"model.merges[{i}] is {item!r}; merges must all be 'a b' strings or all "
-                                 "[a, b] pairs", path)
-        if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-            raise TokenizerError(f"model.merges[{i}] is {item!r}, not a pair of tokens", path)
-        a, b = parts
-        if a not in vocab or b not in vocab or a + b not in vocab:
-            raise TokenizerError(f"model.merges[{i}] {item!r} uses or makes a token that is not in model.vocab; "
-                                 "the file is corrupt", path)
-        merges.append((a, b))
-    return tuple(merges), as_strings
+    kinds = set(map(type, raw))
+    if len(kinds) > 1 or not kinds <= {str, list}:
+        raise TokenizerError("model.merges must all be 'a b' strings or all [a, b] pairs of tokens", path)
+    as_strings = kinds == {str}
+    merges = tuple(tuple(m.split(" ")) for m in raw) if as_strings else tuple(map(tuple, raw))
+    if not set(map(len, merges)) <= {2}:
+        bad = next(m for m in merges if len(m) != 2)
+        raise TokenizerError(f"model.merges holds {bad!r}, which is not a pair of tokens", path)
+    return merges, as_strings  # type: ignore[return-value]
 
 
 def read_bpe(tokenizer_json: Mapping[str, Any], path: Path) -> BpeModel:
@@ -101,7 +92,7 @@ def read_bpe(tokenizer_json: Mapping[str, Any], path: Path) -> BpeModel:
     vocab = _vocab(model.get("vocab"), path)
     if unk is not None and unk not in vocab:
         raise TokenizerError(f"model.unk_token {unk!r} is not in model.vocab", path)
-    merges, as_strings = _merges(model.get("merges"), vocab, path)
+    merges, as_strings = _merges(model.get("merges"), path)
     byte_level = _has_byte_level(tokenizer_json.get("pre_tokenizer")) or _has_byte_level(
         tokenizer_json.get("normalizer"))
     return BpeModel(vocab=vocab, merges=merges, merges_as_strings=as_strings, unk_token=unk,
@@ -118,6 +109,36 @@ def byte_alphabet(model: BpeModel) -> list[str]:
     return [s for s in symbols if s in model.vocab]
 
 
+def _substituted(node: object) -> Iterator[str]:
+    """Strings Replace and Metaspace steps substitute, at any depth of a normalizer/pre-tokenizer/decoder."""
+    if isinstance(node, dict):
+        if node.get("type") == "Replace":
+            pattern = node.get("pattern")
+            if isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
+                yield pattern["String"]
+            if isinstance(node.get("content"), str):
+                yield node["content"]
+        if node.get("type") == "Metaspace" and isinstance(node.get("replacement"), str):
+            yield node["replacement"]
+        for value in node.values():
+            yield from _substituted(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _substituted(value)
+
+
+def whitespace_markers(tokenizer_json: Mapping[str, Any], model: BpeModel) -> list[str]:
+    """Tokens for the symbols the pipeline substitutes, such as SentencePiece's U+2581 for a space.
+
+    The decoder turns the marker back into a space only when it arrives as a token of its own;
+    spelled in byte-fallback pieces it would decode to a literal U+2581.
+    """
+    found: set[str] = set()
+    for key in ("normalizer", "pre_tokenizer", "decoder"):
+        found.update(_substituted(tokenizer_json.get(key)))
+    return sorted(t for t in found if t in model.vocab)
+
+
 def single_characters(model: BpeModel) -> list[str]:
     """Without bytes to fall back on, every one-character token is needed to stay lossless."""
     return [t for t in model.vocab if len(t) == 1]
@@ -127,11 +148,9 @@ def rewrite_bpe_model(model_json: Mapping[str, Any], bpe: BpeModel, old_to_new: 
     """The model section with kept tokens renumbered and only the merges whose parts and result survive."""
     kept = sorted((old_to_new[i], t) for t, i in bpe.vocab.items() if i in old_to_new)
     vocab = {t: new for new, t in kept}
-    merges: list[Any] = []
-    for a, b in bpe.merges:
-        if a in vocab and b in vocab and a + b in vocab:
-            merges.append(f"{a} {b}" if bpe.merges_as_strings else [a, b])
+    raw = model_json.get("merges") or []
     out = dict(model_json)
     out["vocab"] = vocab
-    out["merges"] = merges
+    out["merges"] = [m for m, (a, b) in zip(raw, bpe.merges, strict=True)
+                     if a in vocab and b in vocab and a + b in vocab]
     return out

@@ -1,11 +1,11 @@
 """Expand the token ids a prune plan asks for into a keep set the tokenizer can live with.
 
-Starting from the requested ids, rules add what the tokenizer still needs, each counted:
-`special` (unk, special added tokens, the tokens configs name, ids the post-processor or
-configs insert, SentencePiece control pieces), `chat_template` (what the template spells out
-and renders around messages), `reserved` (placeholders, only with keep_reserved), `byte` (the
-byte alphabet, so any text still encodes; `alphabet`, single characters, for a BPE without
-bytes) and `merge_closure` (see merge_closure.py). New ids are the kept old ids in order.
+Starting from the requested ids, rules add what the tokenizer still needs, each counted in
+`added_by_rules`: `special`, `chat_template`, `reserved` (only with keep_reserved), `byte` or
+`alphabet` (see rules.py), `sentencepiece_unused` (see sentencepiece_closure.py) and
+`merge_closure` (see merge_closure.py and sentencepiece_closure.py). New ids are the kept old
+ids in order. `TokenizerPlanner` parses the folder once for callers that plan many keep sets
+(fitting a vocabulary budget); `plan_tokenizer` is the one-shot form.
 """
 from __future__ import annotations
 
@@ -13,17 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
-from converter.tokenizer.bpe_json import byte_alphabet, single_characters
-from converter.tokenizer.chat_template import rendered_scaffolds, spelled_out
 from converter.tokenizer.errors import TokenizerError
-from converter.tokenizer.merge_closure import MergeGraph
-from converter.tokenizer.named_tokens import is_reserved, named_tokens
-from converter.tokenizer.parsed import ParsedTokenizer, parse_tokenizer
-from converter.tokenizer.sentencepiece_model import BYTE, CONTROL, UNKNOWN, pieces_of_type
-from converter.tokenizer.special_ids import config_token_ids
-from converter.tokenizer.tokenizer_json import processor_ids
+from converter.tokenizer.merge_closure import BuildPaths, MergeGraph, close_over
+from converter.tokenizer.parsed import gc_paused, parse_tokenizer
+from converter.tokenizer.rules import reserved_ids, standing_rules
+from converter.tokenizer.sentencepiece_closure import SentencePieceGraph
 
 
 @dataclass(frozen=True)
@@ -45,81 +39,88 @@ class TokenizerRewrite:
         return {old: new for new, old in enumerate(self.kept_ids)}
 
 
-def _requested(requested_ids: Iterable[int], limit: int, tok: ParsedTokenizer) -> set[int]:
-    """Requested ids that have a token; ids past the embedding are an error, ids without a token are not."""
-    kept: set[int] = set()
-    for i in requested_ids:
-        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < limit:
-            raise TokenizerError(f"requested token id {i!r} is outside the model's {limit} embedding rows",
-                                 tok.source.root)
-        if i in tok.vocabulary.tokens:
-            kept.add(i)
-    return kept
+class TokenizerPlanner:
+    """Keep sets for one tokenizer folder: parsed and rule-checked once, then planned many times.
 
+    Holds the parsed tokenizer (a few hundred MB for a 262k vocabulary) until it is dropped.
+    """
 
-def _config_ids(tok: ParsedTokenizer) -> set[int]:
-    ids: set[int] = set()
-    for name, config in tok.source.model_configs.items():
-        for key, i in config_token_ids(config, tok.source.path(name)):
-            if i not in tok.vocabulary.tokens:
-                raise TokenizerError(f"'{key}' is {i}, an id tokenizer.json has no token for; set it to an id the "
-                                     "tokenizer has, or to null", tok.source.path(name))
-            ids.add(i)
-    return ids
+    def __init__(self, src_dir: Path) -> None:
+        with gc_paused():
+            self._tok = parse_tokenizer(Path(src_dir))
+            self._rules = standing_rules(self._tok)
+        spm = self._tok.sentencepiece
+        self._spm_graph = SentencePieceGraph(spm) if spm is not None else None
+        self._merge_graph: MergeGraph | None = None
+        self._reserved: set[int] | None = None
 
+    def _requested(self, requested_ids: Iterable[int], limit: int) -> set[int]:
+        """Requested ids that have a token; ids past the embedding are an error, ids without a token are not."""
+        tokens = self._tok.vocabulary.tokens
+        kept: set[int] = set()
+        for i in requested_ids:
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < limit:
+                raise TokenizerError(f"requested token id {i!r} is outside the model's {limit} embedding rows",
+                                     self._tok.source.root)
+            if i in tokens:
+                kept.add(i)
+        return kept
 
-def _special(tok: ParsedTokenizer, limit: int) -> set[int]:
-    """Named, inserted and unk tokens; unnamed specials only where the embedding has a row for them."""
-    vocab = tok.vocabulary
-    names = named_tokens(tok.source.tokenizer_config) | named_tokens(tok.source.special_tokens_map)
-    ids = {vocab.ids[n] for n in names if n in vocab.ids}
-    if tok.bpe.unk_token is not None:
-        ids.add(vocab.ids[tok.bpe.unk_token])
-    ids |= processor_ids(tok.source.tokenizer_json, tok.json_path) | _config_ids(tok)
-    unnamed = {t.id for t in vocab.added if t.special and not is_reserved(t.content)}
-    if tok.sentencepiece is not None:
-        unnamed |= {i for i in pieces_of_type(tok.sentencepiece, CONTROL, UNKNOWN)
-                    if not is_reserved(tok.sentencepiece.pieces[i].piece)}
-    return ids | {i for i in unnamed if i < limit}
+    def _closure(self, kept: set[int]) -> set[int]:
+        tok = self._tok
+        tokens = tok.vocabulary.tokens
+        if len(kept) == len(tokens):
+            return kept
+        if self._merge_graph is None:
+            self._merge_graph = MergeGraph(tok.bpe.merges)
+        graphs: list[BuildPaths] = [self._merge_graph]
+        if self._spm_graph is not None:
+            graphs.append(self._spm_graph)
+        closed = close_over((tokens[i] for i in kept), graphs)
+        unknown = sorted(closed - tok.vocabulary.ids.keys())
+        if unknown:
+            raise TokenizerError(f"model.merges builds {len(unknown)} tokens from parts that are not in model.vocab "
+                                 f"(first: {unknown[0]!r}); the file is corrupt", tok.json_path)
+        return {tok.vocabulary.ids[t] for t in closed}
 
+    def _check_fits(self, kept: set[int], requested: set[int], limit: int) -> None:
+        beyond = sorted(i for i in kept - requested if i >= limit)
+        if beyond:
+            i = beyond[0]
+            raise TokenizerError(f"token {self._tok.vocabulary.tokens[i]!r} (id {i}) must be kept but lies beyond "
+                                 f"the model's {limit} embedding rows ({len(beyond)} such ids)", self._tok.json_path)
 
-def _chat_template(tok: ParsedTokenizer) -> set[int]:
-    templates = tok.source.chat_templates
-    ids = spelled_out(templates, tok.vocabulary.added)
-    scaffolds = rendered_scaffolds(templates, tok.source.tokenizer_config)
-    if scaffolds:
-        encoder = Tokenizer.from_file(str(tok.json_path))
-        for encoding in encoder.encode_batch(scaffolds, add_special_tokens=False):
-            ids.update(encoding.ids)
-    return ids
+    def plan(self, requested_ids: Iterable[int], *, vocab_size: int | None = None,
+             keep_reserved: bool = False) -> TokenizerRewrite:
+        """The keep set for `requested_ids`; see plan_tokenizer."""
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+                                       or vocab_size <= 0):
+            raise TokenizerError(f"vocab_size must be a positive integer, got {vocab_size!r}", self._tok.source.root)
+        limit = vocab_size if vocab_size is not None else self._tok.vocabulary.size
+        rules = self._rules
+        requested = self._requested(requested_ids, limit)
+        kept = set(requested)
+        added: dict[str, int] = {}
 
+        def apply(rule: str, ids: Iterable[int]) -> None:
+            new = set(ids) - kept
+            kept.update(new)
+            added[rule] = len(new)
 
-def _reserved(tok: ParsedTokenizer) -> set[int]:
-    return {i for i, t in tok.vocabulary.tokens.items() if is_reserved(t)}
-
-
-def _bytes(tok: ParsedTokenizer) -> tuple[str, set[int]]:
-    if not (tok.bpe.byte_level or tok.bpe.byte_fallback):
-        return "alphabet", {tok.bpe.vocab[t] for t in single_characters(tok.bpe)}
-    ids = {tok.bpe.vocab[t] for t in byte_alphabet(tok.bpe)}
-    if tok.sentencepiece is not None:
-        ids |= set(pieces_of_type(tok.sentencepiece, BYTE))
-    return "byte", ids
-
-
-def _closure(tok: ParsedTokenizer, kept: set[int]) -> set[int]:
-    tokens = tok.vocabulary.tokens
-    model_tokens = {tokens[i] for i in kept if tokens[i] in tok.bpe.vocab}
-    closed = MergeGraph(tok.bpe.merges).closure(model_tokens)
-    return {tok.bpe.vocab[t] for t in closed}
-
-
-def _check_fits(kept: set[int], requested: set[int], limit: int, tok: ParsedTokenizer) -> None:
-    beyond = sorted(i for i in kept - requested if i >= limit)
-    if beyond:
-        i = beyond[0]
-        raise TokenizerError(f"token {tok.vocabulary.tokens[i]!r} (id {i}) must be kept but lies beyond the "
-                             f"model's {limit} embedding rows ({len(beyond)} such ids)", tok.json_path)
+        apply("special", rules.required_special | {i for i in rules.optional_special if i < limit})
+        apply("chat_template", rules.chat_template)
+        if keep_reserved:
+            if self._reserved is None:
+                self._reserved = reserved_ids(self._tok)
+            apply("reserved", (i for i in self._reserved if i < limit))
+        apply(rules.byte_rule, rules.byte)
+        if self._spm_graph is not None:
+            ids = self._tok.vocabulary.ids
+            apply("sentencepiece_unused", (ids[p] for p in self._spm_graph.buildable_unused()))
+        with gc_paused():
+            apply("merge_closure", self._closure(kept))
+        self._check_fits(kept, requested, limit)
+        return TokenizerRewrite(tuple(sorted(kept)), added)
 
 
 def plan_tokenizer(src_dir: Path, requested_ids: Sequence[int], *, vocab_size: int | None = None,
@@ -129,24 +130,4 @@ def plan_tokenizer(src_dir: Path, requested_ids: Sequence[int], *, vocab_size: i
     `vocab_size` is the model's embedding rows, which may exceed the tokenizer (padded
     embeddings): requested ids in the padding are dropped; ids at or past it are errors.
     """
-    tok = parse_tokenizer(Path(src_dir))
-    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
-        raise TokenizerError(f"vocab_size must be a positive integer, got {vocab_size!r}", tok.source.root)
-    limit = vocab_size if vocab_size is not None else tok.vocabulary.size
-    requested = _requested(requested_ids, limit, tok)
-    kept = set(requested)
-    added: dict[str, int] = {}
-
-    def apply(rule: str, ids: set[int]) -> None:
-        new = ids - kept
-        kept.update(new)
-        added[rule] = added.get(rule, 0) + len(new)
-
-    apply("special", _special(tok, limit))
-    apply("chat_template", _chat_template(tok))
-    if keep_reserved:
-        apply("reserved", _reserved(tok))
-    apply(*_bytes(tok))
-    apply("merge_closure", _closure(tok, kept))
-    _check_fits(kept, requested, limit, tok)
-    return TokenizerRewrite(tuple(sorted(kept)), added)
+    return TokenizerPlanner(Path(src_dir)).plan(requested_ids, vocab_size=vocab_size, keep_reserved=keep_reserved)

@@ -12,20 +12,28 @@ would leave nothing that spans exactly t), and since ranks are distinct those me
 the same order as when t is encoded on its own. So running BPE on t's characters gives the
 merge path t has in every context; every intermediate of that run is recorded, since its own
 path is the same argument one level down.
+
+With that, the old tokenizer's run on text it splits into kept tokens fires only merges whose
+parts and result are kept; the new tokenizer has exactly those merges, in the same order, and
+each step's lowest-ranked candidate is still there, so it makes the same choices.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+
+class BuildPaths(Protocol):
+    """Anything that can say which tokens a token is built from."""
+
+    def parts(self, token: str, kept: set[str]) -> tuple[str, ...]: ...
 
 
 class MergeGraph:
-    """Merge ranks and, per token, how BPE builds it."""
+    """Merge ranks and, per token, the merge BPE uses to build it."""
 
     def __init__(self, merges: Sequence[tuple[str, str]]) -> None:
-        self._rank = {pair: i for i, pair in enumerate(merges)}
-        self._producers: dict[str, list[tuple[str, str]]] = {}
-        for pair in self._rank:
-            self._producers.setdefault(pair[0] + pair[1], []).append(pair)
+        self._rank = dict(zip(merges, range(len(merges))))
         self._built_by: dict[str, tuple[str, str] | None] = {}
 
     def _run_bpe(self, token: str) -> None:
@@ -34,8 +42,8 @@ class MergeGraph:
         symbols = list(token)
         while len(symbols) > 1:
             best, at = None, -1
-            for i in range(len(symbols) - 1):
-                r = rank.get((symbols[i], symbols[i + 1]))
+            for i, pair in enumerate(zip(symbols, symbols[1:])):
+                r = rank.get(pair)
                 if r is not None and (best is None or r < best):
                     best, at = r, i
             if best is None:
@@ -47,24 +55,28 @@ class MergeGraph:
 
     def parts(self, token: str, kept: set[str]) -> tuple[str, ...]:
         """The tokens `token` is merged from (empty for a base symbol or a token BPE never builds)."""
-        producers = self._producers.get(token)
+        if token in self._built_by:
+            return self._built_by[token] or ()
+        producers = [pair for i in range(1, len(token)) if (pair := (token[:i], token[i:])) in self._rank]
         if not producers:
             return ()
         if len(producers) == 1:
             return producers[0]
         if all(a in kept and b in kept for a, b in producers):
             return ()
-        if token not in self._built_by:
-            self._run_bpe(token)
+        self._run_bpe(token)
         return self._built_by[token] or ()
 
-    def closure(self, kept: Iterable[str]) -> set[str]:
-        """`kept` plus every token on the merge paths of its members."""
-        closed = set(kept)
-        stack = list(closed)
-        while stack:
-            for part in self.parts(stack.pop(), closed):
+
+def close_over(kept: Iterable[str], graphs: Sequence[BuildPaths]) -> set[str]:
+    """`kept` plus every token on the build paths of its members, under every graph given."""
+    closed = set(kept)
+    stack = list(closed)
+    while stack:
+        token = stack.pop()
+        for graph in graphs:
+            for part in graph.parts(token, closed):
                 if part not in closed:
                     closed.add(part)
                     stack.append(part)
-        return closed
+    return closed

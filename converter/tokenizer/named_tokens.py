@@ -3,8 +3,8 @@
 tokenizer_config.json and special_tokens_map.json name tokens by content: the role tokens
 (bos, eos, unk, pad, ...), given as a string or as an AddedToken-like {"content": ...} object,
 and lists of extra specials. Placeholders such as `<|reserved_special_token_7|>`, `<unused12>`,
-`[unused3]` or Qwen's `<|extra_4|>` exist only to pad a vocabulary; nothing uses them, so they
-are dropped unless asked for.
+`[unused3]`, Mistral's `[control_8]` or Qwen's `<|extra_4|>` exist only to pad a vocabulary;
+nothing uses them, so they are dropped unless asked for.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROLE_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "c
 LIST_KEYS = ("additional_special_tokens", "extra_special_tokens")
 
 _RESERVED = re.compile(
-    r"<\|?(?:reserved|unused|extra|placeholder|dummy)[_a-z]*?_?\d+\|?>|\[unused\d+\]|<SPECIAL_\d+>",
+    r"<\|?(?:reserved|unused|extra|placeholder|dummy)[_a-z]*?_?\d+\|?>|\[(?:unused|control_)\d+\]|<SPECIAL_\d+>",
     re.IGNORECASE,
 )
 

@@ -7,11 +7,12 @@ config.json, generation_config.json) and the chat templates, wherever the folder
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
 from converter.tokenizer.errors import TokenizerError
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -23,6 +24,8 @@ CHAT_TEMPLATE_JINJA = "chat_template.jinja"
 CHAT_TEMPLATE_JSON = "chat_template.json"
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
 MODEL_CONFIGS = ("config.json", "generation_config.json")
+MAX_TOKENIZER_JSON_BYTES = 1 << 30
+MAX_CONFIG_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -47,18 +50,15 @@ class TokenizerSource:
 
 
 def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
-    """A JSON object, or {} for an absent optional file."""
-    if not path.is_file():
-        if required:
-            raise TokenizerError("is missing; tokenizer surgery needs a Hugging Face tokenizer.json", path)
+    """A JSON object (size-capped, see converter.io.jsonfile), or {} for an absent optional file."""
+    if not path.is_file() and not required:
         return {}
+    limit = MAX_TOKENIZER_JSON_BYTES if path.name == TOKENIZER_JSON else MAX_CONFIG_BYTES
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise TokenizerError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(raw, dict):
-        raise TokenizerError("is not a JSON object", path)
-    return raw
+        return read_json_object(path, limit, "a tokenizer or model configuration file",
+                                missing="is missing; tokenizer surgery needs a Hugging Face tokenizer.json")
+    except ConvertError as exc:
+        raise TokenizerError(str(exc)) from exc
 
 
 def _read_text(path: Path) -> str:

@@ -8,13 +8,13 @@ files the source has are written.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
+from converter.io.safe_copy import copy_inside
 from converter.tokenizer.errors import TokenizerError
 from converter.tokenizer.keepset import TokenizerRewrite
-from converter.tokenizer.parsed import ParsedTokenizer, parse_tokenizer
+from converter.tokenizer.parsed import ParsedTokenizer, gc_paused, parse_tokenizer
 from converter.tokenizer.sentencepiece_model import rewrite_sentencepiece
 from converter.tokenizer.source import (ADDED_TOKENS, CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON,
                                         SENTENCEPIECE_MODEL, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON)
@@ -39,23 +39,26 @@ def _copy_templates(src: Path, out_dir: Path) -> list[Path]:
     written = []
     for name in (CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON):
         if (src / name).is_file():
-            written.append(Path(shutil.copyfile(src / name, out_dir / name)))
+            written.append(copy_inside(src / name, src, out_dir / name))
     if (src / CHAT_TEMPLATE_DIR).is_dir():
         (out_dir / CHAT_TEMPLATE_DIR).mkdir(exist_ok=True)
         for path in sorted((src / CHAT_TEMPLATE_DIR).glob("*.jinja")):
-            written.append(Path(shutil.copyfile(path, out_dir / CHAT_TEMPLATE_DIR / path.name)))
+            written.append(copy_inside(path, src, out_dir / CHAT_TEMPLATE_DIR / path.name))
     return written
 
 
 def write_tokenizer(src_dir: Path, rewrite: TokenizerRewrite, out_dir: Path) -> list[Path]:
     """Write every tokenizer file of `src_dir`, rewritten for `rewrite`, into `out_dir`; return the paths."""
-    tok = parse_tokenizer(Path(src_dir))
+    with gc_paused():
+        return _write(parse_tokenizer(Path(src_dir)), rewrite, Path(out_dir))
+
+
+def _write(tok: ParsedTokenizer, rewrite: TokenizerRewrite, out_dir: Path) -> list[Path]:
     _check_ids(tok, rewrite)
     source = tok.source
     old_to_new = rewrite.old_to_new()
     kept = {tok.vocabulary.tokens[i] for i in rewrite.kept_ids}
     known = set(tok.vocabulary.ids)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data = rewrite_tokenizer_json(source.tokenizer_json, tok.bpe, old_to_new, tok.json_path)
