@@ -101,3 +101,53 @@ def test_sharding_respects_max_shard_size(tmp_path: Path) -> None:
     for shard in shards:
         assert shard.stat().st_size <= max(200_000, biggest) + 10_000
     assert index["metadata"]["total_size"] == sum(t.numel() * 4 for t in load_folder_tensors(out).values())
+
+
+VOCAB_CASES = [(family, sharded) for family in FAMILIES for sharded in (False, True)]
+
+
+@pytest.mark.parametrize("family,sharded", VOCAB_CASES, ids=[f"{f}-{'sharded' if s else 'single'}"
+                                                             for f, s in VOCAB_CASES])
+def test_vocab_and_ffn_plan_with_tokenizer(tmp_path: Path, family: str, sharded: bool,
+                                           byte_level_tokenizer_dir: Path) -> None:
+    """Token-dropping plans: the tokenizer's rules grow the keep set, and both checks still hold."""
+    model = build_tiny_model(family, dtype=torch.bfloat16 if sharded else torch.float32)
+    src = save_tiny_model(model, tmp_path / "in", max_shard_size="40KB" if sharded else "5GB",
+                          tokenizer_dir=byte_level_tokenizer_dir)
+    cfg = model.config
+    requested = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, 500, 96, seed=2)
+    out = tmp_path / "out"
+    export(open_source(src), requested, out, "hf")
+
+    final = PrunePlan.load(out / "prune_plan.json")
+    assert set(requested.kept_token_ids) <= set(final.kept_token_ids) and final.vocab_size > 500
+    expected = prune_state_dict(saved_state(model), final)
+    got = load_folder_tensors(out)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert reloaded.config.vocab_size == final.vocab_size
+    reference = AutoModelForCausalLM.from_config(reloaded.config).to(torch.float32).eval()
+    reference.load_state_dict({k: v.float() for k, v in expected.items()}, strict=False)
+    if cfg.tie_word_embeddings:
+        reference.tie_weights()
+    ids = torch.randint(0, final.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, reference(ids).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3_text"])
+def test_vocab_only_pruning_equals_original_restricted_to_kept_rows(tmp_path: Path, family: str,
+                                                                   byte_level_tokenizer_dir: Path) -> None:
+    """Differential check against the unpruned model: same prompt in old and new ids, same logits."""
+    model = build_tiny_model(family, seed=9)
+    src = save_tiny_model(model, tmp_path / "in", tokenizer_dir=byte_level_tokenizer_dir)
+    cfg = model.config
+    requested = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, 700, 160, seed=4)
+    export(open_source(src), requested, tmp_path / "out", "hf")
+    kept = torch.tensor(PrunePlan.load(tmp_path / "out" / "prune_plan.json").kept_token_ids)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    new_ids = torch.randint(0, len(kept), (1, 16), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        full = model(kept[new_ids]).logits[..., kept]
+        torch.testing.assert_close(pruned(new_ids).logits, full, rtol=1e-5, atol=1e-5)

