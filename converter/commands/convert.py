@@ -44,6 +44,11 @@ def build_parser(prog: str = "compact-convert") -> argparse.ArgumentParser:
     budget.add_argument("--method", choices=["compact", "act2", "magnitude", "random"], default="compact",
                         help="channel criterion (default compact; the others are baselines)")
     budget.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="where to score")
+    budget.add_argument("--text-field", default="text", help="JSONL field holding the calibration text (default text)")
+    budget.add_argument("--calib-tokens", type=int, default=128 * 512,
+                        help="tokens of the activation sample (default 65536); token counts use all the text")
+    budget.add_argument("--ffn-multiple", type=int, default=32, help="round the FFN size to this multiple (default 32)")
+    budget.add_argument("--scores", type=Path, help="scores.safetensors from `compact-convert score` (skips scoring)")
     out = p.add_argument_group("output")
     out.add_argument("--outtype", help="weight type: hf keeps the source dtype; gguf f32|f16|bf16|q8_0|q4_0|...; "
                      "onnx fp32|fp16|int8|int4")

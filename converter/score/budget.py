@@ -1,0 +1,107 @@
+"""Parameter arithmetic: what a (vocabulary, FFN) split costs, and which splits meet a budget.
+
+Parameters are counted from the checkpoint headers exactly as the exporters will write them:
+every tensor with a `vocab` axis grows by its other dimensions per kept token, every tensor with
+an `ffn` axis per kept channel, the rest is fixed. Tied embeddings are one tensor in the
+checkpoint and so are counted once. A target ratio R asks for at most (1 - R) of the original
+parameters; candidate splits spread the cut between vocabulary and FFN, from FFN-only to
+vocabulary-only, so auto-split can measure which is best.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from converter.arch import is_ignored_tensor
+from converter.errors import ConvertError
+from converter.pipeline import Source
+
+
+@dataclass(frozen=True)
+class ParamModel:
+    """params(vocab, ffn) = fixed + per_token * vocab + per_channel * ffn."""
+
+    fixed: int
+    per_token: int
+    per_channel: int
+    vocab: int
+    ffn: int
+
+    @property
+    def total(self) -> int:
+        return self.params(self.vocab, self.ffn)
+
+    def params(self, vocab: int, ffn: int) -> int:
+        return self.fixed + self.per_token * vocab + self.per_channel * ffn
+
+    def ffn_for(self, vocab: int, budget: int, multiple: int) -> int:
+        """The largest FFN size (a multiple of `multiple`, at most the model's) that fits the budget."""
+        room = (budget - self.fixed - self.per_token * vocab) // self.per_channel
+        return min(self.ffn, room // multiple * multiple)
+
+    def arithmetic(self, vocab: int, ffn: int) -> str:
+        """The parameter arithmetic as a user reads it."""
+        after = self.params(vocab, ffn)
+        return (f"params = fixed {self.fixed:,} + {self.per_token:,} x vocab + {self.per_channel:,} x ffn; "
+                f"before {self.total:,} (vocab {self.vocab}, ffn {self.ffn}); after {after:,} (vocab {vocab}, "
+                f"ffn {ffn}); removed {self.total - after:,} = {100 * (1 - after / self.total):.2f}%")
+
+
+def param_model(source: Source) -> ParamModel:
+    fixed = per_token = per_channel = 0
+    dims = source.spec.dims
+    for info in source.checkpoint:
+        if is_ignored_tensor(info.name):
+            continue
+        numel = math.prod(info.shape)
+        slot = source.spec.slot(info.name)
+        if slot is not None and slot.axis("vocab") is not None:
+            per_token += numel // dims.vocab
+        elif slot is not None and slot.axis("ffn") is not None:
+            per_channel += numel // dims.ffn
+        else:
+            fixed += numel
+    return ParamModel(fixed, per_token, per_channel, dims.vocab, dims.ffn)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One way to meet a budget: a vocabulary target and the FFN size that fits beside it."""
+
+    share: float
+    vocab: int
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0 < ratio < 1:
+        raise ConvertError(f"--target-ratio must be between 0 and 1 (the fraction of parameters to remove), "
+                           f"got {ratio}")
+
+
+def budget_for(model: ParamModel, ratio: float) -> int:
+    check_ratio(ratio)
+    return math.floor((1 - ratio) * model.total)
+
+
+def candidate_splits(model: ParamModel, ratio: float, min_vocab: int, multiple: int, count: int = 6) -> list[Split]:
+    """Vocabulary targets spreading the cut from FFN-only (share 0) to vocabulary-heavy (share 1)."""
+    budget = budget_for(model, ratio)
+    cut = model.total - budget
+    most_vocab_cut = (model.vocab - min_vocab) * model.per_token
+    splits: list[Split] = []
+    for k in range(count):
+        share = k / (count - 1) if count > 1 else 0.0
+        vocab_cut = math.ceil(min(share * cut, most_vocab_cut) / model.per_token) if model.per_token else 0
+        vocab = model.vocab - vocab_cut
+        if share and vocab == model.vocab:
+            continue
+        if model.ffn_for(vocab, budget, multiple) < multiple:
+            continue
+        if all(s.vocab != vocab for s in splits):
+            splits.append(Split(share, vocab))
+    if not splits:
+        smallest = model.params(min_vocab, multiple)
+        raise ConvertError(f"--target-ratio {ratio} cannot be met: the smallest model this tokenizer and "
+                           f"--ffn-multiple {multiple} allow has {smallest:,} parameters "
+                           f"({100 * (1 - smallest / model.total):.1f}% removed)")
+    return splits

@@ -1,0 +1,232 @@
+"""Running a checkpoint forward for statistics: whole on the device, or one decoder layer at a time.
+
+The transformers model is built with empty (meta) parameters and filled from the safetensors
+through converter.io, so nothing is loaded twice and a model larger than the device still runs.
+Whole mode loads every layer once and runs the base model per batch. Layer mode first runs the
+model with every decoder layer replaced by a recorder, capturing each layer's keyword arguments
+(masks, rotary tables, which differ by layer type in Gemma 2/3 and Qwen) and the embedded input;
+then it loads one layer, pushes every batch's hidden states through it, frees it and goes on.
+Both run the same modules on the same tensors in the same order, so their results agree to
+float tolerance, and peak device memory in layer mode is one layer plus the hidden states.
+
+A `Probe` sees the input of every `mlp.down_proj` (act_fn(gate(x)) * up(x)) and may replace it,
+which is how scoring records act² and how candidate plans mask dropped FFN channels.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from converter.errors import ConvertError
+from converter.pipeline import Source
+from converter.prune import TORCH_DTYPE_NAMES, raw_to_torch
+
+FIT_FRACTION = 0.6
+
+
+class Probe(Protocol):
+    def begin_batch(self, index: int) -> None: ...
+
+    def down_input(self, layer: int, x: torch.Tensor) -> torch.Tensor | None: ...
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConvertError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPUs, float32 on CPUs (where bf16 matmuls are slow and buy nothing)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def fits(source: Source, device: torch.device) -> bool:
+    """Whether the whole model in the compute dtype fits comfortably in the device's free memory."""
+    params = sum(info.nbytes // info.itemsize for info in source.checkpoint)
+    size = params * torch.tensor([], dtype=compute_dtype(device)).element_size()
+    return size < FIT_FRACTION * free_memory(device)
+
+
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer during capture: records its arguments, changes nothing."""
+
+    def __init__(self, layer: nn.Module, store: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        super().__init__()
+        self.store = store
+        if hasattr(layer, "attention_type"):
+            self.attention_type = layer.attention_type
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.store.append((args, kwargs))
+        return hidden_states
+
+
+class ModelRunner:
+    """A model skeleton over a checkpoint that runs batches whole or layer by layer."""
+
+    def __init__(self, source: Source, device: torch.device, layerwise: bool) -> None:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.source = source
+        self.device = device
+        self.dtype = compute_dtype(device)
+        self.layerwise = layerwise
+        try:
+            config = AutoConfig.from_pretrained(str(source.folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConvertError(f"config.json cannot be loaded by transformers ({exc})", source.folder) from exc
+        config.use_cache = False
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        self.config = config
+        self.base: nn.Module = model.model
+        self.layers: nn.ModuleList = model.model.layers
+        self.embed_device = torch.device("cpu") if layerwise else device
+        self._move_buffers(model)
+        self._load(self.base.embed_tokens, "model.embed_tokens.", self.embed_device)
+        self._load(self.base.norm, "model.norm.", device)
+        if not layerwise:
+            for index, layer in enumerate(self.layers):
+                self._load(layer, f"model.layers.{index}.", device)
+        self._probe: Probe | None = None
+        self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._hook(index))
+                         for index, layer in enumerate(self.layers)]
+
+    def _move_buffers(self, model: nn.Module) -> None:
+        for module in model.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is not None and buf.device.type != "meta":
+                    module._buffers[name] = buf.to(self.device)
+        emb = self.base.embed_tokens
+        for name, buf in list(emb._buffers.items()):
+            if buf is not None:
+                emb._buffers[name] = buf.to(self.embed_device)
+
+    def _hook(self, layer: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if self._probe is None:
+                return None
+            out = self._probe.down_input(layer, args[0])
+            return None if out is None else (out, *args[1:])
+        return hook
+
+    def weight(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """One tensor (or some rows of it) from the checkpoint, in the compute dtype, on the device."""
+        ckpt = self.source.checkpoint
+        info = ckpt.info(name)
+        if info.dtype not in TORCH_DTYPE_NAMES:
+            raise ConvertError(f"tensor '{name}' has dtype {info.dtype}, which scoring cannot read", ckpt.folder)
+        if rows is None:
+            data, shape = ckpt.raw(name), info.shape
+        else:
+            data, shape = ckpt.raw_rows(name, rows), (len(rows), *info.shape[1:])
+        return raw_to_torch(data, info.dtype, shape).to(device=self.device, dtype=self.dtype)
+
+    def _load(self, module: nn.Module, prefix: str, device: torch.device) -> None:
+        for pname, param in list(module.named_parameters()):
+            owner_name, _, leaf = pname.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            name = prefix + pname
+            if name not in self.source.checkpoint:
+                raise ConvertError(f"tensor '{name}' is missing from the checkpoint", self.source.folder)
+            info = self.source.checkpoint.info(name)
+            tensor = raw_to_torch(self.source.checkpoint.raw(name), info.dtype, info.shape)
+            owner._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=self.dtype), requires_grad=False)
+
+    def _free(self, module: nn.Module) -> None:
+        for pname, param in list(module.named_parameters()):
+            owner_name, _, leaf = pname.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._parameters[leaf] = nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device="meta"),
+                                                   requires_grad=False)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.base.embed_tokens(ids.to(self.embed_device)).to(self.device)
+
+    @torch.inference_mode()
+    def run(self, batches: Sequence[torch.Tensor], probe: Probe | None = None,
+            on_output: Callable[[int, torch.Tensor], None] | None = None,
+            progress: Callable[[int], None] | None = None) -> None:
+        """Run every batch of ids [B, T] (right-padded); on_output gets the final normed hidden states."""
+        self._probe = probe
+        try:
+            if self.layerwise:
+                self._run_layerwise(batches, probe, on_output, progress)
+            else:
+                for index, ids in enumerate(batches):
+                    if probe is not None:
+                        probe.begin_batch(index)
+                    hidden = self.base(inputs_embeds=self._embed(ids), use_cache=False).last_hidden_state
+                    if on_output is not None:
+                        on_output(index, hidden)
+                    if progress is not None:
+                        progress(1)
+        finally:
+            self._probe = None
+
+    def _run_layerwise(self, batches: Sequence[torch.Tensor], probe: Probe | None,
+                       on_output: Callable[[int, torch.Tensor], None] | None,
+                       progress: Callable[[int], None] | None) -> None:
+        originals = list(self.layers)
+        states: list[torch.Tensor] = []
+        calls: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
+        norm = self.base.norm
+        self.base.norm = nn.Identity()
+        try:
+            for ids in batches:
+                store: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+                for index, layer in enumerate(originals):
+                    self.layers[index] = _Recorder(layer, store)
+                embedded = self._embed(ids)
+                self.base(inputs_embeds=embedded, use_cache=False)
+                states.append(embedded)
+                calls.append(store)
+        finally:
+            for index, layer in enumerate(originals):
+                self.layers[index] = layer
+            self.base.norm = norm
+        for index, layer in enumerate(originals):
+            self._load(layer, f"model.layers.{index}.", self.device)
+            try:
+                for b, hidden in enumerate(states):
+                    if probe is not None:
+                        probe.begin_batch(b)
+                    args, kwargs = calls[b][index]
+                    states[b] = layer(hidden, *args, **kwargs)
+            finally:
+                self._free(layer)
+            if progress is not None:
+                progress(len(batches) / len(originals))
+        for b, hidden in enumerate(states):
+            if on_output is not None:
+                on_output(b, norm(hidden))
+
+    def output_rows(self, rows: Sequence[int] | None) -> torch.Tensor:
+        """The output projection (lm_head, or the tied embedding) restricted to `rows`."""
+        name = "model.embed_tokens.weight" if self.source.spec.tied_embeddings else "lm_head.weight"
+        if name not in self.source.checkpoint:
+            name = "model.embed_tokens.weight"
+        return self.weight(name, rows)
+
+    def logits(self, hidden: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:
+        """Logits over the given output rows, in float32, with Gemma 2/3 final soft-capping."""
+        logits = (hidden @ out_rows.T).float()
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

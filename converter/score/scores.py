@@ -1,0 +1,202 @@
+"""Scores: what a calibration pass learned about a model, as one additive safetensors file.
+
+`scores.safetensors` holds the token counts [vocab], common-token channel importance per
+frequency-rank bucket [layers, buckets, ffn], plain act² [layers, ffn] (the Minitron-style
+baseline), weight magnitude [layers, ffn], the bucket layout, and a little held-out calibration
+text for choosing a split; metadata names the model (Checkpoint.fingerprint()), the corpus and
+the tokens seen. Every statistic is a sum, so files scored on disjoint corpus shards merge by
+adding, provided they were made for the same model with the same bucket layout; held-out text
+is the union, cut to the same budget in hash order, as one run over all shards would pick it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from converter.errors import ConvertError
+from converter.score.buckets import BucketLayout
+
+FORMAT = "compact-convert-scores"
+VERSION = "1"
+TENSORS = ("counts", "importance", "act2", "magnitude", "bucket_of_token", "bucket_edges", "heldout_text",
+           "heldout_offsets", "heldout_hashes", "heldout_tokens")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Sums over a corpus for one model, plus what is needed to plan and check a plan."""
+
+    fingerprint: str
+    architecture: str
+    counts: np.ndarray
+    importance: np.ndarray
+    act2: np.ndarray
+    magnitude: np.ndarray
+    layout: BucketLayout
+    corpus: tuple[str, ...]
+    tokens_counted: int
+    tokens_scored: int
+    sequences: int
+    documents: int
+    seq_len: int
+    heldout: tuple[tuple[int, str, int], ...]
+    heldout_cap: int
+
+    @property
+    def layers(self) -> int:
+        return self.importance.shape[0]
+
+    @property
+    def ffn(self) -> int:
+        return self.importance.shape[2]
+
+    @property
+    def vocab(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def heldout_texts(self) -> list[str]:
+        return [text for _, text, _ in self.heldout]
+
+    def describe(self) -> str:
+        return (f"{self.tokens_counted:,} tokens counted, {self.tokens_scored:,} scored in {self.sequences} sequences, "
+                f"{len(self.heldout)} held-out documents; corpus: {'; '.join(self.corpus)}")
+
+    def save(self, path: Path) -> Path:
+        """Write atomically: a crash leaves no half-written scores file at `path`."""
+        from safetensors.numpy import save_file
+
+        text = [t.encode("utf-8") for _, t, _ in self.heldout]
+        offsets = np.cumsum([0, *[len(t) for t in text]]).astype(np.int64)
+        tensors = {
+            "counts": self.counts.astype(np.int64),
+            "importance": self.importance.astype(np.float64),
+            "act2": self.act2.astype(np.float64),
+            "magnitude": self.magnitude.astype(np.float32),
+            "bucket_of_token": self.layout.token_bucket.astype(np.int32),
+            "bucket_edges": np.asarray(self.layout.edges, dtype=np.int64),
+            "heldout_text": np.frombuffer(b"".join(text) or b"\x00", dtype=np.uint8).copy(),
+            "heldout_offsets": offsets,
+            "heldout_hashes": np.asarray([h for h, _, _ in self.heldout], dtype=np.int64).reshape(-1),
+            "heldout_tokens": np.asarray([n for _, _, n in self.heldout], dtype=np.int64).reshape(-1),
+        }
+        metadata = {
+            "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
+            "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
+            "tokens_scored": str(self.tokens_scored), "sequences": str(self.sequences),
+            "documents": str(self.documents), "seq_len": str(self.seq_len), "heldout_cap": str(self.heldout_cap),
+            "layout_id": self.layout.layout_id, "buckets": str(self.layout.buckets),
+        }
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ConvertError(f"cannot write the scores file ({exc.strerror or exc})", path) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Scores:
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConvertError("scores file does not exist", path)
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ConvertError("is not a compact-convert scores file (make one with `compact-convert score`)",
+                                       path)
+                if meta.get("version") != VERSION:
+                    raise ConvertError(f"scores format version {meta.get('version')!r} is not {VERSION}; score again",
+                                       path)
+                missing = [n for n in TENSORS if n not in f.keys()]
+                if missing:
+                    raise ConvertError(f"scores file lacks tensor '{missing[0]}'", path)
+                t = {n: f.get_tensor(n) for n in TENSORS}
+        except (SafetensorError, OSError, ValueError) as exc:
+            if isinstance(exc, ConvertError):
+                raise
+            raise ConvertError(f"cannot be read as a scores file ({type(exc).__name__}: {exc})", path) from exc
+        try:
+            text = t["heldout_text"].tobytes()
+            offsets = t["heldout_offsets"].tolist()
+            heldout = tuple((int(h), text[a:b].decode("utf-8"), int(n)) for h, n, a, b in
+                            zip(t["heldout_hashes"].tolist(), t["heldout_tokens"].tolist(), offsets, offsets[1:]))
+            layout = BucketLayout(tuple(int(e) for e in t["bucket_edges"]), t["bucket_of_token"].astype(np.int32))
+            scores = cls(meta["fingerprint"], meta.get("architecture", ""), t["counts"], t["importance"], t["act2"],
+                         t["magnitude"], layout, tuple(json.loads(meta["corpus"])), int(meta["tokens_counted"]),
+                         int(meta["tokens_scored"]), int(meta["sequences"]), int(meta["documents"]),
+                         int(meta["seq_len"]), heldout, int(meta["heldout_cap"]))
+        except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
+        scores.check_shapes(path)
+        return scores
+
+    def check_shapes(self, path: Path | str) -> None:
+        layers, buckets, ffn = self.importance.shape if self.importance.ndim == 3 else (0, 0, 0)
+        ok = (self.importance.ndim == 3 and self.act2.shape == (layers, ffn) and self.magnitude.shape == (layers, ffn)
+              and self.counts.ndim == 1 and self.layout.token_bucket.shape == self.counts.shape
+              and buckets == self.layout.buckets and self.layout.edges[-1] == self.vocab)
+        if not ok:
+            raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
+
+    def check_model(self, fingerprint: str, vocab: int, layers: int, ffn: int, path: Path | str) -> None:
+        """Refuse scores made for another model before they mislead a plan."""
+        if self.fingerprint != fingerprint:
+            raise ConvertError(f"scores were made for another model (fingerprint {self.fingerprint}, this model is "
+                               f"{fingerprint}); score this model", path)
+        if (self.vocab, self.layers, self.ffn) != (vocab, layers, ffn):
+            raise ConvertError(f"scores have vocab {self.vocab}, {self.layers} layers and ffn {self.ffn}, the model "
+                               f"{vocab}, {layers} and {ffn}", path)
+
+
+def pick_heldout(docs: Sequence[tuple[int, str, int]], cap: int) -> tuple[tuple[int, str, int], ...]:
+    """Held-out documents (hash, text, tokens) in hash order until `cap` tokens: the same pick however split."""
+    chosen: list[tuple[int, str, int]] = []
+    total = 0
+    seen: set[int] = set()
+    for h, text, tokens in sorted(docs, key=lambda d: (d[0], d[1])):
+        if total >= cap:
+            break
+        if h in seen:
+            continue
+        seen.add(h)
+        chosen.append((h, text, tokens))
+        total += tokens
+    return tuple(chosen)
+
+
+def merge(paths: Sequence[Path]) -> Scores:
+    """Add scores files from disjoint corpus shards of the same model with the same bucket layout."""
+    if not paths:
+        raise ConvertError("merge-scores needs at least one scores file")
+    first = Scores.load(paths[0])
+    out = first
+    heldout = list(first.heldout)
+    for path in paths[1:]:
+        other = Scores.load(path)
+        if other.fingerprint != first.fingerprint:
+            raise ConvertError(f"was scored on another model (fingerprint {other.fingerprint}) than {paths[0]} "
+                               f"({first.fingerprint}); only scores of the same model merge", path)
+        if other.layout.layout_id != first.layout.layout_id or other.layout.edges != first.layout.edges:
+            raise ConvertError(f"has a different bucket layout ({other.layout.layout_id}) from {paths[0]} "
+                               f"({first.layout.layout_id}); score every shard with --layout-from one file so "
+                               "they merge", path)
+        heldout += other.heldout
+        out = replace(out, counts=out.counts + other.counts, importance=out.importance + other.importance,
+                      act2=out.act2 + other.act2, corpus=out.corpus + other.corpus,
+                      tokens_counted=out.tokens_counted + other.tokens_counted,
+                      tokens_scored=out.tokens_scored + other.tokens_scored,
+                      sequences=out.sequences + other.sequences, documents=out.documents + other.documents,
+                      seq_len=max(out.seq_len, other.seq_len), heldout_cap=max(out.heldout_cap, other.heldout_cap))
+    return replace(out, heldout=pick_heldout(heldout, out.heldout_cap))

@@ -1,0 +1,126 @@
+"""Scores do not depend on how the work is cut: layer by layer, by shards, or by ranks.
+
+(a) Layer-by-layer scoring equals whole-model scoring on tiny Llama, Qwen2 and Gemma3 models
+(Gemma3 mixes sliding and global attention layers, so per-layer arguments differ); (b) scores of
+two corpus shards, merged with `merge-scores`, equal scoring the concatenated corpus; (c) two
+gloo ranks under torchrun give the one-rank result; (d) merging refuses another model's scores
+or another bucket layout, writing nothing.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converter.cli import main
+from converter.pipeline import open_source
+from converter.score.collect import score
+from converter.score.corpus import open_corpus
+from converter.score.scores import Scores
+from tests.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    return write_corpus(root / "a.txt", 0, 6), write_corpus(root / "b.txt", 6, 6)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
+    return tiny_model_dir(tmp_path_factory.mktemp("llama"), byte_level_tokenizer_dir)
+
+
+def assert_same_scores(a: Scores, b: Scores) -> None:
+    assert np.array_equal(a.counts, b.counts)
+    assert a.layout.layout_id == b.layout.layout_id
+    assert (a.tokens_counted, a.tokens_scored, a.sequences, a.documents) == \
+        (b.tokens_counted, b.tokens_scored, b.sequences, b.documents)
+    assert a.heldout == b.heldout
+    np.testing.assert_allclose(a.importance, b.importance, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(a.act2, b.act2, rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(a.magnitude, b.magnitude)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+def test_layer_by_layer_equals_whole_model(tmp_path: Path, byte_level_tokenizer_dir: Path,
+                                           corpus_files: tuple[Path, Path], family: str) -> None:
+    overrides = {"layer_types": ["sliding_attention", "full_attention"]} if family == "gemma3_text" else {}
+    source = open_source(tiny_model_dir(tmp_path / family, byte_level_tokenizer_dir, family, **overrides))
+    corpus = open_corpus([corpus_files[0]])
+    whole = score(source, corpus, replace(ALL_WINDOWS, layerwise=False))
+    layered = score(source, corpus, replace(ALL_WINDOWS, layerwise=True))
+    assert whole.tokens_scored > 1000 and whole.importance.sum() > 0
+    assert np.count_nonzero(whole.importance.sum(axis=(0, 2))) > 10
+    assert_same_scores(whole, layered)
+
+
+def test_merged_shards_equal_concatenated_corpus(tmp_path: Path, llama_dir: Path,
+                                                 corpus_files: tuple[Path, Path]) -> None:
+    a, b = corpus_files
+    base = ["score", str(llama_dir), "--device", "cpu", "--seq-len", "64", "--calib-tokens", str(1 << 20),
+            "--heldout-tokens", str(1 << 20), "--no-progress"]
+    assert main([*base, "--calib", str(a), "--calib", str(b), "--counts-only", "-o", str(tmp_path / "layout.st")]) == 0
+    for name, part in (("a", a), ("b", b)):
+        assert main([*base, "--calib", str(part), "--layout-from", str(tmp_path / "layout.st"),
+                     "-o", str(tmp_path / f"{name}.st")]) == 0
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "b.st"), "-o", str(tmp_path / "ab.st")]) == 0
+    assert main([*base, "--calib", str(a), "--calib", str(b), "-o", str(tmp_path / "whole.st")]) == 0
+    merged, whole = Scores.load(tmp_path / "ab.st"), Scores.load(tmp_path / "whole.st")
+    assert whole.heldout and merged.corpus == (str(a), str(b))
+    assert_same_scores(merged, whole)
+    shard = Scores.load(tmp_path / "a.st")
+    assert 0 < shard.tokens_counted < whole.tokens_counted
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_equal_one_rank(tmp_path: Path, llama_dir: Path, corpus_files: tuple[Path, Path]) -> None:
+    args = ["score", str(llama_dir), "--device", "cpu", "--seq-len", "64", "--calib-tokens", str(1 << 20),
+            "--heldout-tokens", str(1 << 20), "--no-progress", "--calib", str(corpus_files[0]),
+            "--calib", str(corpus_files[1])]
+    assert main([*args, "-o", str(tmp_path / "one.st")]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "converter.cli",
+           *args, "-o", str(tmp_path / "two.st")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(2 ranks)" in done.stdout
+    assert_same_scores(Scores.load(tmp_path / "two.st"), Scores.load(tmp_path / "one.st"))
+
+
+def test_merge_refuses_other_model_or_layout(tmp_path: Path, llama_dir: Path, byte_level_tokenizer_dir: Path,
+                                             corpus_files: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    other = tiny_model_dir(tmp_path / "other", byte_level_tokenizer_dir, seed=7)
+    a, b = corpus_files
+    base = ["--device", "cpu", "--seq-len", "64", "--calib-tokens", "512", "--no-progress"]
+    assert main(["score", str(llama_dir), "--calib", str(a), *base, "-o", str(tmp_path / "a.st")]) == 0
+    assert main(["score", str(llama_dir), "--calib", str(b), *base, "-o", str(tmp_path / "b.st")]) == 0
+    assert main(["score", str(other), "--calib", str(a), *base, "-o", str(tmp_path / "x.st")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "merged.st"
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "x.st"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "x.st: was scored on another model" in err and err.count("\n") == 1
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "b.st"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "b.st: has a different bucket layout" in err and "--layout-from" in err
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "a.st"), "-o", str(tmp_path / "a.st")]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["score", str(llama_dir), "--calib", str(b), *base, "--layout-from", str(tmp_path / "x.st"),
+                 "-o", str(out)]) == 2
+    assert "scores were made for another model" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,218 @@
+"""Held-out bits per byte of COMPACT against its baselines on a real model (default SmolLM2-135M).
+
+Evaluation text is English legal prose: the software licence texts on this machine (the
+`*LICENSE*`/`*COPYING*` files of the installed Python packages and /usr/share/common-licenses),
+split into whitespace-normalised paragraphs, deduplicated, and assigned by a hash of the
+paragraph to evaluation (about a quarter, capped at --eval-chars) or to in-domain calibration
+(the rest): the same kind of text, disjoint from it. The other calibration is the built-in
+default, Python's reference documentation. For each calibration and each budget (--ratios) it
+scores the model once, lets COMPACT pick the split (auto-split on held-out calibration text),
+then prunes with every criterion at that same split, plus vocabulary-only and FFN-only cuts of
+the same size, exports each with the real pipeline to a Hugging Face folder and measures that
+folder with transformers and its own rewritten tokenizer. Bits per byte = total NLL in bits
+over UTF-8 bytes. Nothing is tuned on the evaluation text.
+
+    python -m tools.eval_quality [--model DIR] [--calib-tokens 8192] [--ratios 0.2 0.35] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from converter.pipeline import export, open_source
+from converter.plan import PrunePlan
+from converter.score.autosplit import Budget, make_plan
+from converter.score.bpb import eval_windows, start_id, text_bytes
+from converter.score.budget import budget_for, param_model
+from converter.score.collect import ScoreOptions, pad_batches, score
+from converter.score.corpus import open_corpus
+from converter.score.planner import VocabFitter, build_plan
+from converter.score.tokens import load_tokenizer
+from exporters.options import ExportOptions
+
+LICENSE_NAMES = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE)", re.IGNORECASE)
+
+
+def licence_files() -> list[Path]:
+    roots = [Path(sysconfig.get_paths()["purelib"]), Path("/usr/share/common-licenses")]
+    files = set()
+    for root in roots:
+        if root.is_dir():
+            for path in root.rglob("*"):
+                if path.is_file() and (root.name == "common-licenses" or LICENSE_NAMES.match(path.name)):
+                    files.add(path.resolve())
+    return sorted(files)
+
+
+def licence_paragraphs() -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for path in licence_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for para in re.split(r"\n\s*\n", text):
+            norm = " ".join(para.split())
+            if len(norm) >= 40 and norm not in seen and sum(c.isalpha() for c in norm) > 0.6 * len(norm):
+                seen.add(norm)
+                out.append(norm)
+    return out
+
+
+def split_domain(eval_chars: int) -> tuple[list[str], list[str]]:
+    """(evaluation documents of ~2000 chars, calibration paragraphs): disjoint by paragraph hash."""
+    evaluation, calib = [], []
+    for para in licence_paragraphs():
+        bucket = hashlib.blake2b(para.encode(), digest_size=4).digest()[0] % 4
+        (evaluation if bucket == 0 else calib).append(para)
+    docs, current, used = [], "", 0
+    for para in evaluation:
+        if used >= eval_chars:
+            break
+        current = f"{current}\n\n{para}" if current else para
+        used += len(para)
+        if len(current) >= 2000:
+            docs.append(current)
+            current = ""
+    if current:
+        docs.append(current)
+    return docs, calib
+
+
+@torch.inference_mode()
+def hf_bits_per_byte(folder: Path, texts: list[str], seq_len: int, batch_tokens: int = 2048) -> float:
+    """Bits per byte of a saved HF model with its own tokenizer, through stock transformers."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(folder)
+    config = json.loads((folder / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    windows = eval_windows(tok, texts, start_id(tok, config), seq_len)
+    total = 0.0
+    for ids, mask in pad_batches(windows, seq_len, batch_tokens):
+        logp = torch.log_softmax(model(ids).logits[:, :-1].float(), dim=-1)
+        nll = -logp.gather(2, ids[:, 1:, None])[..., 0]
+        total += float(nll[mask[:, 1:]].double().sum())
+    return total / math.log(2) / text_bytes(texts)
+
+
+def exported_bpb(source: Any, plan: PrunePlan, texts: list[str], seq_len: int, work: Path) -> tuple[float, int]:
+    out = work / "export"
+    export(source, plan, out, "hf", ExportOptions(progress=False), force=True)
+    try:
+        params = sum(math.prod(t.shape) for f in out.glob("*.safetensors") for t in _tensors(f))
+        return hf_bits_per_byte(out, texts, seq_len), params
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _tensors(path: Path) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(path)).values())
+
+
+def run_budget(source: Any, scores: Any, ratio: float, texts: list[str], args: argparse.Namespace, work: Path,
+               dense: float, log: list[dict[str, Any]], label: str) -> None:
+    model = param_model(source)
+    budget = Budget(target_ratio=ratio, device="cpu", splits=args.splits, eval_seq_len=args.seq_len)
+    chosen = make_plan(source, scores, budget, label)
+    fitter = VocabFitter(source, scores)
+    vocab = fitter.fit(chosen.vocab_size)
+    limit = budget_for(model, ratio)
+    rows: list[tuple[str, PrunePlan]] = [("compact (auto-split)", chosen)]
+    for focus in args.focus:
+        rows.append((f"compact focus={focus}", build_plan(source, scores, vocab, chosen.intermediate_size,
+                                                          "compact", model, focus)))
+    for method in args.methods if label in args.baselines else ["act2"]:
+        rows.append((method, build_plan(source, scores, vocab, chosen.intermediate_size, method, model)))
+    ffn_only = model.ffn_for(model.vocab, limit, 32)
+    if ffn_only >= 32:
+        rows.append(("ffn-only (compact=act2)", build_plan(source, scores, fitter.fit(model.vocab), ffn_only,
+                                                           "compact", model)))
+    vocab_target = model.vocab - math.ceil((model.total - limit) / model.per_token)
+    if vocab_target >= fitter.minimum():
+        rows.append(("vocab-only", build_plan(source, scores, fitter.fit(vocab_target), model.ffn, "compact", model)))
+    for name, plan in rows:
+        t = time.time()
+        bpb, params = exported_bpb(source, plan, texts, args.seq_len, work)
+        predicted = plan.metadata["params_after_predicted"]
+        entry = {"calibration": label, "ratio": ratio, "config": name, "vocab": plan.vocab_size,
+                 "ffn": plan.intermediate_size, "params": params, "predicted_params": predicted,
+                 "removed": 1 - params / model.total, "bpb": bpb, "delta": bpb / dense - 1,
+                 "coverage": plan.metadata.get("calibration_coverage"), "seconds": round(time.time() - t, 1)}
+        if name.startswith("compact (auto"):
+            entry["auto_split"] = plan.metadata.get("auto_split")
+        log.append(entry)
+        print(f"{label:10} {ratio:4.2f} {name:26} vocab {plan.vocab_size:6} ffn {plan.intermediate_size:5} "
+              f"removed {100 * entry['removed']:5.1f}%  bpb {bpb:.4f}  {100 * entry['delta']:+6.1f}%  "
+              f"calib coverage {100 * float(entry['coverage'] or 1):5.1f}%"
+              + ("" if params == predicted else f"  PARAMS {params} != predicted {predicted}"), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, help="HF model folder (default: the cached SmolLM2-135M build)")
+    p.add_argument("--calib-tokens", type=int, default=32 * 256)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--heldout-tokens", type=int, default=2048)
+    p.add_argument("--eval-chars", type=int, default=24000)
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35])
+    p.add_argument("--splits", type=int, default=5)
+    p.add_argument("--focus", type=float, nargs="*", default=[0.5])
+    p.add_argument("--calibrations", nargs="+", default=["in-domain", "default"], choices=["in-domain", "default"])
+    p.add_argument("--baselines", nargs="*", default=["in-domain"],
+                   help="calibrations for which every baseline runs (the others get act2 only)")
+    p.add_argument("--methods", nargs="*", default=["act2", "magnitude", "random"])
+    p.add_argument("--json", type=Path, help="write every row here as JSON")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    folder = args.model
+    if folder is None:
+        from tools.smollm2_hf import cached_smollm2_hf
+
+        folder = cached_smollm2_hf(Path("tests/.fixtures"))
+    source = open_source(folder)
+    texts, calib = split_domain(args.eval_chars)
+    work = Path(tempfile.mkdtemp(prefix="eval-quality-"))
+    log: list[dict[str, Any]] = []
+    try:
+        calib_file = work / "licences-calib.txt"
+        calib_file.write_text("\n\n".join(calib) + "\n", encoding="utf-8")
+        print(f"model {folder}; eval: {len(texts)} licence documents, {text_bytes(texts):,} bytes; in-domain "
+              f"calibration: {len(calib)} disjoint licence paragraphs, {calib_file.stat().st_size:,} bytes",
+              flush=True)
+        dense = hf_bits_per_byte(folder, texts, args.seq_len)
+        log.append({"config": "dense", "bpb": dense})
+        print(f"dense bpb {dense:.4f}", flush=True)
+        for label in args.calibrations:
+            corpus = open_corpus([calib_file] if label == "in-domain" else None)
+            t = time.time()
+            scores = score(source, corpus, ScoreOptions(calib_tokens=args.calib_tokens, seq_len=args.seq_len,
+                                                        heldout_tokens=args.heldout_tokens, device="cpu"))
+            print(f"{label}: scored in {time.time() - t:.0f}s: {scores.describe()}; "
+                  f"{int((scores.counts > 0).sum())} distinct tokens counted", flush=True)
+            for ratio in args.ratios:
+                run_budget(source, scores, ratio, texts, args, work, dense, log, label)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            args.json.write_text(json.dumps(log, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
