@@ -1,0 +1,72 @@
+"""GGUF exporter: one `<name>.gguf` that stock llama.cpp loads, written by streaming.
+
+Order of work: everything that can be refused is refused first (family, hyperparameters,
+tensors, output type and the llama extra, tokenizer layout, the source's pre-tokenizer), then
+the companion files are written (the rewritten tokenizer among them), the vocabulary is read
+from them, and the GGUF is streamed tensor by tensor (see writer.py). K-quant types are made by
+llama.cpp's own quantizer from a 16-bit GGUF written first and removed afterwards.
+References: llama.cpp's convert_hf_to_gguf.py (conversion/*.py), gguf-py's constants.py and
+tensor_mapping.py, llama.cpp's src/llama-vocab.cpp.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from converter.prune import PrunedCheckpoint
+from exporters.companions import write_companions
+from exporters.gguf.hparams import family_table, hyperparameters, rope_freqs
+from exporters.gguf.pretokenizer import identify_pre
+from exporters.gguf.provenance import file_stem, provenance
+from exporters.gguf.quant import intermediate, quantize_with_llama_cpp, resolve_outtype
+from exporters.gguf.tensors import plan_tensors
+from exporters.gguf.vocab import read_tokenizer_json, tokenizer_model, vocabulary
+from exporters.gguf.writer import write_gguf
+from exporters.options import ExportOptions
+
+__all__ = ["export"]
+
+
+def _source_dtype(pruned: PrunedCheckpoint) -> str:
+    embed = [p for p in pruned.planned() if p.role == "embed"]
+    return embed[0].dtype if embed else pruned.planned()[0].dtype
+
+
+def _source_tokenizer(pruned: PrunedCheckpoint, options: ExportOptions) -> tuple[dict[str, Any], str, str | None]:
+    """The source tokenizer.json, its `tokenizer.ggml.model` and pre-tokenizer name, before ids are remapped.
+
+    When every token is kept, the tokenizer.json written beside the GGUF is a copy of this one, so
+    the parsed file is reused rather than read twice.
+    """
+    path = pruned.source.folder / "tokenizer.json"
+    data = read_tokenizer_json(pruned.source.folder)
+    model = tokenizer_model(data, path)
+    return data, model, identify_pre(path, data, options.pre_tokenizer)[0] if model == "gpt2" else None
+
+
+def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+    """Write `<name>.gguf` and the companion files into out_dir; return the paths written."""
+    table = family_table(pruned)
+    arch = str(table["arch"])
+    outtype = resolve_outtype(options.outtype, _source_dtype(pruned))
+    written_type = intermediate(outtype, _source_dtype(pruned))
+    kvs = hyperparameters(pruned)
+    freqs = rope_freqs(pruned.spec.config, pruned.spec.dims.head_dim, pruned.source.folder / "config.json")
+    tensors = plan_tensors(pruned, table, written_type, freqs)
+    source_tokenizer, model, pre = _source_tokenizer(pruned, options)
+
+    written = write_companions(pruned, tokenizer, out_dir)
+    unchanged = source_tokenizer if tokenizer is None else None
+    vocab_kvs = vocabulary(out_dir, model, pre, pruned.dims.vocab, unchanged)
+    del source_tokenizer, unchanged
+    all_kvs = provenance(pruned, written_type, options) + kvs + vocab_kvs
+    final = out_dir / f"{file_stem(pruned)}.gguf"
+    if not outtype.needs_llama_cpp:
+        return [write_gguf(final, arch, all_kvs, tensors, pruned, options.progress), *written]
+    staging = out_dir / f".{final.stem}.{written_type.name}.gguf"
+    write_gguf(staging, arch, all_kvs, tensors, pruned, options.progress)
+    try:
+        quantize_with_llama_cpp(staging, final, outtype)
+    finally:
+        staging.unlink(missing_ok=True)
+    return [final, *written]

@@ -1,0 +1,220 @@
+"""The `{arch}.*` hyperparameter keys llama.cpp reads, computed from config.json and the pruned sizes.
+
+Everything is checked before a file is opened: a config value the family's llama.cpp graph
+cannot express (an activation it does not compute, a rope scaling it lacks, a sliding window
+where it has none, Gemma's query_pre_attn_scalar where it hard-codes the scale) is a
+ConvertError naming the key, never a silently different model. Keys follow llama.cpp's
+converter (TextModel.set_gguf_parameters and the per-family overrides).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFValueType, Keys, RopeScalingType
+
+from converter.arch.gguf_names import GGUF_FAMILIES
+from converter.errors import ConvertError
+from converter.prune import PrunedCheckpoint
+
+
+@dataclass(frozen=True)
+class Kv:
+    """One GGUF metadata entry, ready for GGUFWriter.add_key_value."""
+
+    key: str
+    value: Any
+    vtype: GGUFValueType
+    sub_type: GGUFValueType | None = None
+
+
+def u32(key: str, value: int) -> Kv:
+    return Kv(key, int(value), GGUFValueType.UINT32)
+
+
+def f32(key: str, value: float) -> Kv:
+    return Kv(key, float(value), GGUFValueType.FLOAT32)
+
+
+def string(key: str, value: str) -> Kv:
+    return Kv(key, value, GGUFValueType.STRING)
+
+
+def boolean(key: str, value: bool) -> Kv:
+    return Kv(key, bool(value), GGUFValueType.BOOL)
+
+
+def family_table(pruned: PrunedCheckpoint) -> Mapping[str, Any]:
+    """The GGUF row for the checkpoint's family, or a ConvertError if llama.cpp has none."""
+    table = GGUF_FAMILIES.get(pruned.spec.family)
+    if table is None:
+        raise ConvertError(f"family {pruned.spec.family!r} has no GGUF mapping; GGUF export supports "
+                           f"{', '.join(sorted(GGUF_FAMILIES))}", _config_path(pruned))
+    return table
+
+
+def _config_path(pruned: PrunedCheckpoint) -> Path:
+    return pruned.source.folder / "config.json"
+
+
+def _number(config: Mapping[str, Any], key: str, where: Path, default: float | None = None) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConvertError(f"'{key}' must be a positive number for GGUF export, got {value!r}", where)
+    return float(value)
+
+
+def rope_parameters(config: Mapping[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(full-attention rope, sliding-attention rope or None), from rope_parameters or the legacy keys."""
+    raw = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if not isinstance(raw, Mapping):
+        raise ConvertError(f"'rope_parameters' must be an object, got {raw!r}", where)
+    full = dict(raw.get("full_attention", raw))
+    sliding = raw.get("sliding_attention")
+    if "rope_theta" not in full and "rope_theta" in config:
+        full["rope_theta"] = config["rope_theta"]
+    if sliding is None and "rope_local_base_freq" in config:
+        sliding = {"rope_type": "default", "rope_theta": config["rope_local_base_freq"]}
+    full.setdefault("rope_type", full.get("type", "default"))
+    return full, (dict(sliding) if isinstance(sliding, Mapping) else None)
+
+
+def _rope_kvs(arch: str, table: Mapping[str, Any], config: Mapping[str, Any], where: Path) -> list[Kv]:
+    full, sliding = rope_parameters(config, where)
+    kvs = [f32(Keys.Rope.FREQ_BASE.format(arch=arch), _number(full, "rope_theta", where))]
+    kind = full["rope_type"]
+    if kind not in table["rope_scaling"]:
+        raise ConvertError(f"rope_type {kind!r} cannot be expressed in llama.cpp's {arch} GGUF (it handles "
+                           f"{', '.join(table['rope_scaling'])})", where)
+    if kind in ("linear", "yarn"):
+        kvs.append(Kv(Keys.Rope.SCALING_TYPE.format(arch=arch), RopeScalingType(kind).value, GGUFValueType.STRING))
+        kvs.append(f32(Keys.Rope.SCALING_FACTOR.format(arch=arch), _number(full, "factor", where)))
+    if kind == "yarn":
+        kvs.append(u32(Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch),
+                       _number(full, "original_max_position_embeddings", where)))
+        for source, key in (("extrapolation_factor", Keys.Rope.SCALING_YARN_EXT_FACTOR),
+                            ("attention_factor", Keys.Rope.SCALING_YARN_ATTN_FACTOR),
+                            ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST),
+                            ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
+            if full.get(source) is not None:
+                kvs.append(f32(key.format(arch=arch), _number(full, source, where)))
+    if table["rope_base_swa"] and sliding is not None:
+        if sliding.get("rope_type", "default") != "default":
+            raise ConvertError(f"sliding-attention rope_type {sliding.get('rope_type')!r} cannot be expressed in "
+                               "llama.cpp's GGUF (its sliding layers use an unscaled rope)", where)
+        kvs.append(f32(Keys.Rope.FREQ_BASE_SWA.format(arch=arch), _number(sliding, "rope_theta", where)))
+    elif sliding is not None and sliding != full:
+        raise ConvertError(f"a separate sliding-attention rope cannot be expressed in llama.cpp's {arch} GGUF",
+                           where)
+    return kvs
+
+
+def rope_freqs(config: Mapping[str, Any], head_dim: int, where: Path) -> np.ndarray | None:
+    """The `rope_freqs` factors llama.cpp's llama graph divides frequencies by, for rope_type llama3."""
+    full, _ = rope_parameters(config, where)
+    if full["rope_type"] != "llama3":
+        return None
+    base = _number(full, "rope_theta", where)
+    factor = _number(full, "factor", where)
+    low, high = _number(full, "low_freq_factor", where), _number(full, "high_freq_factor", where)
+    old_context = _number(full, "original_max_position_embeddings", where)
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    wavelen = 2 * math.pi / freqs
+    smooth = (old_context / wavelen - low) / (high - low)
+    factors = np.where(wavelen < old_context / high, 1.0,
+                       np.where(wavelen > old_context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
+
+
+def _layer_is_sliding(config: Mapping[str, Any], family: str, layers: int, where: Path) -> list[bool]:
+    types = config.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers or not set(types) <= {"sliding_attention",
+                                                                                     "full_attention"}:
+            raise ConvertError(f"'layer_types' must list 'sliding_attention'/'full_attention' for each of the "
+                               f"{layers} layers", where)
+        return [t == "sliding_attention" for t in types]
+    pattern = int(config.get("sliding_window_pattern") or (2 if family == "gemma2" else 6))
+    return [(i + 1) % pattern != 0 for i in range(layers)]
+
+
+def _window_kvs(arch: str, table: Mapping[str, Any], pruned: PrunedCheckpoint, where: Path) -> tuple[list[Kv], int]:
+    """Sliding-window keys and the context length to declare."""
+    config = pruned.spec.config
+    context = int(_number(config, "max_position_embeddings", where))
+    window = config.get("sliding_window")
+    mode = table["sliding_window"]
+    if mode == "none":
+        sliding = config.get("use_sliding_window") is True or "sliding_attention" in (config.get("layer_types") or [])
+        if sliding:
+            raise ConvertError(f"a sliding attention window cannot be expressed in llama.cpp's {arch} GGUF", where)
+        return [], context
+    if mode == "cap_context":
+        if window is None:
+            return [], context
+        return [], min(context, int(_number(config, "sliding_window", where)))
+    window = int(_number(config, "sliding_window", where))
+    pattern = _layer_is_sliding(config, pruned.spec.family, pruned.spec.dims.layers, where)
+    return [u32(Keys.Attention.SLIDING_WINDOW.format(arch=arch), window),
+            Kv(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), pattern, GGUFValueType.ARRAY,
+               GGUFValueType.BOOL)], context
+
+
+def _check_unexpressible(arch: str, table: Mapping[str, Any], pruned: PrunedCheckpoint, where: Path) -> None:
+    config = pruned.spec.config
+    key, allowed = table["activation"]
+    activation = config.get(key) or allowed[0]
+    if activation not in allowed:
+        raise ConvertError(f"'{key}' is {activation!r}, but llama.cpp's {arch} graph computes "
+                           f"{' / '.join(allowed)}", where)
+    for key in table["unsupported_keys"]:
+        if config.get(key) is not None:
+            raise ConvertError(f"'{key}' is set ({config[key]!r}), which llama.cpp's {arch} graph ignores", where)
+    partial = config.get("partial_rotary_factor")
+    if partial is not None and partial != 1:
+        raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
+                           where)
+    scale = table["attention_scale"]
+    if scale is not None:
+        dims = pruned.spec.dims
+        expected = dims.hidden / dims.heads if dims.layers in scale["per_head_scale_layers"] else dims.head_dim
+        actual = _number(config, scale["key"], where, scale["default"])
+        if not math.isclose(actual, expected, rel_tol=1e-6):
+            raise ConvertError(f"'{scale['key']}' is {actual:g}, but llama.cpp's {arch} graph scales attention by "
+                               f"1/sqrt({expected:g}) for this model", where)
+
+
+def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
+    """Every `{arch}.*` key for the pruned model; raises ConvertError for anything llama.cpp cannot express."""
+    table = family_table(pruned)
+    arch = str(table["arch"])
+    where = _config_path(pruned)
+    config = pruned.spec.config
+    dims = pruned.dims
+    _check_unexpressible(arch, table, pruned, where)
+    window, context = _window_kvs(arch, table, pruned, where)
+    kvs = [
+        u32(Keys.LLM.VOCAB_SIZE.format(arch=arch), dims.vocab),
+        u32(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), context),
+        u32(Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), dims.hidden),
+        u32(Keys.LLM.BLOCK_COUNT.format(arch=arch), dims.layers),
+        u32(Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch), dims.ffn),
+        u32(Keys.Attention.HEAD_COUNT.format(arch=arch), dims.heads),
+        u32(Keys.Attention.HEAD_COUNT_KV.format(arch=arch), dims.kv_heads),
+        u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
+        u32(Keys.Attention.VALUE_LENGTH.format(arch=arch), dims.head_dim),
+        u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), dims.head_dim),
+        f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
+    ]
+    kvs += _rope_kvs(arch, table, config, where)
+    kvs += window
+    for source, key in table["softcapping"].items():
+        if config.get(source) is not None:
+            kvs.append(f32(key.format(arch=arch), _number(config, source, where)))
+        elif table["softcapping_always"]:
+            raise ConvertError(f"'{source}' is unset, but llama.cpp's {arch} graph always soft-caps", where)
+    return kvs

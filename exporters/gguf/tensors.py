@@ -1,0 +1,148 @@
+"""GGUF tensors of a pruned checkpoint: llama.cpp names, transforms, types, and their bytes.
+
+`plan_tensors` turns every PlannedTensor into a GgufTensor (name from the family table, final
+shape and GGML type) before anything is written, refusing tensors llama.cpp has no place for.
+`tensor_chunks` then produces one tensor's GGUF bytes in order: tensors whose kept rows can be
+read directly (the embedding, the head, every unpermuted weight) are read and converted a block
+of rows at a time, so memory holds a bounded chunk, never the whole tensor or a float32 copy.
+Transforms are row reorderings (the llama q/k permutation) and Gemma's +1 on norms, both done in
+float32 as llama.cpp's converter does them.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+
+from converter.arch.gguf_names import PERMUTED_ROLES, ROPE_FREQS_NAME, TENSOR_NAMES
+from converter.errors import ConvertError
+from converter.prune import PlannedTensor, PrunedCheckpoint
+from exporters.gguf.quant import OutType, byte_shape, encode, tensor_type, to_float
+
+CHUNK_BYTES = 8 << 20
+Q = GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    """One tensor of the GGUF file: its name, shape (numpy order), type and where its values come from."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+    planned: PlannedTensor | None
+    row_order: tuple[int, ...] | None = None
+    offset: float = 0.0
+    values: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def byte_shape(self) -> tuple[int, ...]:
+        return byte_shape(self.shape, self.qtype)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.byte_shape)
+
+
+def llama_permutation(rows: int, heads: int) -> tuple[int, ...]:
+    """Row order llama.cpp's llama graph expects: per head, (2, d/2) halves become (d/2, 2) interleaved."""
+    if rows % (2 * heads):
+        raise ConvertError(f"cannot interleave {rows} q/k rows over {heads} heads for llama.cpp's rope")
+    return tuple(np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(-1).tolist())
+
+
+def _gguf_name(pruned: PrunedCheckpoint, planned: PlannedTensor, table: Mapping[str, Any]) -> str | None:
+    """The llama.cpp name, None for a tied head (llama.cpp reuses token_embd), or a ConvertError."""
+    where = pruned.source.folder
+    role = planned.role
+    if role is None or role not in TENSOR_NAMES:
+        raise ConvertError(f"tensor '{planned.name}' has no counterpart in llama.cpp's {table['arch']} "
+                           "architecture; GGUF export cannot carry it", where)
+    if role == "lm_head":
+        if pruned.spec.tied_embeddings:
+            return None
+        if table["lm_head"] == "absent":
+            raise ConvertError(f"the model has an untied lm_head, but llama.cpp's {table['arch']} graph always "
+                               "reuses the embedding as the output layer", where)
+    slot = pruned.spec.slot(planned.name)
+    layer = slot.layer if slot is not None else None
+    return TENSOR_NAMES[role].format(layer=layer)
+
+
+def plan_tensors(pruned: PrunedCheckpoint, table: Mapping[str, Any], outtype: OutType,
+                 rope_freqs: np.ndarray | None = None) -> list[GgufTensor]:
+    """Every tensor of the GGUF, in source order, checked before a byte is written."""
+    dims = pruned.spec.dims
+    out: list[GgufTensor] = []
+    for planned in pruned.planned():
+        if planned.dtype not in ("F32", "F16", "BF16"):
+            raise ConvertError(f"tensor '{planned.name}' is {planned.dtype}; GGUF export reads F32, F16 or BF16",
+                               pruned.source.folder)
+        name = _gguf_name(pruned, planned, table)
+        if name is None:
+            continue
+        role = planned.role or ""
+        order = None
+        if table["permute_qk"] and role in PERMUTED_ROLES:
+            order = llama_permutation(planned.shape[0], getattr(dims, PERMUTED_ROLES[role]))
+        offset = float(table["norm_offset"]) if role.endswith("norm") else 0.0
+        qtype = tensor_type(outtype, name, planned.shape, role in ("embed", "lm_head"))
+        out.append(GgufTensor(name, planned.shape, qtype, planned, order, offset))
+    if rope_freqs is not None:
+        out.append(GgufTensor(ROPE_FREQS_NAME, rope_freqs.shape, Q.F32, None, values=rope_freqs))
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        raise ConvertError("two tensors map to the same llama.cpp name; the checkpoint holds duplicates",
+                           pruned.source.folder)
+    return out
+
+
+def _passthrough(t: GgufTensor) -> bool:
+    planned = t.planned
+    return (planned is not None and t.row_order is None and t.offset == 0.0
+            and {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}[planned.dtype] == t.qtype)
+
+
+def _row_chunks(pruned: PrunedCheckpoint, planned: PlannedTensor, order: tuple[int, ...] | None
+                ) -> Iterator[np.ndarray]:
+    """uint8 row blocks [rows, row_bytes] of the pruned tensor, in order, bounded by CHUNK_BYTES where the
+    kept rows can be read directly; a column cut or a row permutation reads the tensor whole."""
+    shape = planned.shape
+    if len(shape) == 1:
+        data = pruned.read(planned).reshape(1, -1)
+        if order is not None:
+            data = data.reshape(shape[0], -1)[list(order)].reshape(1, -1)
+        yield data
+        return
+    if order is not None or planned.axis not in (None, 0):
+        data = pruned.read(planned).reshape(shape[0], -1)
+        yield data[list(order)] if order is not None else data
+        return
+    rows = planned.keep if planned.axis == 0 and planned.keep is not None else range(shape[0])
+    row_bytes = math.prod(shape[1:]) * planned.source.itemsize
+    step = max(1, CHUNK_BYTES // max(1, row_bytes))
+    for start in range(0, len(rows), step):
+        picked = np.asarray(rows[start:start + step], dtype=np.int64)
+        yield pruned.source.raw_rows(planned.source.name, picked)
+
+
+def tensor_chunks(pruned: PrunedCheckpoint, t: GgufTensor) -> Iterator[np.ndarray]:
+    """The GGUF bytes of one tensor as consecutive uint8 chunks (t.nbytes in all), each ~CHUNK_BYTES or less."""
+    if t.planned is None:
+        values = torch.from_numpy(np.ascontiguousarray(t.values, dtype=np.float32)).reshape(1, -1)
+        yield encode(values, t.qtype).reshape(-1)
+        return
+    passthrough = _passthrough(t)
+    for raw in _row_chunks(pruned, t.planned, t.row_order):
+        if passthrough:
+            yield raw.reshape(-1)
+            continue
+        values = to_float(raw, t.planned.dtype)
+        if t.offset:
+            values = values.to(torch.float32) + t.offset
+        yield encode(values, t.qtype).reshape(-1)
