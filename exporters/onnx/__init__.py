@@ -1,0 +1,68 @@
+"""ONNX exporter: the pruned model as one decoder graph with a KV cache, for onnxruntime.
+
+`export` writes `model.onnx` with its weights in `model.onnx.data`, inputs `input_ids`,
+`attention_mask`, `position_ids`, `past_key_values.{i}.key/value` and outputs `logits`,
+`present.{i}.key/value` (the names onnxruntime-genai and optimum use), dynamic batch and
+sequence axes, opset 18; beside it the rewritten tokenizer, config.json, generation_config.json,
+prune_plan.json and genai_config.json. Everything that can be refused (family, RoPE variant,
+out type, block size, missing packages) is refused before the first byte is written.
+
+The pipeline: exporters.onnx.model builds the model with only the template layers loaded,
+exporters.onnx.wrapper and .graph trace a prologue, one decoder layer per layer kind and an
+epilogue, exporters.onnx.assemble repeats the templates for every layer and streams the weights,
+exporters.onnx.precision converts to fp16/int8/int4, exporters.onnx.genai writes genai_config.json.
+"""
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import onnx  # noqa: F401  (a missing package is reported by name before any work)
+import onnxruntime  # noqa: F401
+import onnxscript  # noqa: F401
+from tqdm import tqdm
+
+from converter.prune import PrunedCheckpoint
+from exporters.companions import write_companions
+from exporters.onnx.assemble import DATA_NAME, MODEL_NAME, assemble
+from exporters.onnx.genai import write_genai_config
+from exporters.onnx.graph import template_layers, trace
+from exporters.onnx.model import build_model, export_weights, hf_config
+from exporters.onnx.precision import check_outtype, convert
+from exporters.onnx.wrapper import check_supported
+from exporters.options import ExportOptions
+
+__all__ = ["export", "check"]
+
+
+def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
+    """Validate everything the export depends on; returns the out type. Raises ConvertError."""
+    outtype = check_outtype(options.outtype, options.int4_block_size)
+    check_supported(pruned.spec, pruned.source.folder / "config.json")
+    return outtype
+
+
+def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+    """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
+    outtype = check(pruned, options)
+    family = pruned.spec.family
+    with tqdm(total=4, desc="onnx", unit="step", disable=not options.progress) as bar:
+        bar.set_postfix_str("trace")
+        built = build_model(pruned, template_layers(hf_config(pruned), family))
+        traced = trace(built, family)
+        bar.update()
+        bar.set_postfix_str("write weights")
+        graph = assemble(traced, built, export_weights(pruned, built), out_dir)
+        del built, traced
+        gc.collect()
+        bar.update()
+        bar.set_postfix_str(f"convert to {outtype}")
+        convert(graph, outtype, options.int4_block_size, DATA_NAME)
+        bar.update()
+        bar.set_postfix_str("tokenizer and configs")
+        written = [graph, out_dir / DATA_NAME]
+        written += write_companions(pruned, tokenizer, out_dir)
+        written.append(write_genai_config(pruned, out_dir, MODEL_NAME))
+        bar.update()
+    return written

@@ -1,0 +1,145 @@
+"""ONNX export of tiny random models of every family, run in real onnxruntime.
+
+Each family is pruned by a vocabulary + FFN plan and exported in fp32. The graph must reproduce
+the pruned Hugging Face model (written by the HF exporter) on a batch of two prompts, one left
+padded, through a 20-token prefill and 16 single-token steps with the cache: max |diff| at most
+1e-4 of the logit scale. Gemma2/Gemma3 have a sliding window of 8, so those steps run with a
+past of 20 to 35 tokens, far beyond the window, and Gemma3 mixes sliding and global layers (two
+templates, two rotary tables). Greedy decoding of 32 tokens with the cache must equal
+transformers' generate, both in a plain onnxruntime loop and in onnxruntime-genai (which reads
+genai_config.json; with a 24-token prompt the sliding families run past their window there too).
+The file layout (names, axes, opset, one external data file, tied
+embeddings stored once) is checked on the same exports.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from transformers import PreTrainedModel
+
+from converter.pipeline import export, open_source
+from converter.plan import PrunePlan
+from exporters.options import ExportOptions
+from tests.onnx_runner import (OnnxDecoder, greedy, hf_greedy, max_rel_error, pruned_hf_model, reference_logits,
+                               teacher_forced)
+from tests.reference_prune import random_plan
+from tests.tiny_models import build_tiny_model, save_tiny_model
+from tools.bench_onnx import genai_greedy
+
+CASES: dict[str, dict[str, object]] = {
+    "llama": {"tied": False},
+    "mistral": {"tied": False, "sliding_window": 8},
+    "qwen2": {"tied": False},
+    "qwen3": {"tied": True},
+    "gemma": {},
+    "gemma2": {"query_pre_attn_scalar": 16},
+    "gemma3_text": {"query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]},
+}
+TOLERANCE = 1e-4
+PREFILL, STEPS, PAD = 20, 16, 4
+
+
+@dataclass(frozen=True)
+class Exported:
+    family: str
+    onnx_dir: Path
+    reference: PreTrainedModel
+    plan: PrunePlan
+    tied: bool
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             byte_level_tokenizer_dir: Path) -> Exported:
+    family = request.param
+    root = tmp_path_factory.mktemp(f"onnx-{family}")
+    overrides = dict(CASES[family])
+    model = build_tiny_model(family, seed=0, tied=overrides.pop("tied", None), **overrides)
+    src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
+    cfg = model.config
+    plan = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, 1500, 96, seed=1)
+    written = export(open_source(src), plan, root / "onnx", "onnx", ExportOptions(outtype="fp32", progress=False))
+    assert (root / "onnx" / "model.onnx") in written
+    final = PrunePlan.load(root / "onnx" / "prune_plan.json")
+    return Exported(family, root / "onnx", pruned_hf_model(src, plan, root / "hf"), final, cfg.tie_word_embeddings)
+
+
+def _batch(vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, size=(2, PREFILL + STEPS))
+    mask = np.ones_like(ids)
+    mask[1, :PAD] = 0
+    ids[1, :PAD] = 0
+    return ids, mask
+
+
+def test_prefill_and_cached_steps_match_transformers(exported: Exported) -> None:
+    cfg = exported.reference.config
+    if exported.family in ("gemma2", "gemma3_text", "mistral"):
+        assert cfg.sliding_window == 8 < PREFILL
+    ids, mask = _batch(cfg.vocab_size, seed=5)
+    got = teacher_forced(OnnxDecoder(exported.onnx_dir), ids, mask, PREFILL)
+    want = reference_logits(exported.reference, ids, mask)
+    error = max_rel_error(got, want, mask.astype(bool))
+    print(f"\n{exported.family}: max |onnx - hf| / logit scale = {error:.2e}")
+    assert error <= TOLERANCE
+
+
+def test_greedy_32_tokens_equal_generate(exported: Exported) -> None:
+    prompt = [1, *np.random.default_rng(7).integers(3, exported.reference.config.vocab_size, size=11).tolist()]
+    assert greedy(OnnxDecoder(exported.onnx_dir), prompt, 32) == hf_greedy(exported.reference, prompt, 32)
+
+
+def test_onnxruntime_genai_greedy_equals_generate(exported: Exported) -> None:
+    """onnxruntime-genai drives the graph from genai_config.json (its own masks, positions and cache)."""
+    prompt = [1, *np.random.default_rng(9).integers(3, exported.reference.config.vocab_size, size=23).tolist()]
+    assert genai_greedy(exported.onnx_dir, prompt, 32) == hf_greedy(exported.reference, prompt, 32)
+
+
+def test_graph_contract(exported: Exported) -> None:
+    graph = onnx.load(exported.onnx_dir / "model.onnx", load_external_data=False)
+    cfg = exported.reference.config
+    layers = cfg.num_hidden_layers
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.graph.input, *graph.graph.output]}
+    past = [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    present = [f"present.{i}.{k}" for i in range(layers) for k in ("key", "value")]
+    assert [v.name for v in graph.graph.input] == ["input_ids", "attention_mask", "position_ids", *past]
+    assert [v.name for v in graph.graph.output] == ["logits", *present]
+    assert dims["input_ids"] == ["batch_size", "sequence_length"]
+    assert dims["attention_mask"] == ["batch_size", "total_sequence_length"]
+    assert dims["logits"] == ["batch_size", "sequence_length", len(exported.plan.kept_token_ids)]
+    assert dims[past[0]] == ["batch_size", cfg.num_key_value_heads, "past_sequence_length", cfg.head_dim]
+    assert dims[present[-1]] == ["batch_size", cfg.num_key_value_heads, "total_sequence_length", cfg.head_dim]
+    assert next(o.version for o in graph.opset_import if o.domain == "") >= 18
+
+    external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    locations = {e.value for t in external for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx.data"}
+    weights = {t.name: math.prod(t.dims) for t in external}
+    params = {n: p.numel() for n, p in exported.reference.named_parameters()}
+    assert sum(weights.values()) == sum(params.values())
+    embed = exported.reference.get_input_embeddings().weight.shape
+    shaped_like_embedding = [t for t in external if sorted(t.dims) == sorted(embed)]
+    assert len(shaped_like_embedding) == (1 if exported.tied else 2)
+    assert sum(weights.values()) * 4 <= (exported.onnx_dir / "model.onnx.data").stat().st_size
+
+
+def test_genai_config_names_the_graph_and_pruned_ids(exported: Exported) -> None:
+    genai = json.loads((exported.onnx_dir / "genai_config.json").read_text())
+    config = json.loads((exported.onnx_dir / "config.json").read_text())
+    decoder = genai["model"]["decoder"]
+    assert genai["model"]["type"] == config["model_type"]
+    assert genai["model"]["vocab_size"] == len(exported.plan.kept_token_ids) == config["vocab_size"]
+    assert genai["model"]["eos_token_id"] == config["eos_token_id"]
+    assert decoder["filename"] == "model.onnx"
+    assert decoder["num_hidden_layers"] == config["num_hidden_layers"]
+    assert decoder["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert decoder["outputs"]["present_value_names"] == "present.%d.value"
+    assert genai["search"]["past_present_share_buffer"] is False
