@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import pydoc_data.topics
 from pathlib import Path
 
-import pydoc_data.topics
 import torch
 from safetensors import safe_open
 
@@ -36,7 +36,8 @@ def folder_params(folder: Path) -> int:
     total = 0
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), framework="pt") as st:
-            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+            names = st.keys()
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in names)
     return total
 
 

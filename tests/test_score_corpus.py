@@ -6,6 +6,7 @@ when every token is kept and to kept/not-kept masks otherwise.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_unigram_prior_follows_piece_scores(tmp_path: Path) -> None:
 def test_buckets_are_log_spaced_and_weights_follow_the_kept_mass() -> None:
     edges = log_edges(1000, 4)
     assert edges[:6] == (0, 1, 2, 3, 4, 5) and edges[-1] == 1000
-    ratios = [b / a for a, b in zip(edges[8:], edges[9:])]
+    ratios = [b / a for a, b in itertools.pairwise(edges[8:])]
     assert max(ratios) < 1.3
     order = np.arange(1000)[::-1]
     layout = BucketLayout.from_ranking(order, 4)

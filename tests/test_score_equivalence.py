@@ -96,7 +96,7 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path: Path, llama_dir: Path, corpus_f
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
            "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "converter.cli",
            *args, "-o", str(tmp_path / "two.st")]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(2 ranks)" in done.stdout
     assert_same_scores(Scores.load(tmp_path / "two.st"), Scores.load(tmp_path / "one.st"))
@@ -124,3 +124,24 @@ def test_merge_refuses_other_model_or_layout(tmp_path: Path, llama_dir: Path, by
     assert main(["score", str(llama_dir), "--calib", str(b), *base, "--layout-from", str(tmp_path / "x.st"),
                  "-o", str(out)]) == 2
     assert "scores were made for another model" in capsys.readouterr().err and not out.exists()
+
+
+def test_act2_probe_scatter_equals_one_hot_matmul() -> None:
+    import torch
+
+    from converter.score.collect import Act2Probe
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 9, (40,), generator=g), torch.randint(0, 9, (24,), generator=g)]
+    acts = [torch.randn(2, 20, 16, generator=g), torch.randn(2, 12, 16, generator=g)]
+    probes = [Act2Probe(1, 8, 16, batches, torch.device("cpu"), matmul=m) for m in (False, True)]
+    for probe in probes:
+        for index, x in enumerate(acts):
+            probe.begin_batch(index)
+            probe.down_input(0, x)
+    expected = torch.zeros(9, 16, dtype=torch.float64)
+    for ids, x in zip(batches, acts):
+        for pos, bucket in enumerate(ids.tolist()):
+            expected[bucket] += x.reshape(-1, 16)[pos].double() ** 2
+    for probe in probes:
+        torch.testing.assert_close(probe.sums[0], expected, rtol=1e-5, atol=1e-6)

@@ -15,5 +15,5 @@ from converter.score.collect import ScoreOptions, score
 from converter.score.corpus import Corpus, open_corpus
 from converter.score.scores import Scores, merge
 
-__all__ = ["Budget", "BucketLayout", "Corpus", "ParamModel", "ScoreOptions", "Scores", "make_plan", "merge",
+__all__ = ["BucketLayout", "Budget", "Corpus", "ParamModel", "ScoreOptions", "Scores", "make_plan", "merge",
            "open_corpus", "param_model", "score"]

@@ -30,7 +30,7 @@ def log_edges(vocab: int, per_octave: int = BINS_PER_OCTAVE) -> tuple[int, ...]:
     edges = {0, vocab}
     k = 0
     while True:
-        edge = int(round(2 ** (k / per_octave)))
+        edge = round(2 ** (k / per_octave))
         if edge >= vocab:
             break
         edges.add(edge)

@@ -119,7 +119,8 @@ class Scores:
                 if meta.get("version") != VERSION:
                     raise ConvertError(f"scores format version {meta.get('version')!r} is not {VERSION}; score again",
                                        path)
-                missing = [n for n in TENSORS if n not in f.keys()]
+                present = set(f.keys())
+                missing = [n for n in TENSORS if n not in present]
                 if missing:
                     raise ConvertError(f"scores file lacks tensor '{missing[0]}'", path)
                 t = {n: f.get_tensor(n) for n in TENSORS}

@@ -48,12 +48,6 @@ def encode(tokenizer: Any, texts: Sequence[str], vocab: int, origin: str = "") -
     return out
 
 
-def count_tokens(rows: Sequence[np.ndarray], vocab: int) -> np.ndarray:
-    if not rows:
-        return np.zeros(vocab, dtype=np.int64)
-    return np.bincount(np.concatenate(rows), minlength=vocab).astype(np.int64)
-
-
 def _merge_pair(merge: object) -> tuple[str, str] | None:
     if isinstance(merge, str):
         parts = merge.split(" ")
@@ -92,7 +86,7 @@ def token_prior(folder: Path, vocab: int) -> np.ndarray:
         for piece_id, entry in enumerate(model["vocab"][:vocab]):
             if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], (int, float)):
                 tier[piece_id] = 1
-                value[piece_id] = min(big, int(round(-float(entry[1]) * 1e6)))
+                value[piece_id] = min(big, round(-float(entry[1]) * 1e6))
     else:
         tier[:] = 1
     order = np.lexsort((np.arange(vocab), value, tier))
