@@ -4,6 +4,7 @@
 tokens, explicit position_ids, past key/values concatenated by the graph). `teacher_forced`
 runs a prefill and then single-token steps with the cache; `reference_logits` is the pruned HF
 model's full forward over the same tokens, without a cache, which is what every step must match.
+`genai_greedy` lets onnxruntime-genai itself drive the exported folder.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class OnnxDecoder:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
                  "position_ids": positions.astype(np.int64), **past}
         names = [o.name for o in self.session.get_outputs()]
-        outputs = dict(zip(names, self.session.run(names, feeds)))
+        outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
         present = {n.replace("present.", "past_key_values."): v for n, v in outputs.items() if n != "logits"}
         return outputs["logits"].astype(np.float32), present
 
@@ -98,3 +99,24 @@ def pruned_hf_model(src: Path, plan: PrunePlan, out: Path) -> PreTrainedModel:
 def max_rel_error(got: np.ndarray, want: np.ndarray, valid: np.ndarray) -> float:
     """max |got - want| over valid positions, in units of the logit scale max |want|."""
     return float(np.abs(got - want)[valid].max() / np.abs(want[valid]).max())
+
+
+def leading_equal(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def genai_greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding by onnxruntime-genai from the exported folder (genai_config.json), EOS suppressed."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    total = len(prompt) + new_tokens
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    out: list[int] = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out

@@ -26,11 +26,18 @@ from transformers import PreTrainedModel
 from converter.pipeline import export, open_source
 from converter.plan import PrunePlan
 from exporters.options import ExportOptions
-from tests.onnx_runner import (OnnxDecoder, greedy, hf_greedy, max_rel_error, pruned_hf_model, reference_logits,
-                               teacher_forced)
+from tests.onnx_runner import (
+    OnnxDecoder,
+    genai_greedy,
+    greedy,
+    hf_greedy,
+    max_rel_error,
+    pruned_hf_model,
+    reference_logits,
+    teacher_forced,
+)
 from tests.reference_prune import random_plan
 from tests.tiny_models import build_tiny_model, save_tiny_model
-from tools.bench_onnx import genai_greedy
 
 CASES: dict[str, dict[str, object]] = {
     "llama": {"tied": False},

@@ -69,8 +69,9 @@ def _export_child(src: str, plan: str, out: str, outtype: str) -> None:
 
 
 def _baseline_child() -> None:
-    import exporters.onnx  # noqa: F401
     import transformers  # noqa: F401
+
+    import exporters.onnx  # noqa: F401
 
     print(json.dumps({"peak_rss": peak_rss()}))
 
@@ -82,7 +83,15 @@ def _child(*args: str) -> dict[str, float]:
 
 
 def _agreement(onnx_dir: Path, reference, prompt: list[int]) -> dict[str, float]:
-    from tests.onnx_runner import OnnxDecoder, greedy, hf_greedy, reference_logits, teacher_forced
+    from tests.onnx_runner import (
+        OnnxDecoder,
+        genai_greedy,
+        greedy,
+        hf_greedy,
+        leading_equal,
+        reference_logits,
+        teacher_forced,
+    )
 
     rng = np.random.default_rng(0)
     continuation = rng.choice(np.array(prompt), size=16)
@@ -96,27 +105,6 @@ def _agreement(onnx_dir: Path, reference, prompt: list[int]) -> dict[str, float]
             "top1": float((got.argmax(-1) == want.argmax(-1)).mean()),
             "greedy_leading": leading_equal(greedy(decoder, prompt, 32), theirs),
             "genai_leading": leading_equal(genai_greedy(onnx_dir, prompt, 32), theirs)}
-
-
-def leading_equal(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-
-
-def genai_greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy decoding by onnxruntime-genai from the exported folder (genai_config.json), EOS suppressed."""
-    import onnxruntime_genai as og
-
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    total = len(prompt) + new_tokens
-    params.set_search_options(max_length=total, min_length=total, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(prompt)
-    out: list[int] = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        out.append(int(generator.get_next_tokens()[0]))
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

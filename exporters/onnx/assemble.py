@@ -4,12 +4,12 @@ Layer i is a copy of its kind's template with internal names prefixed `layers.{i
 wired to the previous layer's output, the prologue's mask and rotary table for its kind and
 `past_key_values.{i}.*`, and its parameter initializers renamed from the template layer to layer
 i. Weights are then written straight from the PrunedCheckpoint, one tensor at a time, as
-external data (exporters.onnx.external); the protobuf keeps only the graph and small constants. Node metadata (Python
-stack traces) is dropped.
+external data (exporters.onnx.external); the protobuf keeps only the graph and small constants.
+Node metadata (Python stack traces) is dropped.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +67,9 @@ def _io(built: ExportModel, layers: int) -> tuple[list[onnx.ValueInfoProto], lis
     cfg = built.model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    tokens = ["batch_size", "sequence_length"]
+    tokens, total = ["batch_size", "sequence_length"], ["batch_size", "total_sequence_length"]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, tokens),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, total),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, tokens)]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [*tokens, cfg.vocab_size])]
     for i in range(layers):
@@ -82,8 +82,7 @@ def _io(built: ExportModel, layers: int) -> tuple[list[onnx.ValueInfoProto], lis
     return inputs, outputs
 
 
-def assemble(traced: TracedModel, built: ExportModel, weights: Iterable[tuple[str, np.ndarray]], out_dir: Path,
-             on_tensor: Callable[[int], None] | None = None) -> Path:
+def assemble(traced: TracedModel, built: ExportModel, weights: Iterable[tuple[str, np.ndarray]], out_dir: Path) -> Path:
     """Write out_dir/model.onnx and out_dir/model.onnx.data; returns the graph path."""
     layers = len(traced.kinds)
     nodes: list[onnx.NodeProto] = []
@@ -118,8 +117,6 @@ def assemble(traced: TracedModel, built: ExportModel, weights: Iterable[tuple[st
                 raise RuntimeError(f"weight {name} {array.dtype}{list(array.shape)} does not fit the graph "
                                    f"(expects float32{list(expected.get(name, ()))})")
             stored.append(data.add(name, TensorProto.FLOAT, list(array.shape), memoryview(np.ascontiguousarray(array))))
-            if on_tensor is not None:
-                on_tensor(array.nbytes)
     missing = sorted(set(expected) - {t.name for t in stored})
     if missing:
         raise RuntimeError(f"no weights written for {', '.join(missing[:5])}")

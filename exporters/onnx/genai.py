@@ -16,7 +16,8 @@ from converter.prune import PrunedCheckpoint
 from exporters.companions import read_json, write_json
 
 GENAI_NAME = "genai_config.json"
-SEARCH_KEYS = {"do_sample": False, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0}
+# generation_config.json keys onnxruntime-genai's search reads, with transformers' defaults.
+SEARCH_KEYS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 DEFAULT_CONTEXT = 4096
 
 
@@ -26,14 +27,13 @@ def _first(value: Any) -> Any:
 
 def genai_config(pruned: PrunedCheckpoint, config: dict[str, Any], generation: dict[str, Any],
                  graph_name: str) -> dict[str, Any]:
+    """The genai_config.json object; `config` and `generation` are the pruned model's (remapped ids)."""
     dims = pruned.dims
     context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
     eos = generation.get("eos_token_id", config.get("eos_token_id"))
     bos = generation.get("bos_token_id", config.get("bos_token_id"))
     pad = generation.get("pad_token_id", config.get("pad_token_id"))
-    search = {key: generation.get(key, default) for key, default in SEARCH_KEYS.items()}
-    if search["top_k"] is None:
-        search["top_k"] = SEARCH_KEYS["top_k"]
+    search = {key: default if generation.get(key) is None else generation[key] for key, default in SEARCH_KEYS.items()}
     return {
         "model": {
             "bos_token_id": bos,

@@ -89,8 +89,9 @@ def trace(built: ExportModel, family: str) -> TracedModel:
     for index, kind in enumerate(kinds):
         if kind in templates:
             continue
+        past_kv = torch.zeros(b, kv_heads, p, head_dim)
         args = (torch.randn(b, s, cfg.hidden_size), torch.zeros(b, 1, s, p + s), torch.ones(b, s, head_dim),
-                torch.zeros(b, s, head_dim), torch.zeros(b, kv_heads, p, head_dim), torch.zeros(b, kv_heads, p, head_dim))
+                torch.zeros(b, s, head_dim), past_kv, past_kv.clone())
         tokens, cache = {0: batch, 1: seq}, {0: batch, 2: past}
         shapes = (tokens, {0: batch, 2: seq, 3: total}, tokens, tokens, cache, cache)
         step = LayerStep(model.model.layers[index], index)

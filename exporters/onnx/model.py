@@ -5,10 +5,12 @@ random weights are allocated or initialised; buffers such as rotary frequencies 
 usual). Tracing only needs shapes: torch.export runs on fake tensors and the traced graphs keep
 no initializer data, so the parameters the trace touches (embedding, final norm, lm_head and the
 template layers) get uninitialised CPU placeholders, never read, never resident. Every real
-weight reaches the ONNX data file later, one tensor at a time, through `export_weights`. Each `nn.Linear` becomes a `MatMulLinear` holding its weight
-transposed, [in, out], which is what ONNX `MatMul` and onnxruntime's quantizers expect, so the
-graph carries no Transpose per weight. With tied embeddings the single [hidden, vocab] matrix
-serves both the lm_head MatMul and the embedding lookup (a Gather along axis 1): stored once.
+weight reaches the ONNX data file later, one tensor at a time, through `export_weights`.
+
+Each `nn.Linear` becomes a `MatMulLinear` holding its weight transposed, [in, out], which is
+what ONNX `MatMul` and onnxruntime's quantizers expect, so the graph carries no Transpose per
+weight. With tied embeddings the single [hidden, vocab] matrix serves both the lm_head MatMul
+and the embedding lookup (a Gather along axis 1), so it is stored once.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from converter.prune import PlannedTensor, PrunedCheckpoint, raw_to_torch
 
-Holders = list[tuple[nn.Module, str]]
+Holders = list[tuple[nn.Module, str]]  # (module, attribute) pairs that hold one tensor
 
 
 class MatMulLinear(nn.Module):
@@ -66,9 +68,9 @@ class Slot:
     layer: int | None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportModel:
-    """The HF model (template layers loaded, the rest on meta) and the map from checkpoint tensors to it."""
+    """The HF model (traced parts as placeholders, the rest on meta) and where each checkpoint tensor goes."""
 
     model: PreTrainedModel
     slots: dict[str, Slot]

@@ -11,6 +11,8 @@ along the input axis. The result always keeps all weights in one `model.onnx.dat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +51,10 @@ def check_outtype(outtype: str | None, block_size: int) -> str:
 
 def _fp32_nodes(model: onnx.ModelProto) -> list[str]:
     """Nodes that keep fp32: variance/softmax ops and the `+ eps` that follows each variance."""
+    _name_nodes(model)
     keep = [n for n in model.graph.node if n.op_type in FP32_SUBGRAPH_OPS]
     means = {o for n in keep if n.op_type == "ReduceMean" for o in n.output}
     keep += [n for n in model.graph.node if n.op_type == "Add" and means.intersection(n.input)]
-    _name_nodes(model)
     return [n.name for n in keep]
 
 
@@ -145,8 +147,9 @@ def _share_int4_lm_head(model: onnx.ModelProto, gather_name: str, transpose_name
                                      [looked_up], name=f"{gather.name}_Q4", domain="com.microsoft", bits=4,
                                      block_size=block_size, gather_axis=0, quantize_axis=1))
     if padded != hidden:
-        new.append(onnx.helper.make_node("Slice", [looked_up] + [f"{weight}_unpad_{s}" for s in ("starts", "ends", "axes")],
-                                         [transpose.output[0]], name=f"{gather.name}_unpad"))
+        bounds = [f"{weight}_unpad_{s}" for s in ("starts", "ends", "axes")]
+        new.append(onnx.helper.make_node("Slice", [looked_up, *bounds], [transpose.output[0]],
+                                         name=f"{gather.name}_unpad"))
     index = list(model.graph.node).index(gather)
     model.graph.node.remove(gather)
     model.graph.node.remove(transpose)
@@ -173,6 +176,7 @@ def to_int4(model: onnx.ModelProto, block_size: int) -> onnx.ModelProto:
 
 
 def to_int8(src: Path, dest: Path) -> None:
+    """Dynamic quantization: int8 weights (per tensor), activations quantized per call at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(src, dest, op_types_to_quantize=["MatMul", "Gather"], weight_type=QuantType.QInt8,
@@ -180,22 +184,33 @@ def to_int8(src: Path, dest: Path) -> None:
                      extra_options={"MatMulConstBOnly": True})
 
 
+@contextmanager
+def _quiet_quantizers() -> Iterator[None]:
+    """onnxruntime's quantizers log every node at INFO and advise pre-processing at WARNING."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def convert(path: Path, outtype: str, block_size: int, data_name: str) -> None:
     """Rewrite the fp32 graph at `path` (and its data file) in place as `outtype`."""
     if outtype == "fp32":
         return
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    if outtype == "int8":
-        staged = path.with_name("int8." + path.name)
-        to_int8(path, staged)
-        _restage(staged, path, data_name)
-        return
-    model = onnx.load_model(path, load_external_data=False)
-    if outtype == "fp16":
-        model = onnx.shape_inference.infer_shapes(model)
-    onnx.load_external_data_for_model(model, str(path.parent))
-    model = to_fp16(model) if outtype == "fp16" else to_int4(model, block_size)
-    save_with_external_data(model, path, data_name)
+    with _quiet_quantizers():
+        if outtype == "int8":
+            staged = path.with_name("int8." + path.name)
+            to_int8(path, staged)
+            _restage(staged, path, data_name)
+            return
+        model = onnx.load_model(path, load_external_data=False)
+        if outtype == "fp16":
+            model = onnx.shape_inference.infer_shapes(model)
+        onnx.load_external_data_for_model(model, str(path.parent))
+        model = to_fp16(model) if outtype == "fp16" else to_int4(model, block_size)
+        save_with_external_data(model, path, data_name)
 
 
 def _restage(staged: Path, path: Path, data_name: str) -> None:
