@@ -33,6 +33,22 @@ def check_output_location(out_dir: Path, input_dir: Path, force: bool) -> None:
         raise ConvertError("cannot write here (permission denied)", out_abs.parent)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def relax_permissions(folder: Path) -> None:
+    """Give a folder made by mkdtemp, and the files in it, the modes a plain mkdir/open would have."""
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
+
+
 def stale_staging_dirs(out_dir: Path) -> list[Path]:
     """Staging folders an earlier, killed run left beside OUT."""
     parent = Path(os.path.abspath(out_dir)).parent
@@ -52,9 +68,7 @@ class StagedOutput:
             shutil.rmtree(stale, ignore_errors=True)
         try:
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}{STAGING_MARK}", dir=self.out_dir.parent))
-            mask = os.umask(0)
-            os.umask(mask)
-            self.path.chmod(0o777 & ~mask)
+            self.path.chmod(0o777 & ~current_umask())
         except OSError as exc:
             raise ConvertError(f"cannot create a staging folder here: {exc.strerror}", self.out_dir.parent) from exc
         return self.path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import resource
 import signal
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from converter.plan import PrunePlan
+from exporters.staging import current_umask
 from tools.bench_rewrite import write_synthetic
 
 LAYERS, HIDDEN, FFN, VOCAB = 6, 1024, 4096, 32000
@@ -119,10 +119,4 @@ def test_read_only_input_folder(medium: tuple[Path, Path], tmp_path: Path) -> No
         for p, mode in modes.items():
             p.chmod(mode)
     assert _looks_complete(tmp_path / "out ü")
-    assert (tmp_path / "out ü").stat().st_mode & 0o777 == 0o777 & ~_umask()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    assert (tmp_path / "out ü").stat().st_mode & 0o777 == 0o777 & ~current_umask()

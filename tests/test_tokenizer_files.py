@@ -12,12 +12,7 @@ from tokenizers import Tokenizer, processors
 from transformers import AutoTokenizer
 
 from converter.tokenizer import TokenizerError, plan_tokenizer, remap_special_ids, write_tokenizer
-from tests.tiny_tokenizers import corpus_lines, train_sentencepiece_bpe
-
-
-@pytest.fixture(scope="module")
-def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_sentencepiece_bpe(tmp_path_factory.mktemp("spm-tokenizer"), vocab_size=1500)
+from tests.tiny_tokenizers import corpus_lines
 
 
 def _copy(src: Path, dst: Path) -> Path:

