@@ -114,6 +114,7 @@ class Checkpoint:
         self.tensors = tensors
         self.files = files
         self._fds: dict[Path, int] = {}
+        self._fingerprint: str | None = None
 
     @classmethod
     def open(cls, folder: Path | str) -> Checkpoint:
@@ -247,7 +248,8 @@ class Checkpoint:
                 chunk = np.empty(min(4096, size), dtype=np.uint8)
                 self._pread_into(file, offset, chunk)
                 h.update(chunk.tobytes())
-        return "sha256:" + h.hexdigest()[:32]
+        self._fingerprint = "sha256:" + h.hexdigest()[:32]
+        return self._fingerprint
 
     def close(self) -> None:
         for fd in self._fds.values():
