@@ -119,9 +119,19 @@ class PrunedCheckpoint:
         """True when the output tensor is the source tensor unchanged (copyable byte for byte)."""
         return planned.shape == planned.source.shape
 
+    @classmethod
+    def is_file_copy(cls, planned: PlannedTensor) -> bool:
+        """True when the output is a byte range (or runs of whole rows) of the source file."""
+        return cls.is_passthrough(planned) or (planned.axis == 0 and planned.keep is not None)
+
     def copy_source(self, planned: PlannedTensor, dest_fd: int) -> None:
-        """Append an unchanged tensor to an open file without going through Python memory."""
-        self.source.copy_range(planned.source.name, dest_fd)
+        """Append an unchanged or row-pruned tensor to an open file without going through Python memory."""
+        if self.is_passthrough(planned):
+            self.source.copy_range(planned.source.name, dest_fd)
+        elif self.is_file_copy(planned):
+            self.source.copy_rows(planned.source.name, planned.keep, dest_fd)  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"{planned.name} is cut along axis {planned.axis}; read it instead of copying")
 
     def read(self, planned: PlannedTensor) -> np.ndarray:
         """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8."""

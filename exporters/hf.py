@@ -3,8 +3,8 @@
 Shards are laid out like transformers' `save_pretrained` (greedy fill up to max_shard_size, a
 tensor larger than the limit alone in its shard, `model-0000K-of-0000N.safetensors` plus
 `model.safetensors.index.json`, or one `model.safetensors`), so stock `from_pretrained` loads
-the result. Untouched tensors are copied file to file by the kernel; pruned ones are read row-wise by a
-worker thread one tensor ahead of the writer.
+the result. Untouched and row-pruned tensors are copied file to file by the kernel (one copy per run of kept
+rows); column-pruned ones (down_proj) are gathered by a worker thread one tensor ahead of the writer.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     total = sum(t.nbytes for shard in shards for t in shard)
     written: list[Path] = []
     order = [t for shard in shards for t in shard]
-    stream = read_ahead(order, lambda t: None if pruned.is_passthrough(t) else pruned.read(t))
+    stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t))
     with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
         for name, shard in zip(names, shards):
             declared = [DeclaredTensor(t.name, t.dtype, t.shape) for t in shard]
