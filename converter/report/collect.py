@@ -7,6 +7,7 @@ files as they lie in the staging folder when the report is written, last.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from converter.report.splits import auto_split_section
 from exporters.options import ExportOptions
 
 REPORT_FILES = ("report.json", "report.md")
-NO_SCORES = ("no scores: only --plan was given; pass --scores scores.safetensors as well (the file the plan was "
+NO_SCORES = ("no scores came with the plan; pass --scores scores.safetensors beside --plan (the file the plan was "
              "made from) to get this section")
 
 
@@ -55,7 +56,8 @@ def _source_section(pruned: PrunedCheckpoint) -> dict[str, Any]:
             "folder_bytes": sum(p.stat().st_size for p in top)}
 
 
-def _candidate_params(pruned: PrunedCheckpoint) -> Any:
+def _candidate_params(pruned: PrunedCheckpoint) -> Callable[[int, int], int]:
+    """params(vocab, ffn) of this model, to show each auto-split candidate's size."""
     from converter.pipeline import Source
     from converter.score.budget import param_model
 

@@ -48,6 +48,12 @@ def _files(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _why_less(c: dict[str, Any]) -> str:
+    if c["top_n_coverage_at_kept_size"] - c["kept_vocab_coverage"] < 5e-5:
+        return ""
+    return " (the tokenizer rules keep special tokens, bytes and merge parents in place of some frequent ones)"
+
+
 def _calibration(data: dict[str, Any]) -> list[str]:
     c = data["calibration"]
     lines = ["## Calibration coverage", ""]
@@ -61,8 +67,7 @@ def _calibration(data: dict[str, Any]) -> list[str]:
     lines += [f"The kept vocabulary covers **{100 * c['kept_vocab_coverage']:.2f}%** of the "
               f"{c['tokens_counted']:,} calibration tokens counted ({c['distinct_tokens_seen']:,} distinct tokens "
               f"seen); the same number of the most frequent tokens would cover "
-              f"{100 * c['top_n_coverage_at_kept_size']:.2f}% (the tokenizer rules keep specials, bytes and merge "
-              f"parents instead). Vocabulary needed for a coverage of {needed}.", "",
+              f"{100 * c['top_n_coverage_at_kept_size']:.2f}%{_why_less(c)}. Vocabulary needed for a coverage of {needed}.", "",
               f"Scores: {c.get('scores')}; corpus: {'; '.join(c['corpus'])}.", "",
               *_image(data, "coverage", "calibration coverage against vocabulary size")]
     return lines

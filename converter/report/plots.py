@@ -75,15 +75,13 @@ def plot_parameters(params: dict[str, dict[str, int]], path: Path) -> Path:
         heights = [values[c] / factor for c in COMPONENTS]
         bars = ax.bar([x + shift for x in xs], heights, width, label=label, color=color)
         ax.bar_label(bars, labels=[_short(values[c]) for c in COMPONENTS], fontsize=8, padding=2)
-    ax.set_xticks(list(xs), [LABELS[c] for c in COMPONENTS])
+    labels = [LABELS[c] + (" (tied: 0)" if c == "lm_head" and before[c] == 0 else "") for c in COMPONENTS]
+    ax.set_xticks(list(xs), labels)
     ax.set_ylabel(f"parameters ({unit})")
     ax.margins(y=0.15)
     removed = 1 - after["total"] / before["total"] if before["total"] else 0.0
     ax.set_title(f"Parameters by component: {_short(before['total'])} before, {_short(after['total'])} after "
                  f"({100 * removed:.1f}% removed)")
-    if before["lm_head"] == 0:
-        ax.annotate("LM head tied to the embedding", (3, 0), xytext=(0, 12), textcoords="offset points",
-                    ha="center", fontsize=8, color="#555555")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -123,7 +121,7 @@ def plot_importance(imp: ImportanceMap, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     layers = imp.sorted_rows.shape[0]
-    uniform = 100 * imp.ffn_after / imp.ffn_before
+    channels_cut = 100 * (1 - imp.ffn_after / imp.ffn_before)
     width, height = 10.0, max(4.5, 2.6 + 0.12 * layers)
     fig = Figure(figsize=(width, height), dpi=DPI)
     y0, h = 1.55 / height, 1 - 1.95 / height
@@ -133,8 +131,11 @@ def plot_importance(imp: ImportanceMap, path: Path) -> Path:
     image = heat.imshow(imp.sorted_rows.clip(1e-4, 1), aspect="auto", cmap="viridis", interpolation="nearest",
                         norm=LogNorm(1e-4, 1), extent=(0, imp.ffn_before, layers - 0.5, -0.5))
     heat.axvline(imp.ffn_after, color=CHOSEN, linewidth=1.5)
+    right = imp.ffn_after > 0.6 * imp.ffn_before
     heat.annotate(f"cut: keep {imp.ffn_after:,} of {imp.ffn_before:,}", (imp.ffn_after, -0.5),
-                  xytext=(4, -4), textcoords="offset points", color="white", fontsize=8, va="top")
+                  xytext=(-4 if right else 4, -4), textcoords="offset points", fontsize=8, va="top",
+                  ha="right" if right else "left", color="white",
+                  bbox={"boxstyle": "round,pad=0.2", "facecolor": "black", "alpha": 0.6, "linewidth": 0})
     heat.yaxis.set_major_locator(MaxNLocator(integer=True))
     heat.set_xlabel("FFN channels of the layer, sorted by importance (rank)")
     heat.set_ylabel("layer")
@@ -142,21 +143,23 @@ def plot_importance(imp: ImportanceMap, path: Path) -> Path:
     bar = fig.colorbar(image, cax=scale, orientation="horizontal")
     bar.set_label("channel importance / the layer's largest (log scale)", fontsize=9)
     _plain_log_ticks(bar.ax.xaxis)
-    shares = [100 * s for s in imp.kept_share]
-    bars.barh(range(layers), shares, color=AFTER, height=0.8, label="importance kept")
-    bars.axvline(uniform, color="#555555", linestyle="--", linewidth=1,
-                 label=f"{imp.ffn_after:,}/{imp.ffn_before:,} channels kept")
-    bars.set_xlim(0, 100)
+    cut = [100 * (1 - s) for s in imp.kept_share]
+    bars.barh(range(layers), cut, color=CHOSEN, height=0.8, label="importance cut")
+    bars.axvline(channels_cut, color="#555555", linestyle="--", linewidth=1,
+                 label=f"channels cut ({imp.ffn_before - imp.ffn_after:,}/{imp.ffn_before:,})")
+    bars.set_xlim(0, max(channels_cut, *cut) * 1.15 or 1)
     bars.tick_params(labelleft=False)
-    bars.set_xlabel("layer importance kept (%)")
-    bars.set_title(f"kept importance (mean {sum(shares) / layers:.1f}%)")
-    bars.legend(loc="lower right", fontsize=7)
+    bars.set_xlabel("share of the layer's importance cut (%)", fontsize=9)
+    bars.set_title(f"importance cut (mean {sum(cut) / layers:.2f}%)")
+    bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / (h * height)), fontsize=8, frameon=False)
     bars.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
 def plot_splits(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Held-out bits per byte of every auto-split candidate against its vocabulary size, the winner marked."""
+    from matplotlib.ticker import FuncFormatter
+
     measured = [r for r in rows if r["bits_per_byte"] is not None]
     fig, ax = _figure(8, 4.5)
     ax.plot([r["vocab"] for r in measured], [r["bits_per_byte"] for r in measured], marker="o", color=AFTER,
@@ -170,6 +173,7 @@ def plot_splits(rows: Sequence[dict[str, Any]], path: Path) -> Path:
                     linestyle="none", label=f"chosen: vocab {r['vocab']:,}, FFN {r['ffn']:,}, "
                                             f"{r['bits_per_byte']:.4f} bits/byte")
     ax.margins(x=0.08, y=0.2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel("vocabulary size kept (tokens)")
     ax.set_ylabel("held-out bits per byte (lower is better)")
     ax.set_title("Auto-split: each candidate split of the budget, measured on held-out text")

@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
 from converter.prune import PrunedCheckpoint
-from converter.report.collect import collect, finish_sizes
+from converter.report.collect import Collected, collect, finish_sizes
 from converter.report.context import ReportContext
 from exporters.options import ExportOptions
 
 
-def _plots(collected: Any, staged: Path) -> tuple[dict[str, str], dict[str, str]]:
+def _plots(collected: Collected, staged: Path) -> tuple[dict[str, str], dict[str, str]]:
     """Draw what the data allows; returns (made: name -> file, skipped: name -> reason)."""
     from converter.report import plots
 
