@@ -61,7 +61,8 @@ def coverage_section(scores: Scores, plan: PrunePlan) -> tuple[dict[str, Any], C
         "top_n_coverage_at_kept_size": round(float(cumulative[size - 1]), 6),
         "vocab_needed_for": {f"{m:g}": int(np.searchsorted(cumulative, m - 1e-12) + 1) for m in COVERAGE_MILESTONES},
     })
-    sizes = np.unique(np.linspace(1, counts.size, min(CURVE_POINTS, counts.size)).round().astype(np.int64))
+    points = min(CURVE_POINTS, counts.size)  # the plot's x axis is logarithmic: sample evenly on it
+    sizes = np.unique(np.geomspace(1, counts.size, points).round().astype(np.int64))
     curve = CoverageCurve(sizes, cumulative[sizes - 1], counts.size, size, kept)
     return section, curve
 

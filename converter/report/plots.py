@@ -110,7 +110,7 @@ def plot_coverage(curve: CoverageCurve, path: Path, candidates: Sequence[int] = 
     ax.set_ylabel("calibration tokens covered (%)")
     ax.set_title("Calibration token mass covered against vocabulary size")
     ax.legend(loc="lower right")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
