@@ -17,6 +17,7 @@ from converter.errors import ConvertError
 from converter.io import Checkpoint
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
+from converter.report import ReportContext
 from exporters.options import ExportOptions
 from exporters.staging import StagedOutput, check_output_location
 
@@ -78,8 +79,13 @@ def exporter_for(fmt: str) -> Callable[..., list[Path]]:
 
 
 def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", options: ExportOptions | None = None,
-           force: bool = False, keep_reserved: bool = False) -> list[Path]:
-    """Prune `source` with `plan` and write format `fmt` to out_dir, atomically."""
+           force: bool = False, keep_reserved: bool = False, report: ReportContext | None = None) -> list[Path]:
+    """Prune `source` with `plan` and write format `fmt` to out_dir, atomically, with its report.
+
+    `report` carries the scores the plan came from, for the report's coverage and importance plots.
+    """
+    from converter.report.write import write_report
+
     options = options or ExportOptions()
     check_output_location(out_dir, source.folder, force)
     exporter = exporter_for(fmt)
@@ -88,6 +94,7 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
     try:
         with StagedOutput(out_dir, force=force) as staged:
             written = exporter(pruned, tokenizer, staged, options)
+            written += write_report(pruned, fmt, options, report, staged)
     except OSError as exc:
         where = exc.filename or out_dir
         raise ConvertError(f"writing the output failed ({exc.strerror or exc}); nothing was written", where) from exc

@@ -104,8 +104,14 @@ def test_same_input_gives_byte_identical_output(medium: tuple[Path, Path], tmp_p
     for name in ("a", "b"):
         subprocess.run(_cmd(src, tmp_path / name, plan), check=True, capture_output=True, timeout=300)
     a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
-    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
-    assert len(a) == 4  # weights, config, generation config, plan (the synthetic model has no tokenizer)
+    reports = ("report.json", "report.md")
+    assert {k: v[0] for k, v in a.items() if k not in reports} == {k: v[0] for k, v in b.items() if k not in reports}
+    # weights, config, generation config, plan (the synthetic model has no tokenizer), the report and its plot
+    assert len(a) == 7
+    # The reports differ only in the command line, which names OUT.
+    for name in reports:
+        texts = [(tmp_path / out / name).read_text().replace(str(tmp_path / out), "OUT") for out in ("a", "b")]
+        assert texts[0] == texts[1], name
 
 
 def test_read_only_input_folder(medium: tuple[Path, Path], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from converter.errors import ConvertError
 from converter.pipeline import EXPORTERS, Source, export, open_source, settle_plan
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
+from converter.report import ReportContext
 from exporters.options import DEFAULT_MAX_SHARD_SIZE, ExportOptions, parse_size
 from exporters.staging import check_output_location
 
@@ -78,9 +79,10 @@ def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan) -> None:
     print(f"would write {args.format} to {args.output} (dry run: nothing written)")
 
 
-def _plan(args: argparse.Namespace, source: Source) -> PrunePlan:
+def _plan(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportContext]:
+    """The plan to export, and the scores behind it (for the report) when they are at hand."""
     if args.plan is not None:
-        return PrunePlan.load(args.plan)
+        return PrunePlan.load(args.plan), _plan_scores(args, source)
     try:
         from converter.score.oneshot import plan_from_args
     except ModuleNotFoundError:
@@ -88,11 +90,23 @@ def _plan(args: argparse.Namespace, source: Source) -> PrunePlan:
     return plan_from_args(args, source)
 
 
+def _plan_scores(args: argparse.Namespace, source: Source) -> ReportContext:
+    """With --plan, --scores only feeds the report; they must still be this model's scores."""
+    if args.scores is None:
+        return ReportContext()
+    from converter.score.scores import Scores
+
+    scores = Scores.load(args.scores)
+    dims = source.spec.dims
+    scores.check_model(source.checkpoint.fingerprint(), dims.vocab, dims.layers, dims.ffn, args.scores)
+    return ReportContext(scores, str(args.scores))
+
+
 def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
     args = build_parser(prog).parse_args(argv)
     check_output_location(args.output, args.input, args.force)
     source = open_source(args.input)
-    plan = _plan(args, source)
+    plan, context = _plan(args, source)
     if args.dry_run:
         _dry_run(args, source, plan)
         return 0
@@ -100,7 +114,7 @@ def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
                             pre_tokenizer=args.pre, int4_block_size=args.int4_block_size,
                             command_line=shlex.join(["compact-convert", *argv]))
     written = export(source, plan, args.output, args.format, options, force=args.force,
-                     keep_reserved=args.keep_reserved)
+                     keep_reserved=args.keep_reserved, report=context)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

@@ -11,6 +11,7 @@ import sys
 
 from converter.pipeline import Source
 from converter.plan import PrunePlan
+from converter.report import ReportContext
 from converter.score.autosplit import Budget, make_plan
 from converter.score.collect import ScoreOptions, score
 from converter.score.corpus import DEFAULT_WARNING, open_corpus
@@ -46,8 +47,9 @@ def scores_from_args(args: argparse.Namespace, source: Source) -> tuple[Scores, 
     return score(source, corpus, options), "scores computed now"
 
 
-def plan_from_args(args: argparse.Namespace, source: Source) -> PrunePlan:
-    """The plan `compact-convert IN OUT --target-ratio R [--calib ...]` exports."""
+def plan_from_args(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportContext]:
+    """The plan `compact-convert IN OUT --target-ratio R [--calib ...]` exports, and the scores behind it
+    for the export's report."""
     budget = budget_from_args(args)
     dims = source.spec.dims
     budget.check(dims.vocab, dims.ffn)
@@ -56,4 +58,4 @@ def plan_from_args(args: argparse.Namespace, source: Source) -> PrunePlan:
     from converter.score.budget import param_model
 
     report(plan, param_model(source))
-    return plan
+    return plan, ReportContext(scores, where)
