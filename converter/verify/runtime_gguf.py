@@ -7,6 +7,7 @@ GGUF is compared in f32 end to end.
 """
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,22 @@ GGML_TYPE_F32 = 0
 LLAMA_EXTRA = "pip install 'compact-convert[llama]'"
 
 
+_QUIET: list[Any] = []
+
+
+def _silence(llama_cpp: Any) -> None:
+    """Route llama.cpp's own log lines (context-size warnings and the like) nowhere; the table says it all."""
+    if not _QUIET:
+        _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, data: None))
+        llama_cpp.llama_log_set(_QUIET[0], ctypes.c_void_p(0))
+
+
 def _llama(path: Path, n_ctx: int, threads: int, vocab_only: bool) -> Any:
     try:
         import llama_cpp
     except ModuleNotFoundError:
         raise ConvertError(f"verifying a GGUF needs llama.cpp's Python binding; {LLAMA_EXTRA}", path) from None
+    _silence(llama_cpp)
     try:
         return llama_cpp.Llama(str(path), logits_all=True, n_ctx=n_ctx, n_batch=min(512, n_ctx), verbose=False,
                                n_threads=threads, n_threads_batch=threads, type_k=GGML_TYPE_F32,
