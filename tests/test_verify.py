@@ -106,8 +106,11 @@ def test_fails_on_gguf_with_swapped_token_strings(tiny: Path, tmp_path: Path,
     print(out)
     assert code == 1
     row = _row(out, "tokenizer parity")
-    assert row.endswith("FAIL") and re.search(r"probe\s+line\s+1\s", out), out
-    got, want = re.search(r"OUT\s+ids\s+\[(\d+)", out).group(1), re.search(r"vs\s+reference\s+\[(\d+)", out).group(1)
+    assert row.endswith("FAIL") and "probe line 1, token" in row
+    detail = re.search(r"tokenizer parity: first mismatch at probe line 1 .*: OUT ids \[(\d+).* reference ids \[(\d+)",
+                       out)
+    assert detail, out
+    got, want = detail.groups()
     assert {int(got), int(want)} == {a, b}, "llama.cpp must emit the swapped id where the reference has the other"
     assert "FAILED: tokenizer parity" in out
 

@@ -34,6 +34,9 @@ def run(argv: Sequence[str], prog: str = "compact-convert verify") -> int:
     out = verdict.output
     print(f"verify {out.folder}: {out.format} ({out.model.name}, {out.outtype}); reference: {verdict.reference}")
     print(render(verdict.checks))
+    for check in verdict.checks:
+        if check.detail:
+            print(f"{check.name}: {check.detail}")
     failed = [c.name for c in verdict.checks if c.status == "FAIL"]
     skipped = [c.name for c in verdict.checks if c.status == "SKIP"]
     if failed:

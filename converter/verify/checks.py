@@ -27,6 +27,7 @@ class Check:
     result: str
     numbers: str = ""
     tolerance: str = ""
+    detail: str = ""
 
 
 class Tokenizes(Protocol):
@@ -55,21 +56,28 @@ def skip(name: str, reason: str) -> Check:
 def tokenizer_parity(subject: Tokenizes, reference: ReferenceTokenizer,
                      snippets: Sequence[str] = PROBE_SNIPPETS) -> Check:
     """Every probe snippet must tokenize to the same ids; the first mismatch is named by line and ids."""
-    total = 0
+    total = same = 0
+    first: str | None = None
+    where = ""
     for index, text in enumerate(snippets):
         got, want = subject.tokenize(text), reference.tokenize(text)
+        total += len(want)
         if got == want:
-            total += len(want)
+            same += 1
             continue
-        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-        line = snippet_line(index) + reference.decode(want[:at]).count("\n")
-        return Check("tokenizer parity", "FAIL",
-                     f"{subject.name} differs from the pruned reference at probe line {line} "
-                     f"({text.splitlines()[0][:40]!r}): token {at}, OUT ids {got[at:at + 4]} vs reference "
-                     f"{want[at:at + 4]} {reference.pieces(want[at:at + 4])}",
-                     f"{index}/{len(snippets)} snippets identical", "identical ids")
-    return Check("tokenizer parity", "PASS", f"{subject.name} vs {reference.name}, built-in probe",
-                 f"{len(snippets)} snippets, {total} tokens identical", "identical ids")
+        if first is None:
+            at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            line = snippet_line(index) + reference.decode(want[:at]).count("\n")
+            where = f"probe line {line}, token {at}"
+            first = (f"first mismatch at probe line {line} ({text.splitlines()[0][:40]!r}), token {at}: "
+                     f"OUT ids {got[at:at + 4]} vs reference ids {want[at:at + 4]} "
+                     f"(reference pieces {reference.pieces(want[at:at + 4])})")
+    numbers = f"{same}/{len(snippets)} snippets identical, {total} tokens"
+    if first is not None:
+        return Check("tokenizer parity", "FAIL", f"{subject.name} differs at {where}", numbers, "identical ids",
+                     first)
+    return Check("tokenizer parity", "PASS", f"{subject.name} vs {reference.name}, built-in probe", numbers,
+                 "identical ids")
 
 
 def vocab_check(runtime: str, got: int, expected: dict[str, int]) -> Check:
