@@ -96,13 +96,17 @@ def _window(folder: Path) -> int:
 def _reference_tokenizer(reference: Reference) -> Any:
     from converter.verify.runtime_hf import HfTokenizer
 
-    return None if reference.folder is None else HfTokenizer(reference.folder)
+    folder = reference.folder
+    if folder is None or not any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        return None
+    return HfTokenizer(folder)
 
 
 def _tokenizer_check(output: Output, reference: Reference, ref_tok: Any) -> Check:
     if ref_tok is None:
-        return skip("tokenizer parity", f"no tokenizer to compare with: OUT carries no tokenizer.json; "
-                    f"{NEEDS_REFERENCE}")
+        where = "the source" if reference.has_model else "OUT"
+        return skip("tokenizer parity", f"no tokenizer to compare with: {where} carries no tokenizer files"
+                    + ("" if reference.has_model else f"; {NEEDS_REFERENCE}"))
     if output.format == "gguf":
         from converter.verify.runtime_gguf import LlamaCppTokenizer
 
@@ -148,6 +152,8 @@ def _logit_check(output: Output, subject: Any, ref_model: Any, ref_tok: Any, ref
     if ref_model is None:
         what = "OUT is its own reference" if output.format == "hf" else "OUT holds no Hugging Face weights"
         return skip("logit parity", f"{what}; {NEEDS_REFERENCE}")
+    if ref_tok is None:
+        return skip("logit parity", "the source has no tokenizer files to encode the prompt with")
     ids = _prompt_ids(ref_tok, reference.folder)
     return logit_parity(subject, ref_model, ids, tolerance_for(output.format, output.outtype, output.architecture))
 
