@@ -56,7 +56,7 @@ def limit_file_size(limit: int) -> Callable[[], None]:
 
 @dataclass(frozen=True)
 class Run:
-    """How a CLI process ended, and how long it spent writing (first staged file to exit)."""
+    """How a CLI process ended, and how long it spent writing (first staged file to OUT appearing)."""
 
     returncode: int
     stderr: str
@@ -91,14 +91,16 @@ def _wait_for_writing(proc: subprocess.Popen[bytes], out: Path, ignore: set[Path
     raise TimeoutError(f"no staged file for {out} after {timeout_s} s")
 
 
-def run_timed(cmd: Sequence[str], out: Path, timeout_s: float = 300, env: dict[str, str] | None = None) -> Run:
-    """Run to the end, measuring the write window."""
+def run_timed(cmd: Sequence[str], out: Path, timeout_s: float = 300) -> Run:
+    """Run to the end, measuring the write window (not the interpreter's exit after the final rename)."""
     ignore = set(staging_dirs(out.parent))
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks on it
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=err)
         first = _wait_for_writing(proc, out, ignore, timeout_s)
-        proc.wait(timeout=timeout_s)
+        while first is not None and not out.exists() and proc.poll() is None:
+            time.sleep(POLL_S)
         window = None if first is None else time.monotonic() - first
+        proc.wait(timeout=timeout_s)
         return Run(proc.returncode, _read(err), window)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converter.tokenizer.bpe_json import check_merges_in_vocab
 from converter.tokenizer.errors import TokenizerError
 from converter.tokenizer.merge_closure import BuildPaths, MergeGraph, close_over
 from converter.tokenizer.parsed import gc_paused, parse_tokenizer
@@ -48,6 +49,7 @@ class TokenizerPlanner:
     def __init__(self, src_dir: Path) -> None:
         with gc_paused():
             self._tok = parse_tokenizer(Path(src_dir))
+            check_merges_in_vocab(self._tok.bpe.merges, self._tok.bpe.vocab, self._tok.json_path)
             self._rules = standing_rules(self._tok)
         spm = self._tok.sentencepiece
         self._spm_graph = SentencePieceGraph(spm) if spm is not None else None
