@@ -1,7 +1,8 @@
 """Catalogue of bad inputs: each must fail with exit 2, one line naming the file, nothing written.
 
 Every case starts from a valid tiny model folder and a valid plan, breaks one thing, and runs the
-real CLI entry point in-process. Add a case here for every new error the tool handles.
+real CLI entry point in-process. Add a case here for every new error the tool handles; hostile
+tokenizer files have their own catalogue, test_bad_tokenizer.py.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,18 +18,8 @@ import torch
 from converter.cli import main
 from converter.pipeline import open_source
 from converter.plan import PrunePlan
+from tests.refusal import Breaker, Case, assert_refused, edit_json, run_cli
 from tests.tiny_models import build_tiny_model, save_tiny_model
-
-Breaker = Callable[[Path, Path], None]  # (model folder, plan path) -> None
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    breaker: Breaker
-    expect: str  # a fragment the message must contain
-    names: str  # the file (or folder) name the message must name
-    extra_args: tuple[str, ...] = ()
 
 
 def _first_shard(model: Path) -> Path:
@@ -46,22 +36,16 @@ def _rewrite_header(path: Path, edit: Callable[[dict], None]) -> None:
     path.write_bytes(struct.pack("<Q", len(new)) + new + blob[8 + n:])
 
 
-def _edit_json(path: Path, edit: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-
-
 def _edit_index(model: Path, edit: Callable[[dict], None]) -> None:
-    _edit_json(model / "model.safetensors.index.json", edit)
+    edit_json(model / "model.safetensors.index.json", edit)
 
 
 def _edit_plan(edit: Callable[[dict], None]) -> Breaker:
-    return lambda model, plan: _edit_json(plan, edit)
+    return lambda model, plan: edit_json(plan, edit)
 
 
 def _set_config(**values: object) -> Breaker:
-    return lambda model, plan: _edit_json(model / "config.json", lambda c: c.update(values))
+    return lambda model, plan: edit_json(model / "config.json", lambda c: c.update(values))
 
 
 def _point_first_tensor_at(target: str) -> Breaker:
@@ -236,25 +220,10 @@ def sharded_model(tmp_path: Path) -> tuple[Path, Path]:
     return folder, plan.save(tmp_path / "my-plan.json")
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = main(args)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_cleanly(case: Case, sharded_model: tuple[Path, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    model, plan = sharded_model
-    case.breaker(model, plan)
-    out = tmp_path / "out"
-    before = sorted(p.name for p in tmp_path.iterdir())
-    code, err = run_cli([str(model), str(out), "--plan", str(plan), "--no-progress", *case.extra_args], capsys)
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert case.expect in lines[0] and case.names in lines[0], lines[0]
-    assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert_refused(case, *sharded_model, tmp_path, capsys)
 
 
 def test_output_not_empty_needs_force(sharded_model: tuple[Path, Path], tmp_path: Path,
@@ -282,7 +251,7 @@ def test_custom_code_is_ignored_for_a_native_architecture(sharded_model: tuple[P
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """auto_map never runs: a natively supported model exports, and the output drops the pointer."""
     model, plan = sharded_model
-    _edit_json(model / "config.json", lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.X"}))
+    edit_json(model / "config.json", lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_x.X"}))
     (model / "modeling_x.py").write_text("raise SystemExit('custom code must never run')\n")
     code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
     assert code == 0, err

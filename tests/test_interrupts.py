@@ -5,13 +5,10 @@ Llama-shaped), so signals land while tensors are being written.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import pytest
 
 from converter.plan import PrunePlan
 from exporters.staging import current_umask
+from tests.cli_process import cli_command, digest, limit_file_size, staging_dirs
 from tools.bench_rewrite import write_synthetic
 
 LAYERS, HIDDEN, FFN, VOCAB = 6, 1024, 4096, 32000
@@ -36,15 +34,6 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return src, plan.save(root / "plan.json")
 
 
-def _cmd(src: Path, out: Path, plan: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "converter.cli", str(src), str(out), "--plan", str(plan), "--no-progress", *extra]
-
-
-def _digest(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.iterdir())}
-
-
 def _looks_complete(out: Path) -> bool:
     index = out / "model.safetensors.index.json"
     if not index.exists():
@@ -53,22 +42,19 @@ def _looks_complete(out: Path) -> bool:
     return all((out / n).exists() for n in names) and (out / "prune_plan.json").exists()
 
 
-def _staging(parent: Path) -> list[Path]:
-    return [p for p in parent.iterdir() if ".tmp-" in p.name]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_killed_export_never_leaves_a_complete_looking_output(medium: tuple[Path, Path], tmp_path: Path,
                                                               sig: signal.Signals) -> None:
     src, plan = medium
-    before = _digest(src)
+    before = digest(src)
     start = time.perf_counter()
-    subprocess.run(_cmd(src, tmp_path / "timing", plan, "--max-shard-size", "50MB"), check=True, capture_output=True)
+    subprocess.run(cli_command(src, tmp_path / "timing", plan, "--max-shard-size", "50MB"), check=True,
+                   capture_output=True)
     duration = time.perf_counter() - start
     rng = random.Random(int(sig))
     for attempt in range(3):
         out = tmp_path / f"out {attempt}"
-        proc = subprocess.Popen(_cmd(src, out, plan, "--max-shard-size", "50MB"), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cli_command(src, out, plan, "--max-shard-size", "50MB"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         time.sleep(duration * rng.uniform(0.2, 0.9))
         proc.send_signal(sig)
@@ -78,40 +64,32 @@ def test_killed_export_never_leaves_a_complete_looking_output(medium: tuple[Path
             continue
         if sig != signal.SIGKILL:
             assert proc.returncode in (130, -sig, -signal.SIGINT), err.decode()[-300:]
-            assert not _staging(tmp_path), "staging folder left behind after a catchable signal"
-        rerun = subprocess.run(_cmd(src, out, plan, "--max-shard-size", "50MB"), capture_output=True, timeout=300)
+            assert not staging_dirs(tmp_path), "staging folder left behind after a catchable signal"
+        rerun = subprocess.run(cli_command(src, out, plan, "--max-shard-size", "50MB"), capture_output=True,
+                               timeout=300)
         assert rerun.returncode == 0, rerun.stderr.decode()[-300:]
-        assert _looks_complete(out) and not _staging(tmp_path)
-    assert _digest(src) == before
-
-
-def _limit_file_size() -> None:
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (50 << 20, 50 << 20))
+        assert _looks_complete(out) and not staging_dirs(tmp_path)
+    assert digest(src) == before
 
 
 def test_disk_full_is_one_clear_line_and_nothing_written(medium: tuple[Path, Path], tmp_path: Path) -> None:
     src, plan = medium
     out = tmp_path / "out"
-    proc = subprocess.run(_cmd(src, out, plan), capture_output=True, timeout=300, preexec_fn=_limit_file_size)
+    proc = subprocess.run(cli_command(src, out, plan), capture_output=True, timeout=300,
+                          preexec_fn=limit_file_size(50 << 20))
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "writing the output failed" in lines[0], lines
-    assert not out.exists() and not _staging(tmp_path)
+    assert not out.exists() and not staging_dirs(tmp_path)
 
 
 def test_same_input_gives_byte_identical_output(medium: tuple[Path, Path], tmp_path: Path) -> None:
     src, plan = medium
     for name in ("a", "b"):
-        subprocess.run(_cmd(src, tmp_path / name, plan), check=True, capture_output=True, timeout=300)
-    a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
-    reports = ("report.json", "report.md")
-    assert {k: v[0] for k, v in a.items() if k not in reports} == {k: v[0] for k, v in b.items() if k not in reports}
+        subprocess.run(cli_command(src, tmp_path / name, plan), check=True, capture_output=True, timeout=300)
+    a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
     # weights, config, generation config, plan (the synthetic model has no tokenizer), the report and its plot
     assert len(a) == 7
-    # The reports differ only in the command line, which names OUT.
-    for name in reports:
-        texts = [(tmp_path / out / name).read_text().replace(str(tmp_path / out), "OUT") for out in ("a", "b")]
-        assert texts[0] == texts[1], name
 
 
 def test_read_only_input_folder(medium: tuple[Path, Path], tmp_path: Path) -> None:
@@ -120,7 +98,7 @@ def test_read_only_input_folder(medium: tuple[Path, Path], tmp_path: Path) -> No
     try:
         for p in modes:
             p.chmod(0o555 if p.is_dir() else 0o444)
-        subprocess.run(_cmd(src, tmp_path / "out ü", plan), check=True, capture_output=True, timeout=300)
+        subprocess.run(cli_command(src, tmp_path / "out ü", plan), check=True, capture_output=True, timeout=300)
     finally:
         for p, mode in modes.items():
             p.chmod(mode)

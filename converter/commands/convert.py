@@ -20,6 +20,8 @@ from converter.report import ReportContext
 from exporters.options import DEFAULT_MAX_SHARD_SIZE, ExportOptions, parse_size
 from exporters.staging import check_output_location
 
+PRESENTATION_FLAGS = ("--progress", "--no-progress", "--force", "--no-force")
+
 
 def _size(text: str) -> int:
     try:
@@ -102,6 +104,16 @@ def _plan_scores(args: argparse.Namespace, source: Source) -> ReportContext:
     return ReportContext(scores, str(args.scores))
 
 
+def recorded_command(argv: Sequence[str], output: Path, prog: str = "compact-convert") -> str:
+    """The command line an output records about itself, the same wherever it was written.
+
+    OUT is spelled `OUT` and flags that change nothing in the files (progress bars, --force) are
+    left out, so two runs with the same input, plan and options write byte-identical files.
+    """
+    kept = ["OUT" if Path(arg) == output else arg for arg in argv if arg not in PRESENTATION_FLAGS]
+    return shlex.join([*prog.split(), *kept])
+
+
 def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
     args = build_parser(prog).parse_args(argv)
     check_output_location(args.output, args.input, args.force)
@@ -112,7 +124,7 @@ def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
         return 0
     options = ExportOptions(max_shard_size=args.max_shard_size, progress=args.progress, outtype=args.outtype,
                             pre_tokenizer=args.pre, int4_block_size=args.int4_block_size,
-                            command_line=shlex.join(["compact-convert", *argv]))
+                            command_line=recorded_command(argv, args.output, prog))
     written = export(source, plan, args.output, args.format, options, force=args.force,
                      keep_reserved=args.keep_reserved, report=context)
     print(f"wrote {len(written)} files to {args.output}")

@@ -19,6 +19,7 @@ from tokenizers import pre_tokenizers
 from converter.tokenizer.errors import TokenizerError
 
 UNSUPPORTED_MODELS = ("WordPiece", "Unigram", "WordLevel")
+MAX_TOKEN_ID = 2**32 - 1  # the tokenizers library stores ids as u32
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ def _vocab(raw: object, path: Path) -> dict[str, int]:
     if not isinstance(raw, dict):
         raise TokenizerError("model.vocab is not an object mapping tokens to ids", path)
     ids = list(raw.values())
-    if not set(map(type, ids)) <= {int} or (ids and min(ids) < 0):
-        token, idx = next((t, i) for t, i in raw.items() if type(i) is not int or i < 0)
-        raise TokenizerError(f"model.vocab gives token {token!r} the invalid id {idx!r}", path)
+    if not set(map(type, ids)) <= {int} or (ids and not 0 <= min(ids) <= max(ids) <= MAX_TOKEN_ID):
+        token, idx = next((t, i) for t, i in raw.items() if type(i) is not int or not 0 <= i <= MAX_TOKEN_ID)
+        raise TokenizerError(f"model.vocab gives token {token[:40]!r} the invalid id {repr(idx)[:40]}", path)
     if len(set(ids)) != len(ids):
         raise TokenizerError("model.vocab gives the same id to more than one token", path)
     return raw
@@ -65,10 +66,31 @@ def _merges(raw: object, path: Path) -> tuple[tuple[tuple[str, str], ...], bool]
         raise TokenizerError("model.merges must all be 'a b' strings or all [a, b] pairs of tokens", path)
     as_strings = kinds == {str}
     merges = tuple(tuple(m.split(" ")) for m in raw) if as_strings else tuple(map(tuple, raw))
-    if not set(map(len, merges)) <= {2}:
-        bad = next(m for m in merges if len(m) != 2)
-        raise TokenizerError(f"model.merges holds {bad!r}, which is not a pair of tokens", path)
+    if not set(map(len, merges)) <= {2} or not (as_strings or all(type(p) is str for m in merges for p in m)):
+        bad = next(m for m in merges if len(m) != 2 or not all(type(p) is str for p in m))
+        raise TokenizerError(f"model.merges holds {repr(bad)[:80]}, which is not a pair of tokens", path)
     return merges, as_strings  # type: ignore[return-value]
+
+
+def check_merges_in_vocab(merges: tuple[tuple[str, str], ...], vocab: dict[str, int], path: Path) -> None:
+    """Both parts and the result of every merge are tokens, as the tokenizers library requires to load it
+    (the planner checks once; the writer trusts the keep set it planned).
+
+    The check runs as C-level loops (a 262k vocabulary has half a million merges); only a failure
+    walks the merges in Python to name the first bad one.
+    """
+    if not merges:
+        return
+    firsts, seconds = zip(*merges)
+    known = vocab.keys()
+    if known >= set(firsts) and known >= set(seconds) and all(map(vocab.__contains__, map(str.__add__, firsts,
+                                                                                              seconds))):
+        return
+    for i, (a, b) in enumerate(merges):
+        for token in (a, b, a + b):
+            if token not in vocab:
+                raise TokenizerError(f"model.merges[{i}] merges {a[:40]!r} and {b[:40]!r}, but {token[:40]!r} is not "
+                                     "in model.vocab; the file is corrupt", path)
 
 
 def read_bpe(tokenizer_json: Mapping[str, Any], path: Path) -> BpeModel:

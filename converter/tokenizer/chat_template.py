@@ -5,7 +5,8 @@ Two sources. Any added token whose text appears in the template source (`<start_
 newlines, a default system prompt), found by rendering it on empty conversations the way
 transformers does (a sandboxed Jinja environment with `raise_exception` and `strftime_now`).
 Keeping both means `apply_chat_template` gives the same ids, mapped, after pruning. A template
-that cannot be rendered without real inputs contributes only its spelled-out tokens.
+that cannot be rendered without real inputs (or that the sandbox stops: a huge range, endless
+recursion) contributes only its spelled-out tokens.
 """
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ def rendered_scaffolds(templates: Iterable[str], tokenizer_config: Mapping[str, 
     for source in templates:
         try:
             template = env.from_string(source)
-        except TemplateError:
+        except (TemplateError, RecursionError):
             continue
         for messages in _CONVERSATIONS:
             try:
                 out.append(template.render(messages=messages, add_generation_prompt=True, **roles))
-            except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError):
+            except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError,
+                    RecursionError):
                 continue
     return out

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from converter.tokenizer.bpe_json import check_merges_in_vocab
 from converter.tokenizer.errors import TokenizerError
 from converter.tokenizer.merge_closure import BuildPaths, MergeGraph, close_over
 from converter.tokenizer.parsed import gc_paused, parse_tokenizer
@@ -48,6 +49,7 @@ class TokenizerPlanner:
     def __init__(self, src_dir: Path) -> None:
         with gc_paused():
             self._tok = parse_tokenizer(Path(src_dir))
+            check_merges_in_vocab(self._tok.bpe.merges, self._tok.bpe.vocab, self._tok.json_path)
             self._rules = standing_rules(self._tok)
         spm = self._tok.sentencepiece
         self._spm_graph = SentencePieceGraph(spm) if spm is not None else None
@@ -83,12 +85,19 @@ class TokenizerPlanner:
                                  f"(first: {unknown[0]!r}); the file is corrupt", tok.json_path)
         return {tok.vocabulary.ids[t] for t in closed}
 
-    def _check_fits(self, kept: set[int], requested: set[int], limit: int) -> None:
-        beyond = sorted(i for i in kept - requested if i >= limit)
+    def _check_fits(self, limit: int) -> None:
+        """Every token but a special one needs an embedding row, or the tokenizer belongs to another model.
+
+        Special added tokens past the embedding (a multimodal tokenizer beside a text-only model)
+        are dropped, as the `special` rule documents; any other id there is an error.
+        """
+        tokens = self._tok.vocabulary.tokens
+        beyond = sorted(i for i in tokens if i >= limit and i not in self._rules.optional_special)
         if beyond:
             i = beyond[0]
-            raise TokenizerError(f"token {self._tok.vocabulary.tokens[i]!r} (id {i}) must be kept but lies beyond "
-                                 f"the model's {limit} embedding rows ({len(beyond)} such ids)", self._tok.json_path)
+            raise TokenizerError(f"token {tokens[i][:40]!r} has id {i}, beyond the model's {limit} embedding rows "
+                                 f"(config.json vocab_size; {len(beyond)} such ids); the tokenizer does not belong "
+                                 "to this model", self._tok.json_path)
 
     def plan(self, requested_ids: Iterable[int], *, vocab_size: int | None = None,
              keep_reserved: bool = False) -> TokenizerRewrite:
@@ -97,6 +106,7 @@ class TokenizerPlanner:
                                        or vocab_size <= 0):
             raise TokenizerError(f"vocab_size must be a positive integer, got {vocab_size!r}", self._tok.source.root)
         limit = vocab_size if vocab_size is not None else self._tok.vocabulary.size
+        self._check_fits(limit)
         rules = self._rules
         requested = self._requested(requested_ids, limit)
         kept = set(requested)
@@ -119,7 +129,6 @@ class TokenizerPlanner:
             apply("sentencepiece_unused", (ids[p] for p in self._spm_graph.buildable_unused()))
         with gc_paused():
             apply("merge_closure", self._closure(kept))
-        self._check_fits(kept, requested, limit)
         return TokenizerRewrite(tuple(sorted(kept)), added)
 
 
@@ -128,6 +137,7 @@ def plan_tokenizer(src_dir: Path, requested_ids: Sequence[int], *, vocab_size: i
     """The keep set for `requested_ids` (old ids) after every rule; see the module docstring.
 
     `vocab_size` is the model's embedding rows, which may exceed the tokenizer (padded
-    embeddings): requested ids in the padding are dropped; ids at or past it are errors.
+    embeddings): requested ids in the padding are dropped; ids at or past it are errors, and so
+    are tokenizer ids at or past it, except special added tokens (dropped).
     """
     return TokenizerPlanner(Path(src_dir)).plan(requested_ids, vocab_size=vocab_size, keep_reserved=keep_reserved)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from converter.tokenizer.bpe_json import BpeModel, read_bpe
 from converter.tokenizer.sentencepiece_model import SentencePieceModel, check_agrees, read_sentencepiece
-from converter.tokenizer.source import TOKENIZER_JSON, TokenizerSource, read_source
+from converter.tokenizer.source import (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON, TokenizerSource,
+                                        read_source)
+from converter.tokenizer.tokenizer_config import check_config
 from converter.tokenizer.vocabulary import Vocabulary, read_vocabulary
 
 
@@ -33,6 +35,8 @@ def parse_tokenizer(src_dir: Path) -> ParsedTokenizer:
     path = source.path(TOKENIZER_JSON)
     bpe = read_bpe(source.tokenizer_json, path)
     vocabulary = read_vocabulary(source.tokenizer_json, bpe, path)
+    check_config(source.tokenizer_config, vocabulary.tokens, source.path(TOKENIZER_CONFIG))
+    check_config(source.special_tokens_map, vocabulary.tokens, source.path(SPECIAL_TOKENS_MAP))
     spm_path = source.sentencepiece_model
     spm = None
     if spm_path is not None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer
-
 from converter.tokenizer.bpe_json import byte_alphabet, single_characters, whitespace_markers
 from converter.tokenizer.chat_template import rendered_scaffolds, spelled_out
 from converter.tokenizer.errors import TokenizerError
@@ -21,7 +19,7 @@ from converter.tokenizer.named_tokens import is_reserved, named_tokens
 from converter.tokenizer.parsed import ParsedTokenizer
 from converter.tokenizer.sentencepiece_model import BYTE, CONTROL, UNKNOWN
 from converter.tokenizer.special_ids import config_token_ids
-from converter.tokenizer.tokenizer_json import processor_ids
+from converter.tokenizer.tokenizer_json import load_tokenizer, processor_ids
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,12 @@ def _required_special(tok: ParsedTokenizer) -> set[int]:
     ids = {vocab.ids[n] for n in names if n in vocab.ids}
     if tok.bpe.unk_token is not None:
         ids.add(vocab.ids[tok.bpe.unk_token])
-    return ids | processor_ids(tok.source.tokenizer_json, tok.json_path) | _config_ids(tok)
+    inserted = processor_ids(tok.source.tokenizer_json, tok.json_path)
+    unknown = sorted(inserted - vocab.tokens.keys())
+    if unknown:
+        raise TokenizerError(f"the post_processor or padding inserts id {unknown[0]}, which has no token in the "
+                             "vocabulary; the file is corrupt", tok.json_path)
+    return ids | inserted | _config_ids(tok)
 
 
 def _optional_special(tok: ParsedTokenizer) -> set[int]:
@@ -68,7 +71,7 @@ def _chat_template(tok: ParsedTokenizer) -> set[int]:
     ids = spelled_out(templates, tok.vocabulary.added)
     scaffolds = rendered_scaffolds(templates, tok.source.tokenizer_config)
     if scaffolds:
-        encoder = Tokenizer.from_file(str(tok.json_path))
+        encoder = load_tokenizer(tok.json_path)
         for encoding in encoder.encode_batch(scaffolds, add_special_tokens=False):
             ids.update(encoding.ids)
     return ids

@@ -12,7 +12,48 @@ from pathlib import Path
 from typing import Any
 
 from converter.tokenizer.errors import TokenizerError
-from converter.tokenizer.named_tokens import LIST_KEYS, role_tokens, token_text
+from converter.tokenizer.named_tokens import LIST_KEYS, ROLE_KEYS, role_tokens, token_text
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_config(config: Mapping[str, Any], tokens: Mapping[int, str], path: Path) -> None:
+    """Refuse token names and an added_tokens_decoder that transformers could not load or that contradict
+    tokenizer.json, before a keep set is planned from them.
+
+    Role tokens are a string, a {"content": ...} object or null; the extra special token lists
+    hold such tokens (extra_special_tokens may also map names to them); added_tokens_decoder maps
+    ids to {"content": ...} objects that agree with tokenizer.json wherever it has that id.
+    """
+    for key in ROLE_KEYS:
+        value = config.get(key)
+        if value is not None and token_text(value) is None:
+            raise TokenizerError(f"{key} is {_short(value)}; expected a token string, a {{\"content\": ...}} object "
+                                 "or null", path)
+    for key in LIST_KEYS:
+        value = config.get(key)
+        items = list(value.values()) if key == "extra_special_tokens" and isinstance(value, Mapping) else value
+        if value is not None and (not isinstance(items, list) or any(token_text(v) is None for v in items)):
+            raise TokenizerError(f"{key} is {_short(value)}; expected a list of token strings", path)
+    decoder = config.get("added_tokens_decoder")
+    if decoder is None:
+        return
+    if not isinstance(decoder, Mapping):
+        raise TokenizerError(f"added_tokens_decoder is {_short(decoder)}, not an object keyed by token id", path)
+    for key, entry in decoder.items():
+        if not str(key).isdigit():
+            raise TokenizerError(f"added_tokens_decoder key {_short(key)} is not a token id", path)
+        if not isinstance(entry, Mapping) or token_text(entry) is None:
+            raise TokenizerError(f"added_tokens_decoder[{key}] is {_short(entry)}; expected an object with a "
+                                 "string content", path)
+        held = tokens.get(int(key))
+        if held is not None and held != entry["content"]:
+            raise TokenizerError(f"added_tokens_decoder gives id {key} the token {_short(entry['content'])}, but "
+                                 f"tokenizer.json's token {key} is {_short(held)}; the two files describe different "
+                                 "tokenizers", path)
 
 
 def _check_roles(config: Mapping[str, Any], kept: set[str], known: set[str], path: Path) -> None:

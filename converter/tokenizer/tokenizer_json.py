@@ -44,13 +44,25 @@ def _pair(node: Mapping[str, Any], key: str, path: Path) -> tuple[str, int]:
     return value[0], value[1]
 
 
+def _template_ids(node: Mapping[str, Any], path: Path) -> Iterator[tuple[str, list[int]]]:
+    """(name, ids) of a TemplateProcessing's special tokens, refusing shapes the library would not load."""
+    specials = node.get("special_tokens") or {}
+    if not isinstance(specials, Mapping):
+        raise TokenizerError("post_processor TemplateProcessing special_tokens is not an object", path)
+    for name, entry in specials.items():
+        ids = entry.get("ids") if isinstance(entry, Mapping) else None
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise TokenizerError(f"post_processor special token {str(name)[:40]!r} has no list of integer ids", path)
+        yield name, ids
+
+
 def processor_ids(data: Mapping[str, Any], path: Path) -> set[int]:
     """Ids the post-processor inserts and the padding id: the tokenizer emits them itself."""
     ids: set[int] = set()
     for node in _processors(data.get("post_processor"), path):
         if node["type"] == "TemplateProcessing":
-            for entry in (node.get("special_tokens") or {}).values():
-                ids.update(entry.get("ids") or [])
+            for _, entry_ids in _template_ids(node, path):
+                ids.update(entry_ids)
         elif node["type"] in PAIR_PROCESSORS:
             ids.update(_pair(node, key, path)[1] for key in ("sep", "cls"))
     padding = data.get("padding")
@@ -74,10 +86,11 @@ def _remap_processor(node: Mapping[str, Any] | None, old_to_new: Mapping[int, in
     if kind == "Sequence":
         out["processors"] = [_remap_processor(c, old_to_new, path) for c in node.get("processors") or []]
     elif kind == "TemplateProcessing":
+        specials = node.get("special_tokens") or {}
         out["special_tokens"] = {
-            name: {**entry, "ids": [_new_id(i, old_to_new, f"post_processor token {name!r}", path)
-                                    for i in entry.get("ids") or []]}
-            for name, entry in (node.get("special_tokens") or {}).items()
+            name: {**specials[name], "ids": [_new_id(i, old_to_new, f"post_processor token {name!r}", path)
+                                             for i in ids]}
+            for name, ids in _template_ids(node, path)
         }
     elif kind in PAIR_PROCESSORS:
         for key in ("sep", "cls"):
@@ -103,12 +116,26 @@ def rewrite_tokenizer_json(data: Mapping[str, Any], bpe: BpeModel, old_to_new: M
     return out
 
 
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The source tokenizer.json as the tokenizers library reads it, or a TokenizerError naming it.
+
+    The library checks what this package does not model (flag types, normalizer and
+    pre-tokenizer schemas, merges naming unknown tokens), so a file it refuses is refused here.
+    """
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust loader raises plain Exception subclasses
+        raise TokenizerError(f"cannot be loaded by the tokenizers library ({str(exc)[:200]})", path) from exc
+
+
 def dump_tokenizer_json(data: Mapping[str, Any], path: Path) -> str:
     """Serialize (compactly: indenting a 262k-token vocabulary is several times slower) and prove the
-    tokenizers library loads the result."""
+    tokenizers library loads the result; when it does not, blame the source if the library refuses
+    that too."""
     text = json.dumps(data, ensure_ascii=False)
     try:
         Tokenizer.from_str(text)
     except Exception as exc:  # the Rust loader raises plain Exception subclasses
-        raise TokenizerError(f"the rewritten tokenizer.json does not load ({exc})", path) from exc
+        load_tokenizer(path)
+        raise TokenizerError(f"the rewritten tokenizer.json does not load ({str(exc)[:200]})", path) from exc
     return text

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.tokenizer.bpe_json import BpeModel
+from converter.tokenizer.bpe_json import MAX_TOKEN_ID, BpeModel
 from converter.tokenizer.errors import TokenizerError
 
 
@@ -48,9 +48,10 @@ def _added(raw: object, path: Path) -> list[AddedToken]:
     for i, entry in enumerate(raw):
         idx = entry.get("id") if isinstance(entry, dict) else None
         content = entry.get("content") if isinstance(entry, dict) else None
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0 or not isinstance(content, str):
-            raise TokenizerError(f"added_tokens[{i}] is {entry!r}; it needs an integer id and a string content",
-                                 path)
+        if (not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx <= MAX_TOKEN_ID
+                or not isinstance(content, str)):
+            raise TokenizerError(f"added_tokens[{i}] is {repr(entry)[:80]}; it needs an integer id (0 to "
+                                 f"{MAX_TOKEN_ID}) and a string content", path)
         out.append(AddedToken(idx, content, bool(entry.get("special", False))))
     return out
 

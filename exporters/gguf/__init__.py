@@ -56,8 +56,10 @@ def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: Exp
     source_tokenizer, model, pre = _source_tokenizer(pruned, options)
 
     written = write_companions(pruned, tokenizer, out_dir)
+    # Without a rewrite the companions are byte copies, so read the source: errors then name the user's files.
     unchanged = source_tokenizer if tokenizer is None else None
-    vocab_kvs = vocabulary(out_dir, model, pre, pruned.dims.vocab, unchanged)
+    vocab_kvs = vocabulary(out_dir if tokenizer is not None else pruned.source.folder, model, pre, pruned.dims.vocab,
+                           unchanged)
     del source_tokenizer, unchanged
     all_kvs = provenance(pruned, written_type, options) + kvs + vocab_kvs
     final = out_dir / f"{file_stem(pruned)}.gguf"

@@ -1,8 +1,9 @@
 """`general.*` keys: what the file is, where it came from, and what the pruning removed.
 
 Standard keys carry the name, the source model (as `general.base_model.0.*`) and the file type;
-`general.compact_convert.*` records the tool version and the prune summary, so a GGUF found on
-its own still says how it was made. llama.cpp ignores keys it does not know.
+`general.compact_convert.*` records the tool version, the prune summary and the command line
+(with OUT spelled `OUT`, so the same job writes the same bytes wherever it writes them), so a
+GGUF found on its own still says how it was made. llama.cpp ignores keys it does not know.
 """
 from __future__ import annotations
 

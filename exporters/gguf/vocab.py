@@ -130,14 +130,25 @@ def _added_flags(config: Mapping[str, Any], data: Mapping[str, Any], bos: str | 
     return flags["bos"], flags["eos"]
 
 
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConvertError(f"cannot be read ({type(exc).__name__}: {exc})", path) from exc
+
+
 def _chat_template(folder: Path, config: Mapping[str, Any]) -> list[Kv]:
-    template = config.get("chat_template")
+    template, where = config.get("chat_template"), folder / "tokenizer_config.json"
     if template is None and (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        template, where = _read_template(folder / "chat_template.jinja"), folder / "chat_template.jinja"
     if template is None:
-        template = (read_json(folder / "chat_template.json") or {}).get("chat_template")
+        template, where = (read_json(folder / "chat_template.json") or {}).get("chat_template"), \
+            folder / "chat_template.json"
     if isinstance(template, str):
         return [string(Keys.Tokenizer.CHAT_TEMPLATE, template)]
+    if template is not None and not (isinstance(template, list) and all(
+            isinstance(c, dict) and isinstance(c.get("template"), str) for c in template)):
+        raise ConvertError("chat_template is neither a string nor a list of {name, template} objects", where)
     kvs, names = [], []
     for choice in template or []:
         name = re.sub(r"[^A-Za-z0-9]", "_", str(choice.get("name", "")))
@@ -151,6 +162,24 @@ def _chat_template(folder: Path, config: Mapping[str, Any]) -> list[Kv]:
     return kvs
 
 
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _ids(data: Mapping[str, Any], path: Path) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """model.vocab and added_tokens, refused unless every id is a non-negative integer."""
+    vocab = data["model"].get("vocab") or {}
+    if not isinstance(vocab, dict) or not all(_is_id(i) for i in vocab.values()):
+        raise ConvertError("model.vocab is not an object mapping tokens to non-negative integer ids", path)
+    added = data.get("added_tokens") or []
+    if not isinstance(added, list):
+        raise ConvertError("added_tokens is not a list", path)
+    for a in added:
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str) or not _is_id(a.get("id")):
+            raise ConvertError(f"has a malformed added token {repr(a)[:80]}", path)
+    return vocab, added
+
+
 def vocabulary(folder: Path, model: str, pre: str | None, rows: int, data: dict[str, Any] | None = None
                ) -> list[Kv]:
     """Every `tokenizer.*` key for the tokenizer in `folder` (its tokenizer.json already parsed as `data`,
@@ -158,9 +187,8 @@ def vocabulary(folder: Path, model: str, pre: str | None, rows: int, data: dict[
     path = folder / "tokenizer.json"
     data = data if data is not None else read_tokenizer_json(folder)
     config = read_json(folder / "tokenizer_config.json") or {}
-    vocab: dict[str, int] = data["model"].get("vocab") or {}
-    added = [a for a in data.get("added_tokens") or [] if isinstance(a, dict)]
-    top = max([*vocab.values(), *(a.get("id", -1) for a in added)], default=-1)
+    vocab, added = _ids(data, path)
+    top = max([*vocab.values(), *(a["id"] for a in added)], default=-1)
     if top >= rows:
         raise ConvertError(f"has token id {top}, but the embedding has only {rows} rows", path)
     tokens = [f"[PAD{i}]" for i in range(rows)]
@@ -179,9 +207,7 @@ def vocabulary(folder: Path, model: str, pre: str | None, rows: int, data: dict[
     if model == "llama" and unk in vocab:
         types[vocab[unk]] = int(TokenType.UNKNOWN)
     for a in added:
-        content, i = a.get("content"), a.get("id")
-        if not isinstance(content, str) or not isinstance(i, int):
-            raise ConvertError(f"has a malformed added token {a!r}", path)
+        content, i = a["content"], a["id"]
         special = bool(a.get("special")) or looks_special(content)
         tokens[i] = content if special else content.replace(SPIECE_SPACE, " ")
         types[i] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)

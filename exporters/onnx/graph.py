@@ -6,13 +6,17 @@ dynamic batch, sequence and past axes; example inputs use distinct sizes (batch 
 would fold weight-derived constants (Gemma's `1 + norm weight`) into the template, and the
 template must stay a function of its layer's weights. onnxruntime folds constants at load time.
 Parameter initializers are dropped from the traced graphs (the assembler streams the weights),
-so no copy of a weight is held in a protobuf.
+so no copy of a weight is held in a protobuf. The exporter's chatter on stderr (torchvision
+ops it skips, onnx_ir's pass log, which onnxruntime's int4 quantizer switches on by calling
+logging.basicConfig at import) is silenced, so a failure reads as the tool's one error line.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import onnx
@@ -27,6 +31,7 @@ from exporters.onnx.wrapper import Epilogue, LayerKind, LayerStep, Prologue, lay
 OPSET = 18
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 5, 3
 GRAPH_INPUTS = ("input_ids", "attention_mask", "position_ids")
+QUIET_LOGGERS = {"torch.onnx._internal.exporter._registration": logging.ERROR, "onnx_ir": logging.WARNING}
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,22 @@ def template_layers(config: object, family: str) -> set[int]:
     return set(first.values())
 
 
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    loggers = {logging.getLogger(name): level for name, level in QUIET_LOGGERS.items()}
+    previous = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, level in previous.items():
+            logger.setLevel(level)
+
+
 def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
            shapes: tuple[object, ...]) -> TracedPart:
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=inputs, output_names=outputs,
                                     dynamic_shapes=shapes, opset_version=OPSET, optimize=False, verbose=False)
