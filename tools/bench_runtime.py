@@ -12,7 +12,10 @@ runs is reported.
 - onnxruntime (CPU, --threads intra-op threads): per-token decode latency with the KV cache after
   a --onnx-prompt-token prefill, fp32 and int4.
 
-Prints a markdown table with speed-ups against the dense model of the same run, writes
+Numbers are on two clocks, wall and the run's own CPU time (--clock picks which the table uses;
+cpu by default, with --threads 1 it is what a dedicated core would take, whatever the load; see
+tools/bench_runtime_child.py). `--jobs N` runs N measurements at once, in the same interleaved
+order; only sensible with --clock cpu. Prints a markdown table with speed-ups against the dense model of the same run, writes
 bench_runtime.json (every run's numbers) and bench_runtime.png to --out. `--breakdown
 smollm2:0.35` also times, in llama.cpp f16, that plan's vocabulary cut alone and its FFN cut
 alone, to show where the decode time goes.
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tools.bench_runtime_build import FORMATS, MODELS, ROOT, artefact, file_bytes, model_file, variant
@@ -60,7 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt", type=int, default=512, help="llama.cpp prompt tokens")
     p.add_argument("--onnx-prompt", type=int, default=128, help="onnxruntime prefill tokens")
     p.add_argument("--new", type=int, default=64, help="greedy tokens generated per run")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="llama.cpp / onnxruntime threads per run")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="which timing the table uses")
+    p.add_argument("--jobs", type=int, default=1, help="measurements running at once (default 1)")
     p.add_argument("--breakdown", action="append", default=[], metavar="MODEL:RATIO",
                    help="also time that plan's vocabulary-only and FFN-only cuts (llama.cpp f16)")
     p.add_argument("--skip", action="append", default=[], metavar="MODEL:FORMAT",
@@ -115,20 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         return 0
 
-    runs: list[dict] = []
-    for rep in range(args.repeats):
-        for key, folder in jobs:
-            runtime = "llama" if key["format"].startswith("gguf") else "onnx"
-            path = model_file(folder) if runtime == "llama" else folder
-            result = measure(runtime, path, args)
-            runs.append({**key, "repeat": rep, **result})
-            print(f"  rep {rep} {key['model']:8s} {key['format']:9s} {key['ratio']:4.2f} {key['cut']:10s} "
-                  f"pp {result['pp_tok_s']:8.1f} tok/s  decode {result['decode_tok_s']:7.1f} tok/s "
-                  f"({result['decode_ms_median']:6.2f} ms)  RSS {result['peak_rss'] / 1e6:6.0f} MB", flush=True)
+    def one(rep: int, key: dict, folder: Path) -> dict:
+        runtime = "llama" if key["format"].startswith("gguf") else "onnx"
+        result = measure(runtime, model_file(folder) if runtime == "llama" else folder, args)
+        print(f"  rep {rep} {key['model']:8s} {key['format']:9s} {key['ratio']:4.2f} {key['cut']:10s} "
+              f"pp {result['pp_tok_s']:7.1f} / cpu {result['pp_tok_s_cpu']:7.1f} tok/s  decode "
+              f"{result['decode_tok_s']:6.1f} / cpu {result['decode_tok_s_cpu']:6.1f} tok/s  "
+              f"RSS {result['peak_rss'] / 1e6:5.0f} MB", flush=True)
+        return {**key, "repeat": rep, **result}
+
+    order = [(rep, key, folder) for rep in range(args.repeats) for key, folder in jobs]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        runs = list(pool.map(lambda job: one(*job), order))
     ended = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load()}
     print(f"end {ended['time']}, load average {ended['load']}", flush=True)
 
-    rows = summarise(runs)
+    rows = summarise(runs, args.clock)
     table = markdown_table(rows)
     print("\n" + table)
     for line in targets(rows):

@@ -158,6 +158,7 @@ def artefact(src: Path, v: Variant, work: Path, fmt: str) -> Path:
     out = work / v.model / v.name / fmt
     if not out.is_dir():
         kind, outtype = FORMATS[fmt]
+        out.parent.mkdir(parents=True, exist_ok=True)
         _cli(str(src), str(out), "--format", kind, "--plan", str(v.plan), "--outtype", outtype, "--no-progress",
              log=work / v.model / "build.log")
     return out

@@ -7,7 +7,11 @@ tests/data/varied.txt (repeated as needed) as the model's own tokenizer splits i
 vocabulary gets the same number of tokens; speed depends on the count, not the text. After a
 short warm-up (which touches every weight once), the prompt is processed in one batch and then
 tokens are generated greedily one at a time; each step's time includes the argmax over the
-vocabulary, as in any real decoder. Prints one JSON line.
+vocabulary, as in any real decoder. Each phase is timed twice: wall clock, and the CPU time of
+this process (time.process_time). With one thread the CPU time is the compute a dedicated core
+would spend, whatever share of the machine the scheduler gives the run; on a shared,
+oversubscribed machine that is the number to compare (with several threads it would also count
+ggml's spin-waiting). Prints one JSON line.
 
     python -m tools.bench_runtime_child llama MODEL.gguf --prompt 512 --new 64 --threads 2
     python -m tools.bench_runtime_child onnx FOLDER --prompt 128 --new 64 --threads 2
@@ -33,6 +37,25 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
+class Clock:
+    """Wall and process-CPU seconds of one timed section."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _result(prompt: int, pp: Clock, steps: list[Clock]) -> dict[str, float]:
+    new = len(steps)
+    return {"pp_tok_s": prompt / pp.wall, "pp_tok_s_cpu": prompt / pp.cpu,
+            "decode_tok_s": new / sum(s.wall for s in steps), "decode_tok_s_cpu": new / sum(s.cpu for s in steps),
+            "decode_ms_median": 1000 * statistics.median(s.wall for s in steps),
+            "decode_cpu_ms_median": 1000 * statistics.median(s.cpu for s in steps), "peak_rss": peak_rss()}
+
+
 def _prompt(encode, n: int) -> list[int]:
     text = TEXT.read_text(encoding="utf-8")
     ids: list[int] = []
@@ -56,18 +79,16 @@ def run_llama(path: Path, prompt: int, new: int, threads: int) -> dict[str, floa
     llm.eval(ids[:16])
     llm.eval([int(last_logits().argmax())])
     llm.reset()
-    start = time.perf_counter()
-    llm.eval(ids)
-    pp = time.perf_counter() - start
+    with Clock() as pp:
+        llm.eval(ids)
     steps = []
     token = int(last_logits().argmax())
     for _ in range(new):
-        start = time.perf_counter()
-        llm.eval([token])
-        token = int(last_logits().argmax())
-        steps.append(time.perf_counter() - start)
-    return {"pp_tok_s": prompt / pp, "decode_tok_s": new / sum(steps),
-            "decode_ms_median": 1000 * statistics.median(steps), "peak_rss": peak_rss()}
+        with Clock() as clock:
+            llm.eval([token])
+            token = int(last_logits().argmax())
+        steps.append(clock)
+    return _result(prompt, pp, steps)
 
 
 def run_onnx(folder: Path, prompt: int, new: int, threads: int) -> dict[str, float]:
@@ -94,16 +115,14 @@ def run_onnx(folder: Path, prompt: int, new: int, threads: int) -> dict[str, flo
 
     token, past = step(ids[:16], 16, empty())
     step([token], 17, past)
-    start = time.perf_counter()
-    token, past = step(ids, len(ids), empty())
-    pp = time.perf_counter() - start
+    with Clock() as pp:
+        token, past = step(ids, len(ids), empty())
     steps = []
     for k in range(new):
-        start = time.perf_counter()
-        token, past = step([token], len(ids) + k + 1, past)
-        steps.append(time.perf_counter() - start)
-    return {"pp_tok_s": prompt / pp, "decode_tok_s": new / sum(steps),
-            "decode_ms_median": 1000 * statistics.median(steps), "peak_rss": peak_rss()}
+        with Clock() as clock:
+            token, past = step([token], len(ids) + k + 1, past)
+        steps.append(clock)
+    return _result(prompt, pp, steps)
 
 
 def main(argv: list[str] | None = None) -> int:

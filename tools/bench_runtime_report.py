@@ -1,7 +1,9 @@
 """Turn tools/bench_runtime.py's runs into medians, speed-ups against dense, a table, targets, a chart.
 
 Speed-ups are taken against the dense model of the same model and format in the same run, so
-they are ratios of medians measured under the same load.
+they are ratios of medians measured under the same load. Every number exists on two clocks,
+wall and process CPU (tools/bench_runtime_child.py); `clock` picks the one the table, the
+targets and the chart use, and the JSON holds both.
 """
 from __future__ import annotations
 
@@ -18,8 +20,16 @@ TARGETS = (  # model, format, ratio, metric, bound, text
 )
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, format, ratio, cut): medians of the runs, and ratios against dense."""
+METRICS = ("pp_tok_s", "decode_tok_s", "decode_ms_median", "pp_tok_s_cpu", "decode_tok_s_cpu",
+           "decode_cpu_ms_median", "peak_rss")
+
+
+def summarise(runs: list[dict[str, Any]], clock: str = "cpu") -> list[dict[str, Any]]:
+    """One row per (model, format, ratio, cut): medians of the runs, and ratios against dense.
+
+    The unsuffixed pp_tok_s / decode_tok_s / decode_ms_median of a row are on `clock`; the
+    `_wall` and `_cpu` variants are both kept.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(tuple(run[k] for k in GROUP), []).append(run)
@@ -27,19 +37,26 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, group in groups.items():
         first = group[0]
         row = {k: first[k] for k in (*GROUP, "label", "vocab", "ffn", "params", "dense_params", "file_bytes")}
-        for metric in ("pp_tok_s", "decode_tok_s", "decode_ms_median", "peak_rss"):
+        for metric in METRICS:
             row[metric] = statistics.median(r[metric] for r in group)
+        for wall, cpu in (("pp_tok_s", "pp_tok_s_cpu"), ("decode_tok_s", "decode_tok_s_cpu"),
+                          ("decode_ms_median", "decode_cpu_ms_median")):
+            row[f"{wall}_wall"], row[f"{wall}_cpu"] = row[wall], row.pop(cpu)
+            row[wall] = row[f"{wall}_{clock}"]
+        row["clock"] = clock
         row["runs"] = len(group)
-        row["decode_tok_s_all"] = [round(r["decode_tok_s"], 2) for r in group]
+        row["decode_tok_s_all"] = [round(r["decode_tok_s_cpu" if clock == "cpu" else "decode_tok_s"], 2)
+                                   for r in group]
         rows.append(row)
     dense = {(r["model"], r["format"]): r for r in rows if r["ratio"] == 0}
     for row in rows:
         base = dense.get((row["model"], row["format"]))
         if base is None:
             continue
-        row["decode_x"] = row["decode_tok_s"] / base["decode_tok_s"]
-        row["pp_x"] = row["pp_tok_s"] / base["pp_tok_s"]
-        row["ms_x"] = base["decode_ms_median"] / row["decode_ms_median"]
+        for suffix in ("", "_wall", "_cpu"):
+            row[f"decode_x{suffix}"] = row[f"decode_tok_s{suffix}"] / base[f"decode_tok_s{suffix}"]
+            row[f"pp_x{suffix}"] = row[f"pp_tok_s{suffix}"] / base[f"pp_tok_s{suffix}"]
+            row[f"ms_x{suffix}"] = base[f"decode_ms_median{suffix}"] / row[f"decode_ms_median{suffix}"]
         row["size_x"] = row["file_bytes"] / base["file_bytes"]
         row["rss_x"] = row["peak_rss"] / base["peak_rss"]
         row["params_x"] = row["params"] / row["dense_params"]
@@ -51,16 +68,20 @@ def _x(row: dict[str, Any], key: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | cut | vocab | ffn | params M | format | file MB | pp tok/s | decode tok/s | "
-            "ms/token (median) | peak RSS MB |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    clock = rows[0]["clock"] if rows else "cpu"
+    head = (f"| model | cut | vocab | ffn | params M | format | file MB | pp tok/s ({clock}) | "
+            f"decode tok/s ({clock}) | ms/token ({clock}, median) | decode x (wall) | peak RSS MB |\n"
+            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         cut = "dense" if r["ratio"] == 0 else f"-{round(r['ratio'] * 100)}%" + (
             "" if r["cut"] == "both" else f" {r['cut']}")
+        wall = f"{r['decode_x_wall']:.2f}x" if "decode_x_wall" in r and r["ratio"] else "-"
         lines.append(
             f"| {r['label']} | {cut} | {r['vocab']} | {r['ffn']} | {r['params'] / 1e6:.1f}{_x(r, 'params_x')} | "
             f"{r['format']} | {r['file_bytes'] / 1e6:.1f}{_x(r, 'size_x')} | {r['pp_tok_s']:.1f}{_x(r, 'pp_x')} | "
             f"{r['decode_tok_s']:.1f}{_x(r, 'decode_x')} | {r['decode_ms_median']:.2f}{_x(r, 'ms_x')} | "
+            f"{wall} | "
             f"{r['peak_rss'] / 1e6:.0f}{_x(r, 'rss_x')} |")
     return "\n".join(lines)
 
