@@ -42,9 +42,9 @@ from tools.bench_runtime_split import breakdown_variants
 
 
 def measure(runtime: str, path: Path, args: argparse.Namespace) -> dict[str, float]:
-    prompt = args.prompt if runtime == "llama" else args.onnx_prompt
+    prompt, new = (args.prompt, args.new) if runtime == "llama" else (args.onnx_prompt, args.onnx_new)
     cmd = [sys.executable, "-m", "tools.bench_runtime_child", runtime, str(path), "--prompt", str(prompt),
-           "--new", str(args.new), "--threads", str(args.threads)]
+           "--new", str(new), "--threads", str(args.threads)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[2:5])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported")
     p.add_argument("--prompt", type=int, default=512, help="llama.cpp prompt tokens")
     p.add_argument("--onnx-prompt", type=int, default=128, help="onnxruntime prefill tokens")
-    p.add_argument("--new", type=int, default=64, help="greedy tokens generated per run")
+    p.add_argument("--new", type=int, default=64, help="llama.cpp greedy tokens generated per run")
+    p.add_argument("--onnx-new", type=int, default=64, help="onnxruntime greedy tokens generated per run")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp / onnxruntime threads per run")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="which timing the table uses")
     p.add_argument("--jobs", type=int, default=1, help="measurements running at once (default 1)")
