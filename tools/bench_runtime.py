@@ -76,11 +76,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="artefact cache (reruns reuse it)")
     p.add_argument("--out", type=Path, help="where the JSON and PNG go (default: --work)")
     p.add_argument("--build-only", action="store_true", help="build the artefacts and stop")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="only merge earlier runs' bench_runtime.json files (disjoint model/format sets) into one report")
     return p.parse_args(argv)
+
+
+def write_report(runs: list[dict], clock: str, out_dir: Path, meta: dict) -> None:
+    rows = summarise(runs, clock)
+    table = markdown_table(rows)
+    print("\n" + table)
+    for line in targets(rows):
+        print(line)
+    (out_dir / "bench_runtime.json").write_text(json.dumps({**meta, "rows": rows, "runs": runs}, indent=1))
+    (out_dir / "bench_runtime.md").write_text(table + "\n\n" + "\n".join(targets(rows)) + "\n")
+    png = chart(rows, out_dir / "bench_runtime.png")
+    print(f"wrote {out_dir / 'bench_runtime.json'}, {out_dir / 'bench_runtime.md'} and {png}")
+
+
+def merge(paths: list[Path], clock: str, out_dir: Path) -> int:
+    parts = [json.loads(p.read_text()) for p in paths]
+    runs = [run for part in parts for run in part["runs"]]
+    meta = {"merged": [{k: part[k] for k in ("started", "ended", "settings", "command")} for part in parts]}
+    write_report(runs, clock, out_dir, meta)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        out = args.out or Path(".")
+        out.mkdir(parents=True, exist_ok=True)
+        return merge(args.merge, args.clock, out)
     models = args.models.split(",")
     ratios = [0.0, *(float(r) for r in args.ratios.split(","))]
     formats = args.formats.split(",")
@@ -137,18 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     ended = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load()}
     print(f"end {ended['time']}, load average {ended['load']}", flush=True)
 
-    rows = summarise(runs, args.clock)
-    table = markdown_table(rows)
-    print("\n" + table)
-    for line in targets(rows):
-        print(line)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"started": started, "ended": ended, "settings": settings, "command": " ".join(sys.argv),
-              "rows": rows, "runs": runs}
-    (out_dir / "bench_runtime.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "bench_runtime.md").write_text(table + "\n\n" + "\n".join(targets(rows)) + "\n")
-    png = chart(rows, out_dir / "bench_runtime.png")
-    print(f"wrote {out_dir / 'bench_runtime.json'}, {out_dir / 'bench_runtime.md'} and {png}")
+    write_report(runs, args.clock, out_dir,
+                 {"started": started, "ended": ended, "settings": settings, "command": " ".join(sys.argv)})
     return 0
 
 
