@@ -107,21 +107,25 @@ def chart(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     formats = sorted({r["format"] for r in rows})
+    labels = sorted({r["label"] for r in rows})
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
     fig, axes = plt.subplots(2, len(formats), figsize=(4.2 * len(formats), 7.5), squeeze=False)
     for col, fmt in enumerate(formats):
         for row_i, (metric, title) in enumerate((("decode_x", "decode speed-up"), ("pp_x", "prompt speed-up"))):
             ax = axes[row_i][col]
-            for label in sorted({r["label"] for r in rows}):
+            for label in labels:
                 pts = sorted((1 - r["params_x"], r[metric]) for r in rows
                              if r["format"] == fmt and r["label"] == label and r["cut"] == "both" and metric in r)
                 if pts:
-                    ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+                    ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                            color=colours[label])
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_title(f"{fmt}: {title}", fontsize=10)
             ax.set_xlabel("parameters removed (%)")
             ax.set_ylabel("x dense (same run)")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[label], marker="o", label=label) for label in labels]
+    axes[0][0].legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
