@@ -13,7 +13,7 @@ runs is reported.
   a --onnx-prompt-token prefill, fp32 and int4.
 
 Numbers are on two clocks, wall and the run's own CPU time (--clock picks which the table uses;
-cpu by default, with --threads 1 it is what a dedicated core would take, whatever the load; see
+cpu by default with --threads 1, where it is what a dedicated core would take whatever the load; see
 tools/bench_runtime_child.py). `--jobs N` runs N measurements at once, in the same interleaved
 order; only sensible with --clock cpu. Prints a markdown table with speed-ups against the dense model of the same run, writes
 bench_runtime.json (every run's numbers) and bench_runtime.png to --out. `--breakdown
@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--new", type=int, default=64, help="llama.cpp greedy tokens generated per run")
     p.add_argument("--onnx-new", type=int, default=64, help="onnxruntime greedy tokens generated per run")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp / onnxruntime threads per run")
-    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="which timing the table uses")
+    p.add_argument("--clock", choices=["cpu", "wall"],
+                   help="which timing the table uses (default: cpu with --threads 1, else wall)")
     p.add_argument("--jobs", type=int, default=1, help="measurements running at once (default 1)")
     p.add_argument("--breakdown", action="append", default=[], metavar="MODEL:RATIO",
                    help="also time that plan's vocabulary-only and FFN-only cuts (llama.cpp f16)")
@@ -78,7 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--build-only", action="store_true", help="build the artefacts and stop")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="only merge earlier runs' bench_runtime.json files (disjoint model/format sets) into one report")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.clock is None:
+        args.clock = "cpu" if args.threads == 1 else "wall"
+    return args
 
 
 def write_report(runs: list[dict], clock: str, out_dir: Path, meta: dict) -> None:
