@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="only merge earlier runs' bench_runtime.json files (disjoint model/format sets) into one report")
     args = p.parse_args(argv)
+    args.clock_given = args.clock is not None
     if args.clock is None:
         args.clock = "cpu" if args.threads == 1 else "wall"
     return args
@@ -97,8 +98,10 @@ def write_report(runs: list[dict], clock: str, out_dir: Path, meta: dict) -> Non
     print(f"wrote {out_dir / 'bench_runtime.json'}, {out_dir / 'bench_runtime.md'} and {png}")
 
 
-def merge(paths: list[Path], clock: str, out_dir: Path) -> int:
+def merge(paths: list[Path], clock: str | None, out_dir: Path) -> int:
+    """One report over earlier runs; the clock defaults to the one the first run used."""
     parts = [json.loads(p.read_text()) for p in paths]
+    clock = clock or parts[0]["settings"]["clock"]
     runs = [run for part in parts for run in part["runs"]]
     meta = {"merged": [{k: part[k] for k in ("started", "ended", "settings", "command")} for part in parts]}
     write_report(runs, clock, out_dir, meta)
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         out = args.out or Path(".")
         out.mkdir(parents=True, exist_ok=True)
-        return merge(args.merge, args.clock, out)
+        return merge(args.merge, args.clock if args.clock_given else None, out)
     models = args.models.split(",")
     ratios = [0.0, *(float(r) for r in args.ratios.split(","))]
     formats = args.formats.split(",")
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ended = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "load": load()}
     print(f"end {ended['time']}, load average {ended['load']}", flush=True)
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "merge"}
     write_report(runs, args.clock, out_dir,
                  {"started": started, "ended": ended, "settings": settings, "command": " ".join(sys.argv)})
     return 0
