@@ -217,9 +217,13 @@ def run_budget(source: Any, scores: Any, ratio: float, texts: list[str], args: a
         rows.append(("  its vocab cut alone", build_plan(source, scores, vocab, model.ffn, "compact", model)))
         rows.append(("  its ffn cut alone", build_plan(source, scores, fitter.fit(model.vocab),
                                                        chosen.intermediate_size, "compact", model)))
+    measured: dict[tuple[Any, ...], tuple[float, int]] = {}
     for name, plan in rows:
         t = time.time()
-        bpb, params = exported_bpb(source, plan, texts, args.seq_len, work)
+        key = (plan.kept_token_ids, plan.kept_ffn_channels)
+        if key not in measured:
+            measured[key] = exported_bpb(source, plan, texts, args.seq_len, work)
+        bpb, params = measured[key]
         predicted = plan.metadata["params_after_predicted"]
         entry = {"calibration": label, "ratio": ratio, "config": name, "vocab": plan.vocab_size,
                  "ffn": plan.intermediate_size, "params": params, "predicted_params": predicted,
