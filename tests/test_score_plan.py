@@ -10,6 +10,7 @@ nothing written.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from converter.cli import main
 from converter.pipeline import export, open_source
 from converter.score.autosplit import Budget, SplitEvaluator, make_plan
 from converter.score.bpb import text_bytes
+from converter.score.budget import ParamModel, budget_for, candidate_splits, param_model
 from converter.score.collect import score
 from converter.score.corpus import open_corpus
-from converter.score.planner import channel_scores
+from converter.score.planner import VocabFitter, channel_scores
 from converter.score.scores import Scores
 from tests.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, tiny_model_dir, write_corpus
 
@@ -64,8 +66,14 @@ def test_predicted_params_equal_exported(tmp_path: Path, scored: tuple[Path, Sco
         assert sum(plan.metadata["vocab_added_by_rules"].values()) == plan.vocab_size - plan.metadata["vocab_requested"]
     if budget.target_ratio is not None:
         assert plan.metadata["params_after_predicted"] <= (1 - budget.target_ratio) * plan.metadata["params_before"]
-        assert len(plan.metadata["auto_split"]) >= 2
-        assert plan.intermediate_size % 32 == 0
+        table = plan.metadata["auto_split"]
+        assert len(table) >= 2 and plan.intermediate_size % 32 == 0
+        assert plan.metadata["heldout_bits_per_byte"] == min(e["bits_per_byte"] for e in table)
+        model = param_model(source)
+        limit = budget_for(model, budget.target_ratio)
+        assert any(e["vocab"] == model.vocab for e in table) == (model.ffn_for(model.vocab, limit, 32) >= 32)
+        vocab_only = model.vocab - math.ceil((model.total - limit) / model.per_token)
+        assert any(e["ffn"] == model.ffn for e in table) == (vocab_only >= VocabFitter(source, scores).minimum())
 
 
 def test_simulated_split_equals_exported_model(tmp_path: Path, scored: tuple[Path, Scores, Path]) -> None:
@@ -195,3 +203,30 @@ def test_counts_only_scores_cannot_rank_channels(tmp_path: Path, scored: tuple[P
     assert "--counts-only" in capsys.readouterr().err and not out.exists()
     assert main(["plan", str(folder), "--scores", str(counts), "--vocab-size", "1000", "-o", str(out)]) == 0
     assert json.loads(out.read_text())["vocab_size"] <= 1000
+
+
+SMOLLM2_LIKE = ParamModel(fixed=28_000_000, per_token=576, per_channel=51_840, vocab=49_152, ffn=1536)
+GEMMA_LIKE = ParamModel(fixed=20_000_000, per_token=640, per_channel=65_536, vocab=262_144, ffn=2048)
+
+
+@pytest.mark.parametrize("model", [SMOLLM2_LIKE, GEMMA_LIKE], ids=["smollm2-like", "gemma-like"])
+@pytest.mark.parametrize("ratio", [0.05, 0.2, 0.35, 0.5, 0.6])
+@pytest.mark.parametrize("count", [2, 5, 6, 9])
+def test_candidate_splits_hold_both_single_knob_extremes(model: ParamModel, ratio: float, count: int) -> None:
+    """Auto-split takes the best measured candidate, so it can only match or beat the extremes it measures."""
+    min_vocab = 300
+    budget = budget_for(model, ratio)
+    splits = candidate_splits(model, ratio, min_vocab, 32, count)
+    vocabs = [s.vocab for s in splits]
+    assert len(set(vocabs)) == len(vocabs) and vocabs == sorted(vocabs, reverse=True)
+    ffn_only_fits = model.ffn_for(model.vocab, budget, 32) >= 32
+    assert (vocabs[0] == model.vocab) == ffn_only_fits
+    if not ffn_only_fits:
+        assert model.ffn_for(vocabs[0] + 1, budget, 32) < 32 <= model.ffn_for(vocabs[0], budget, 32)
+    vocab_only = model.vocab - math.ceil((model.total - budget) / model.per_token)
+    if vocab_only >= min_vocab:
+        assert vocabs[-1] == vocab_only and model.ffn_for(vocab_only, budget, 32) == model.ffn
+    else:
+        assert vocabs[-1] == min_vocab
+    for s in splits:
+        assert model.params(s.vocab, model.ffn_for(s.vocab, budget, 32)) <= budget

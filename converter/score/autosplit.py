@@ -4,7 +4,9 @@ With `--vocab-size`/`--intermediate-size` the plan keeps exactly those (the voca
 below the target as the tokenizer rules allow). With `--target-ratio` a handful of splits that
 meet the budget, from FFN-only to vocabulary-heavy, are each simulated on the held-out
 calibration text stored in the scores file and scored in bits per byte; the lowest wins, and
-two more splits halfway to its neighbours are tried before settling. The held-out text never
+splits halfway to its neighbours are tried, `refine_rounds` times around the best so far, before
+settling. The grid always holds both single-knob extremes (FFN-only and vocabulary-only, where
+each meets the budget), so the chosen split is never worse than either on the held-out text. The held-out text never
 entered the counts or the activation sample, so the choice is not tuned on what chose the tokens.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Budget:
     focus: float = 0.0
     seed: int = 0
     splits: int = 6
+    refine_rounds: int = 2
     keep_reserved: bool = False
     device: str = "auto"
     layerwise: bool | None = None
@@ -163,15 +166,20 @@ def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str =
 
     for split, plan in plans.values():
         measure(split, plan)
-    ranked = sorted(measured.values(), key=lambda m: m[1].share)
-    best = min(range(len(ranked)), key=lambda i: ranked[i][0])
-    for neighbour in (best - 1, best + 1):
-        if 0 <= neighbour < len(ranked):
-            share = (ranked[best][1].share + ranked[neighbour][1].share) / 2
-            vocab = round((ranked[best][1].vocab + ranked[neighbour][1].vocab) / 2)
-            plan = _candidate(source, scores, budget, model, fitter, Split(share, vocab), limit)
-            if plan is not None and plan.vocab_size not in measured:
-                measure(Split(share, vocab), plan)
+    for _ in range(budget.refine_rounds):
+        ranked = sorted(measured.values(), key=lambda m: m[1].share)
+        best = min(range(len(ranked)), key=lambda i: ranked[i][0])
+        added = False
+        for neighbour in (best - 1, best + 1):
+            if 0 <= neighbour < len(ranked):
+                share = (ranked[best][1].share + ranked[neighbour][1].share) / 2
+                vocab = round((ranked[best][1].vocab + ranked[neighbour][1].vocab) / 2)
+                plan = _candidate(source, scores, budget, model, fitter, Split(share, vocab), limit)
+                if plan is not None and plan.vocab_size not in measured:
+                    measure(Split(share, vocab), plan)
+                    added = True
+        if not added:
+            break
     bpb, split, plan = min(measured.values(), key=lambda m: m[0])
     table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(b, 5)}
              for b, _, p in sorted(measured.values(), key=lambda m: m[1].share)]

@@ -5,7 +5,9 @@ every tensor with a `vocab` axis grows by its other dimensions per kept token, e
 an `ffn` axis per kept channel, the rest is fixed. Tied embeddings are one tensor in the
 checkpoint and so are counted once. A target ratio R asks for at most (1 - R) of the original
 parameters; candidate splits spread the cut between vocabulary and FFN, from FFN-only to
-vocabulary-only, so auto-split can measure which is best.
+vocabulary-only, so auto-split can measure which is best. Where FFN-only cannot meet the budget
+(Gemma 3 at -50%: its FFN is a quarter of the model) the spread starts at the smallest vocabulary
+cut that leaves room for one `multiple` of channels, so no candidate is wasted on infeasible shares.
 """
 from __future__ import annotations
 
@@ -88,10 +90,16 @@ def candidate_splits(model: ParamModel, ratio: float, min_vocab: int, multiple: 
     budget = budget_for(model, ratio)
     cut = model.total - budget
     most_vocab_cut = (model.vocab - min_vocab) * model.per_token
+    least_share, fewest_tokens_cut = 0.0, 0
+    if model.per_token and cut > 0 and model.ffn_for(model.vocab, budget, multiple) < multiple:
+        fewest_tokens_cut = model.vocab - (budget - model.fixed - model.per_channel * multiple) // model.per_token
+        least_share = min(1.0, fewest_tokens_cut * model.per_token / cut)
     splits: list[Split] = []
     for k in range(count):
-        share = k / (count - 1) if count > 1 else 0.0
+        share = least_share + (1 - least_share) * (k / (count - 1) if count > 1 else 0.0)
         vocab_cut = math.ceil(min(share * cut, most_vocab_cut) / model.per_token) if model.per_token else 0
+        if k == 0 and fewest_tokens_cut:
+            vocab_cut = min(fewest_tokens_cut, model.vocab - min_vocab)
         vocab = model.vocab - vocab_cut
         if share and vocab == model.vocab:
             continue
