@@ -84,7 +84,7 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
 
     `report` carries the scores the plan came from, for the report's coverage and importance plots.
     """
-    from converter.report.write import write_report
+    from converter.report.write import ReportWriter
 
     options = options or ExportOptions()
     check_output_location(out_dir, source.folder, force)
@@ -93,8 +93,9 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
     pruned = PrunedCheckpoint(source.checkpoint, source.spec, final)
     try:
         with StagedOutput(out_dir, force=force) as staged:
-            written = exporter(pruned, tokenizer, staged, options)
-            written += write_report(pruned, fmt, options, report, staged)
+            with ReportWriter(pruned, fmt, options, report, staged) as report_writer:
+                written = exporter(pruned, tokenizer, staged, options)
+                written += report_writer.finish()
     except OSError as exc:
         where = exc.filename or out_dir
         raise ConvertError(f"writing the output failed ({exc.strerror or exc}); nothing was written", where) from exc

@@ -1,17 +1,29 @@
-"""write_report: draw the plots, then write report.json and report.md, last, into the staging folder."""
+"""The report's lifecycle: plots drawn beside the export, report.json and report.md written last.
+
+Everything the plots show (parameters by component, coverage, importance, auto-split) is known
+before the first tensor is written, so they are drawn in a worker thread while the exporter
+streams tensors (matplotlib's import and drawing cost about a second, as much as rewriting a
+gigabyte). Only the file sizes need the finished export: `finish()` waits for the plots, then
+writes the two report files into the staging folder.
+"""
 from __future__ import annotations
 
 import json
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
+
 from converter.prune import PrunedCheckpoint
 from converter.report.collect import Collected, collect, finish_sizes
 from converter.report.context import ReportContext
 from exporters.options import ExportOptions
 
+Drawn = tuple[dict[str, str], dict[str, str]]  # (made: name -> file, not made: name -> reason)
 
-def _plots(collected: Collected, staged: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """Draw what the data allows; returns (made: name -> file, skipped: name -> reason)."""
+
+def _plots(collected: Collected, staged: Path) -> Drawn:
+    """Draw what the data allows."""
     from converter.report import plots
 
     data = collected.data
@@ -35,25 +47,58 @@ def _plots(collected: Collected, staged: Path) -> tuple[dict[str, str], dict[str
     return made, skipped
 
 
-def write_report(pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context: ReportContext | None,
-                 staged: Path) -> list[Path]:
-    """Write the plots, report.json and report.md into `staged`; returns the paths written."""
-    from converter.report.markdown import render
-
-    collected = collect(pruned, fmt, options, context or ReportContext())
-    data = collected.data
+def _draw(collected: Collected, staged: Path) -> Drawn:
     try:
         from converter.report.plots import style
 
         with style():
-            made, skipped = _plots(collected, staged)
+            return _plots(collected, staged)
     except ImportError as exc:
         print(f"warning: no plots in the report: {exc} (pip install 'matplotlib>=3.8')", file=sys.stderr)
-        made, skipped = {}, {"all": f"matplotlib is not installed ({exc})"}
-    data["plots"] = {"made": made, "not_made": skipped}
-    finish_sizes(data, staged)
-    json_path = staged / "report.json"
-    json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    md_path = staged / "report.md"
-    md_path.write_text(render(data), encoding="utf-8")
-    return [*(staged / name for name in made.values()), json_path, md_path]
+        return {}, {"all": f"matplotlib is not installed ({exc})"}
+
+
+class ReportWriter:
+    """Use as a context manager around the exporter; `finish()` after it returned writes the report.
+
+    Leaving the block always waits for the plot thread, so a failed or interrupted export never
+    has a thread still writing into a staging folder that is being removed.
+    """
+
+    def __init__(self, pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context: ReportContext | None,
+                 staged: Path) -> None:
+        self._collected = collect(pruned, fmt, options, context or ReportContext())
+        self._staged = staged
+        self._pool: ThreadPoolExecutor | None = None
+        self._drawn: Future[Drawn] | None = None
+        self._finished = False
+
+    def __enter__(self) -> ReportWriter:
+        if self._pool is not None:
+            raise RuntimeError("ReportWriter can be entered only once")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-plots")
+        self._drawn = self._pool.submit(_draw, self._collected, self._staged)
+        return self
+
+    def finish(self) -> list[Path]:
+        """Wait for the plots, then write report.json and report.md; returns every report file."""
+        if self._drawn is None or self._finished:
+            raise RuntimeError("ReportWriter.finish called outside the block or twice")
+        made, skipped = self._drawn.result()
+        self._finished = True
+        data = self._collected.data
+        data["plots"] = {"made": made, "not_made": skipped}
+        finish_sizes(data, self._staged)
+        json_path = self._staged / "report.json"
+        json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        from converter.report.markdown import render
+
+        md_path = self._staged / "report.md"
+        md_path.write_text(render(data), encoding="utf-8")
+        return [*(self._staged / name for name in made.values()), json_path, md_path]
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+

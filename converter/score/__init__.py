@@ -8,12 +8,20 @@ is an additive `Scores` file. `make_plan(source, scores, budget)` turns scores a
 """
 from __future__ import annotations
 
-from converter.score.autosplit import Budget, make_plan
-from converter.score.buckets import BucketLayout
-from converter.score.budget import ParamModel, param_model
-from converter.score.collect import ScoreOptions, score
-from converter.score.corpus import Corpus, open_corpus
-from converter.score.scores import Scores, merge
+import importlib
+from typing import Any
 
-__all__ = ["BucketLayout", "Budget", "Corpus", "ParamModel", "ScoreOptions", "Scores", "make_plan", "merge",
-           "open_corpus", "param_model", "score"]
+# Re-exports resolve on first use: the planner and the scores file are plain numpy, and importing
+# the package must not pull in torch (seconds of start-up) for an export that only reads scores.
+_EXPORTS = {
+    "Budget": "autosplit", "make_plan": "autosplit", "BucketLayout": "buckets", "ParamModel": "budget",
+    "param_model": "budget", "ScoreOptions": "collect", "score": "collect", "Corpus": "corpus",
+    "open_corpus": "corpus", "Scores": "scores", "merge": "scores",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'converter.score' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"converter.score.{_EXPORTS[name]}"), name)
