@@ -275,16 +275,16 @@ def test_failure_mid_export_leaves_nothing(sharded_model: tuple[Path, Path], tmp
     from converter.io import writer
 
     model, plan = sharded_model
-    real_write = writer.ShardWriter.write
+    real_expect = writer.ShardWriter._expect  # every tensor passes here, written or kernel-copied
     calls = {"n": 0}
 
-    def failing_write(self, name, data):  # type: ignore[no-untyped-def]
+    def failing_expect(self, name, nbytes):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 5:
             raise OSError(28, "No space left on device")
-        return real_write(self, name, data)
+        return real_expect(self, name, nbytes)
 
-    monkeypatch.setattr(writer.ShardWriter, "write", failing_write)
+    monkeypatch.setattr(writer.ShardWriter, "_expect", failing_expect)
     code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left on device" in err
     assert not (tmp_path / "out").exists()
