@@ -137,11 +137,10 @@ def test_disk_full_is_one_clear_line_and_nothing_written(reference: Reference, m
     assert digest(model.src) == before
 
 
+@pytest.mark.parametrize("reference", ["gguf"], indirect=True)  # ONNX: the kill test's reruns check it
 def test_gguf_is_the_same_wherever_and_however_it_is_written(reference: Reference, model: Model,
                                                              tmp_path: Path) -> None:
     """The GGUF records its command line: OUT's name and presentation flags must not change a byte."""
-    if reference.fmt != "gguf":
-        pytest.skip("ONNX determinism is checked by the reruns of the kill test")
     out = tmp_path / "elsewhere ü"
     out.mkdir()
     proc = subprocess.run(reference.command(model, out, "--force", "--progress"), capture_output=True,
