@@ -262,7 +262,11 @@ class Checkpoint:
 
         Hashing the data of a 100 GB model would take minutes; names, shapes, dtypes and the first
         and last bytes of each file tell apart any two checkpoints a user is likely to mix up.
+        Computed once per opened checkpoint: the plan check, the pruned view, the scores check and
+        the report all ask for it.
         """
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.sha256()
         for name in sorted(self.tensors):
             t = self.tensors[name]
