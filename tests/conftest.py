@@ -9,6 +9,19 @@ from tests.tiny_tokenizers import train_byte_level_bpe, train_sentencepiece_bpe
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 
+# The test files that take longest (each one to two minutes on 2 cores), slowest first. pytest-xdist
+# (`--dist loadfile`, see tools/test.sh) hands files to workers in collection order, so starting
+# with these keeps one worker from finishing a long file alone at the end.
+SLOW_FILES_FIRST = ("test_interrupts_gguf_onnx.py", "test_onnx_families.py", "test_gguf_real.py",
+                    "test_interrupts.py", "test_onnx_precision.py", "test_verify.py", "test_onnx_smollm2.py",
+                    "test_tokenizer_real.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slowest files first (stable: every other test keeps its order)."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session")
 def fixtures_root() -> Path:

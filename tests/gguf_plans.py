@@ -8,6 +8,7 @@ summed squared activation at the down_proj input over a few short texts (simple 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def frequency_plan(folder: Path, vocab_keep: int, ffn_keep: int, name: str) -> P
     channels = tuple(tuple(sorted(torch.topk(row, ffn_keep).indices.tolist())) for row in energy)
     plan = PrunePlan(tuple(tokens), channels, None, {"method": "frequency+act2 (tests/gguf_plans.py)"})
     FIXTURES.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}")  # two test workers may write it at once
     plan.save(tmp)
     tmp.replace(cache)
     return plan

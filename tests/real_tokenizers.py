@@ -25,6 +25,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from tests.tiny_tokenizers import corpus_lines
+from tools.fixture_cache import build_lock
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 QWEN_VERSION = "qwen2.5-tokenizer-v1"
@@ -81,7 +82,14 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
     target = FIXTURES / name
     if (target / ".complete").is_file():
         return target
-    FIXTURES.mkdir(parents=True, exist_ok=True)
+    with build_lock(target):
+        if not (target / ".complete").is_file():
+            _build_into(target, build)
+    return target
+
+
+def _build_into(target: Path, build: Callable[[Path], None]) -> None:
+    name = target.name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=FIXTURES))
     try:
         build(staging)
@@ -95,7 +103,6 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def smollm2_tokenizer_dir() -> Path:

