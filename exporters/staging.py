@@ -106,12 +106,16 @@ def _fsync_tree(folder: Path) -> None:
     """Make every staged file durable before the rename that makes the output visible."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(path)
     _fsync_dir(folder)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

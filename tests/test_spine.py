@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from converter.pipeline import export, open_source
 from converter.plan import PrunePlan
+from converter.prune import PrunedCheckpoint
 from tests.reference_prune import prune_state_dict, random_plan
 from tests.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
 
@@ -153,19 +154,31 @@ def test_vocab_only_pruning_equals_original_restricted_to_kept_rows(tmp_path: Pa
         torch.testing.assert_close(pruned(new_ids).logits, full, rtol=1e-5, atol=1e-5)
 
 
-def test_row_copies_without_kernel_copy_give_the_same_bytes(tmp_path: Path) -> None:
-    """Row-pruned tensors are copied run by run by the kernel; the buffered fallback must agree."""
+def test_every_row_copy_path_gives_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row-pruned tensors go one of three ways; each must write the in-memory reference's bytes.
+
+    Long runs of kept rows are copied run by run by the kernel (or through a buffer where the file
+    system refuses copy_file_range); short runs are read whole and gathered in memory. Tiny
+    tensors always have short runs, so the threshold is moved to force each path.
+    """
+    import converter.prune
+
     model = build_tiny_model("llama", dtype=torch.bfloat16, seed=7)
     src = save_tiny_model(model, tmp_path / "in", max_shard_size="40KB")
     cfg = model.config
     plan = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, None, 77, seed=8)
     outputs = {}
-    for kernel in (True, False):
+    for path, kernel, min_run in (("kernel", True, 0), ("buffered", False, 0), ("gathered", True, 1 << 60)):
+        monkeypatch.setattr(converter.prune, "MIN_KERNEL_RUN_BYTES", min_run)
         source = open_source(src)
         source.checkpoint._kernel_copy = kernel
-        export(source, plan, tmp_path / str(kernel), "hf")
-        outputs[kernel] = {p.name: p.read_bytes() for p in sorted((tmp_path / str(kernel)).iterdir())}
-    assert outputs[True] == outputs[False]
+        row_pruned = [t for t in PrunedCheckpoint(source.checkpoint, source.spec, plan).planned()
+                      if t.axis == 0 and t.keep is not None and not PrunedCheckpoint.is_passthrough(t)]
+        assert row_pruned and all(PrunedCheckpoint.is_file_copy(t) == (path != "gathered") for t in row_pruned)
+        export(source, plan, tmp_path / path, "hf")
+        outputs[path] = {p.name: p.read_bytes() for p in sorted((tmp_path / path).iterdir())
+                         if p.suffix == ".safetensors"}
+    assert outputs["kernel"] == outputs["buffered"] == outputs["gathered"]
     expected = prune_state_dict(saved_state(model), plan)
-    got = load_folder_tensors(tmp_path / "False")
-    assert all(torch.equal(got[name], tensor) for name, tensor in expected.items())
+    got = load_folder_tensors(tmp_path / "gathered")
+    assert set(got) == set(expected) and all(torch.equal(got[name], tensor) for name, tensor in expected.items())

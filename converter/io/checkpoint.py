@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ class Checkpoint:
         self.tensors = tensors
         self.files = files
         self._fds: dict[Path, int] = {}
+        self._fds_lock = threading.Lock()
         self._fingerprint: str | None = None
         self._kernel_copy = hasattr(os, "copy_file_range")
 
@@ -156,13 +158,14 @@ class Checkpoint:
             raise ConvertError(f"tensor '{name}' is not in the checkpoint", self.folder) from None
 
     def _fd(self, file: Path) -> int:
-        fd = self._fds.get(file)
-        if fd is None:
-            fd = os.open(file, os.O_RDONLY)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            self._fds[file] = fd
-        return fd
+        with self._fds_lock:  # the read-ahead thread and the writer open files concurrently
+            fd = self._fds.get(file)
+            if fd is None:
+                fd = os.open(file, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                self._fds[file] = fd
+            return fd
 
     def _pread_into(self, file: Path, offset: int, out: np.ndarray) -> None:
         view = memoryview(out).cast("B")

@@ -85,9 +85,11 @@ class ShardWriter:
         """Append the bytes of the next declared tensor."""
         view = memoryview(np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data).cast("B")
         f = self._expect(name, view.nbytes)
+        start = os.lseek(f.fileno(), 0, os.SEEK_CUR)
         while view.nbytes:
             written = f.write(view)
             view = view[written:]
+        self._start_writeback(f.fileno(), start)
 
     def write_with(self, name: str, nbytes: int, copy: Callable[[int], None]) -> None:
         """Append the next tensor by handing the file descriptor to `copy` (e.g. a kernel copy)."""
@@ -96,6 +98,18 @@ class ShardWriter:
         copy(f.fileno())
         if os.lseek(f.fileno(), 0, os.SEEK_CUR) - before != nbytes:
             raise RuntimeError(f"tensor '{name}' copy wrote the wrong number of bytes")
+        self._start_writeback(f.fileno(), before)
+
+    @staticmethod
+    def _start_writeback(fd: int, start: int) -> None:
+        """Let the disk write this tensor now, while the next is read, instead of all at the final fsync.
+
+        On Linux, POSIX_FADV_DONTNEED on dirty pages starts their writeback without waiting for it
+        (and drops them from the cache once clean, which a one-pass rewrite never reads again).
+        """
+        if hasattr(os, "posix_fadvise"):
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
     def finalize(self) -> Path:
         if self._file is None or self._finalized:
