@@ -146,7 +146,7 @@ class PrunedCheckpoint:
         """Append an unchanged or row-pruned tensor to an open file without going through Python memory."""
         if self.is_passthrough(planned):
             self.source.copy_range(planned.source.name, dest_fd)
-        elif self.is_file_copy(planned):
+        elif planned.axis == 0 and planned.keep is not None:
             self.source.copy_rows(planned.source.name, planned.keep, dest_fd)  # type: ignore[arg-type]
         else:
             raise ValueError(f"{planned.name} is cut along axis {planned.axis}; read it instead of copying")

@@ -3,9 +3,10 @@
 Shards are laid out like transformers' `save_pretrained` (greedy fill up to max_shard_size, a
 tensor larger than the limit alone in its shard, `model-0000K-of-0000N.safetensors` plus
 `model.safetensors.index.json`, or one `model.safetensors`), so stock `from_pretrained` loads
-the result. Untouched tensors, and row-pruned ones whose kept rows form long runs, are copied file to file
-by the kernel (one copy per run; asking the disk for the next tensor ahead with WILLNEED measured slower); the others
-(down_proj columns, scattered rows) are read and gathered by worker threads ahead of the writer.
+the result. Untouched tensors, and row-pruned ones whose kept rows form long runs, are copied file
+to file by the kernel (one copy per run; asking the disk for the next tensor ahead with WILLNEED
+measured slower); the others (down_proj columns, scattered rows) are read and gathered by worker
+threads ahead of the writer.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class StagedOutput:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staged, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        _fsync(self.out_dir.parent)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -106,20 +106,13 @@ def _fsync_tree(folder: Path) -> None:
     """Make every staged file durable before the rename that makes the output visible."""
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            _fsync_file(path)
-    _fsync_dir(folder)
+            _fsync(path)
+    _fsync(folder)
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """fsync one file or folder (a folder's entry list is made durable the same way)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

