@@ -8,7 +8,7 @@ and it is validated against the checkpoint headers before a byte of output is wr
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,23 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:
-        return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan"), path)
+        return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan", parse_int=_shared_ints()), path)
+
+
+def _shared_ints() -> Callable[[str], int]:
+    """A json int hook that returns one object per distinct value.
+
+    Every layer lists mostly the same channel indices; as separate objects an 80-layer plan would
+    hold 80 copies of each (28 bytes apiece) for the whole rewrite, so peak memory would grow with
+    depth. Shared, a layer costs one pointer per kept channel.
+    """
+    seen: dict[int, int] = {}
+
+    def shared(literal: str) -> int:
+        value = int(literal)
+        return seen.setdefault(value, value)
+
+    return shared
 
 
 def _pretty(obj: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from converter.arch import ArchSpec, check_against, is_ignored_tensor
 from converter.arch.spec import ModelDims, TensorSlot
 from converter.io import Checkpoint, TensorInfo
+from converter.io.buffers import BufferPool
 from converter.plan import PrunePlan
 from converter.readahead import read_ahead
 
@@ -151,15 +152,19 @@ class PrunedCheckpoint:
         else:
             raise ValueError(f"{planned.name} is cut along axis {planned.axis}; read it instead of copying")
 
-    def read(self, planned: PlannedTensor) -> np.ndarray:
-        """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8."""
+    def read(self, planned: PlannedTensor, pool: BufferPool | None = None) -> np.ndarray:
+        """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8.
+
+        With `pool`, cut tensors are gathered into a buffer from it; give it back once written.
+        """
         src = planned.source
         if planned.axis is None or planned.keep is None or planned.shape == src.shape:
-            data = self.source.raw(src.name)
-        elif planned.axis == 0:
-            data = self.source.raw_rows(src.name, planned.keep)
+            return self.source.raw(src.name).reshape(*planned.shape, src.itemsize)
+        buffer = pool.take(planned.nbytes) if pool is not None else None
+        if planned.axis == 0:
+            data = self.source.raw_rows(src.name, planned.keep, buffer)
         elif planned.axis == 1 and len(src.shape) == 2:
-            data = self.source.raw_cols(src.name, planned.keep)
+            data = self.source.raw_cols(src.name, planned.keep, buffer)
         else:
             raise ValueError(f"cannot cut axis {planned.axis} of {src.name}")
         return data.reshape(*planned.shape, src.itemsize)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from converter.io.buffers import BufferPool
 from converter.io.writer import DeclaredTensor, ShardWriter
 from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
@@ -54,7 +55,8 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     total = sum(t.nbytes for shard in shards for t in shard)
     written: list[Path] = []
     order = [t for shard in shards for t in shard]
-    stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t),
+    pool = BufferPool()
+    stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t, pool),
                         depth=READ_AHEAD_DEPTH)
     with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
         for name, shard in zip(names, shards):
@@ -67,6 +69,7 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
                                           lambda fd, p=planned: pruned.copy_source(p, fd))  # type: ignore[misc]
                     else:
                         writer.write(planned.name, data)
+                        pool.give(data)
                     del data
                     bar.update(planned.nbytes)
             written.append(out_dir / name)

@@ -182,3 +182,13 @@ def test_every_row_copy_path_gives_the_same_bytes(tmp_path: Path, monkeypatch: p
     expected = prune_state_dict(saved_state(model), plan)
     got = load_folder_tensors(tmp_path / "gathered")
     assert set(got) == set(expected) and all(torch.equal(got[name], tensor) for name, tensor in expected.items())
+
+
+def test_a_loaded_plan_shares_one_int_per_channel_index_across_layers(tmp_path: Path) -> None:
+    """Peak rewrite memory must not grow with depth: 80 layers listing channel 4000 hold one object."""
+    channels = tuple(range(300, 5000))
+    path = PrunePlan(tuple(range(1000, 3000)), tuple(channels for _ in range(8))).save(tmp_path / "plan.json")
+    plan = PrunePlan.load(path)
+    assert plan.kept_ffn_channels == tuple(channels for _ in range(8))
+    first = plan.kept_ffn_channels[0]
+    assert all(a is b for layer in plan.kept_ffn_channels[1:] for a, b in zip(first, layer))
