@@ -1,8 +1,9 @@
 """Overlap reading the next tensor with writing the current one.
 
 A rewrite alternates disk reads, a numpy gather and disk writes; done strictly in turn, the disk
-sits idle while numpy gathers and vice versa. One worker thread loading one item ahead (preadv
-and numpy's take release the GIL) keeps both busy, and bounds memory to two tensors in flight.
+sits idle while numpy gathers and vice versa. `depth` worker threads loading up to `depth` items
+ahead (preadv and numpy's take release the GIL) keep both busy, and bound memory to depth + 1
+tensors in flight (the HF writer uses 2; its gather buffers are recycled, see converter.io.buffers).
 """
 from __future__ import annotations
 
