@@ -155,16 +155,15 @@ class PrunedCheckpoint:
     def read(self, planned: PlannedTensor, pool: BufferPool | None = None) -> np.ndarray:
         """The output bytes of one planned tensor, shaped [*shape, itemsize] as uint8.
 
-        With `pool`, cut tensors are gathered into a buffer from it; give it back once written.
+        With `pool`, cut tensors are gathered with its buffers; give the result back once written.
         """
         src = planned.source
         if planned.axis is None or planned.keep is None or planned.shape == src.shape:
             return self.source.raw(src.name).reshape(*planned.shape, src.itemsize)
-        buffer = pool.take(planned.nbytes) if pool is not None else None
         if planned.axis == 0:
-            data = self.source.raw_rows(src.name, planned.keep, buffer)
+            data = self.source.raw_rows(src.name, planned.keep, pool)
         elif planned.axis == 1 and len(src.shape) == 2:
-            data = self.source.raw_cols(src.name, planned.keep, buffer)
+            data = self.source.raw_cols(src.name, planned.keep, pool)
         else:
             raise ValueError(f"cannot cut axis {planned.axis} of {src.name}")
         return data.reshape(*planned.shape, src.itemsize)

@@ -1,4 +1,5 @@
-"""The rewrite's output-buffer pool: buffers come back, views resolve to their buffer, memory stays bounded."""
+"""The rewrite's buffer pool: buffers come back, views resolve to their buffer, scratch is per
+thread, memory stays bounded."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,3 +28,19 @@ def test_the_pool_keeps_a_few_buffers_per_size_and_ignores_foreign_arrays() -> N
     floats = np.zeros(256, dtype=np.float32)
     pool.give(floats)
     assert pool.take(1024) is not floats
+
+
+def test_scratch_is_one_buffer_per_thread_grown_to_the_largest_request() -> None:
+    import threading
+
+    pool = BufferPool()
+    small = pool.scratch(1000)
+    assert pool.scratch(800).base is small.base  # a smaller request reuses it
+    large = pool.scratch(5000)
+    assert large.size == 5000 and large.base is not small.base
+    assert pool.scratch(1000).base is large.base
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(pool.scratch(1000).base))
+    thread.start()
+    thread.join()
+    assert other[0] is not large.base

@@ -123,6 +123,18 @@ def timed(cmd: list[str]) -> tuple[float, int, int]:
     return elapsed, sampler.anon, sampler.file
 
 
+def rewrite_cmd(src: Path, out: Path, plan: Path) -> list[str]:
+    return [sys.executable, "-m", "converter.cli", str(src), str(out), "--plan", str(plan), "--no-progress"]
+
+
+def cold_run(cmd: list[str], out: Path) -> tuple[bool, tuple[float, int, int]]:
+    """(page cache dropped?, timed(cmd)) with the cache dropped first and `out` removed after."""
+    cold = drop_caches()
+    result = timed(cmd)
+    shutil.rmtree(out, ignore_errors=True)
+    return cold, result
+
+
 def fixed_cost(work: Path, repeats: int) -> float:
     """Median cold wall time of the CLI on a 1-layer, 3 MB checkpoint: start-up, imports, report, fsync.
 
@@ -134,12 +146,7 @@ def fixed_cost(work: Path, repeats: int) -> float:
     src = work / "synthetic-tiny"
     write_synthetic(src, 1, hidden=256, ffn=704, vocab=1024)
     plan = PrunePlan(tuple(range(1024)), (tuple(range(704)),)).save(work / "tiny-identity.json")
-    times = []
-    for _ in range(repeats):
-        drop_caches()
-        times.append(timed([sys.executable, "-m", "converter.cli", str(src), str(work / "out"), "--plan", str(plan),
-                            "--no-progress"])[0])
-        shutil.rmtree(work / "out", ignore_errors=True)
+    times = [cold_run(rewrite_cmd(src, work / "out", plan), work / "out")[1][0] for _ in range(repeats)]
     shutil.rmtree(src)
     return statistics.median(times)
 
@@ -148,17 +155,15 @@ def bench_size(work: Path, gb: int, repeats: int) -> dict[str, object]:
     src = work / f"synthetic-{gb}gb"
     total = write_synthetic(src, LAYERS_FOR_GB[gb])
     ident, ffn = write_plans(work, LAYERS_FOR_GB[gb])
-    rewrite = [sys.executable, "-m", "converter.cli", str(src)]
     runs: dict[str, list[tuple[float, int, int]]] = {"cp": [], "identity": [], "ffn": []}
     cold = True
     for _ in range(repeats):
-        for label, cmd in (("cp", ["cp", "-r", str(src), str(work / "cp-out")]),
-                           ("identity", rewrite + [str(work / "out"), "--plan", str(ident), "--no-progress"]),
-                           ("ffn", rewrite + [str(work / "out"), "--plan", str(ffn), "--no-progress"])):
-            cold = drop_caches() and cold
-            runs[label].append(timed(cmd))
-            shutil.rmtree(work / "cp-out", ignore_errors=True)
-            shutil.rmtree(work / "out", ignore_errors=True)
+        for label, cmd, out in (("cp", ["cp", "-r", str(src), str(work / "cp-out")], work / "cp-out"),
+                                ("identity", rewrite_cmd(src, work / "out", ident), work / "out"),
+                                ("ffn", rewrite_cmd(src, work / "out", ffn), work / "out")):
+            dropped, result = cold_run(cmd, out)
+            cold = cold and dropped
+            runs[label].append(result)
     largest = VOCAB * HIDDEN * 2
     shutil.rmtree(src)
     med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
@@ -203,7 +208,9 @@ def main() -> None:
     for r in rows:
         gb = r["gb"]
         cp_s, id_s, ffn_s = (gb / r[k] for k in ("cp_gbs", "identity_gbs", "ffn_gbs"))  # type: ignore[operator]
-        print(f"  {gb:.2f} GB: identity {cp_s / (id_s - fixed):.2f}x, ffn-cut {cp_s / (ffn_s - fixed):.2f}x of cp")
+        less = {k: f"{cp_s / (t - fixed):.2f}x" if t > fixed else "n/a (run shorter than the fixed cost)"
+                for k, t in (("identity", id_s), ("ffn-cut", ffn_s))}
+        print(f"  {gb:.2f} GB: identity {less['identity']}, ffn-cut {less['ffn-cut']} of cp")
     if len(rows) > 1:
         growth = rows[-1]["ffn_anon"] / rows[0]["ffn_anon"] - 1  # type: ignore[operator]
         print(f"peak anonymous memory growth {rows[0]['gb']:.0f} GB -> {rows[-1]['gb']:.0f} GB: {100 * growth:+.1f}%")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.errors import ConvertError
+from converter.io.buffers import BufferPool
 from converter.io.jsonfile import read_json_object
 from converter.io.header import DTYPE_SIZES, HeaderEntry, read_header
 
@@ -116,7 +117,6 @@ class Checkpoint:
         self.files = files
         self._fds: dict[Path, int] = {}
         self._fds_lock = threading.Lock()
-        self._scratch = threading.local()  # per reading thread: see _scratch_bytes
         self._fingerprint: str | None = None
         self._kernel_copy = hasattr(os, "copy_file_range")
 
@@ -178,19 +178,6 @@ class Checkpoint:
                 raise ConvertError(f"file ended while reading at byte {offset + done}; it was truncated", file)
             done += n
 
-    def _scratch_bytes(self, nbytes: int) -> np.ndarray:
-        """A reusable uint8 buffer of this thread for bytes that are gathered from and then dropped.
-
-        A fresh 20-500 MB array per tensor costs a page fault and a kernel zeroing of every page
-        (a fifth of a row-gathering rewrite's CPU time, measured with perf); one buffer per
-        reading thread, grown to the largest span read, costs that once.
-        """
-        buf: np.ndarray | None = getattr(self._scratch, "buf", None)
-        if buf is None or buf.size < nbytes:
-            self._scratch.buf = None  # drop the old one before allocating the larger one
-            buf = self._scratch.buf = np.empty(nbytes, dtype=np.uint8)
-        return buf[:nbytes]
-
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a fresh uint8 array."""
         info = self.info(name)
@@ -198,17 +185,17 @@ class Checkpoint:
         self._pread_into(info.file, info.start, out)
         return out
 
-    def raw_rows(self, name: str, rows: Sequence[int] | np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
+    def raw_rows(self, name: str, rows: Sequence[int] | np.ndarray, pool: BufferPool | None = None) -> np.ndarray:
         """Bytes of the selected rows (axis 0, sorted), shaped [len(rows), row_bytes].
 
         Kept rows closer than about 1 MiB are read as one span, so a dense selection becomes a
         few large sequential reads and a sparse one reads little more than the rows themselves.
-        `buffer` (uint8, exactly the output's size) is filled instead of a fresh array.
+        With `pool`, the spans and the result use its buffers (give the result back once written).
         """
         info = self.info(name)
         idx = np.asarray(rows, dtype=np.int64)
         row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
-        out = _output(buffer, len(idx) * row_bytes).reshape(len(idx), row_bytes)
+        out = _fresh(pool, len(idx) * row_bytes).reshape(len(idx), row_bytes)
         if not len(idx) or not row_bytes:
             return out
         gap_rows = max(1, COALESCE_GAP_BYTES // row_bytes)
@@ -218,20 +205,20 @@ class Checkpoint:
             if hi - lo == len(group):
                 self._pread_into(info.file, info.start + lo * row_bytes, out[group[0]:group[-1] + 1])
                 continue
-            span = self._scratch_bytes((hi - lo) * row_bytes).reshape(hi - lo, row_bytes)
+            span = _scratch(pool, (hi - lo) * row_bytes).reshape(hi - lo, row_bytes)
             self._pread_into(info.file, info.start + lo * row_bytes, span)
             np.take(span, idx[group] - lo, axis=0, out=out[group[0]:group[-1] + 1])
         return out
 
-    def raw_cols(self, name: str, cols: Sequence[int] | np.ndarray, buffer: np.ndarray | None = None) -> np.ndarray:
+    def raw_cols(self, name: str, cols: Sequence[int] | np.ndarray, pool: BufferPool | None = None) -> np.ndarray:
         """Bytes of the selected columns (axis 1) of a 2-D tensor, shaped [rows, len(cols), itemsize]."""
         info = self.info(name)
-        whole = self._scratch_bytes(info.nbytes)
+        whole = _scratch(pool, info.nbytes)
         self._pread_into(info.file, info.start, whole)
         word = WORD_OF_SIZE[info.itemsize]
         words = whole.view(word).reshape(info.shape[0], info.shape[1])
         idx = np.asarray(cols, dtype=np.int64)
-        out = _output(buffer, info.shape[0] * len(idx) * info.itemsize)
+        out = _fresh(pool, info.shape[0] * len(idx) * info.itemsize)
         np.take(words, idx, axis=1, out=out.view(word).reshape(info.shape[0], len(idx)))
         return out.reshape(info.shape[0], len(idx), info.itemsize)
 
@@ -312,10 +299,11 @@ class Checkpoint:
         self.close()
 
 
-def _output(buffer: np.ndarray | None, nbytes: int) -> np.ndarray:
-    """The caller's uint8 buffer (checked to be exactly `nbytes`) or a fresh one."""
-    if buffer is None:
-        return np.empty(nbytes, dtype=np.uint8)
-    if buffer.dtype != np.uint8 or buffer.ndim != 1 or buffer.nbytes != nbytes:
-        raise ValueError(f"output buffer holds {buffer.nbytes} bytes, {nbytes} needed")
-    return buffer
+def _fresh(pool: BufferPool | None, nbytes: int) -> np.ndarray:
+    """A uint8 array for a result: from the pool, or new."""
+    return pool.take(nbytes) if pool is not None else np.empty(nbytes, dtype=np.uint8)
+
+
+def _scratch(pool: BufferPool | None, nbytes: int) -> np.ndarray:
+    """A uint8 array to read bytes into that are gathered from and then dropped."""
+    return pool.scratch(nbytes) if pool is not None else np.empty(nbytes, dtype=np.uint8)
