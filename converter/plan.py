@@ -11,11 +11,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from converter.arch import ArchSpec
 from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
+
+if TYPE_CHECKING:
+    from converter.refit import FfnRefit
 
 FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 512 * 1024 * 1024
@@ -30,6 +33,7 @@ class PrunePlan:
     source_fingerprint: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
     origin: str | None = field(default=None, compare=False, repr=False)
+    refit: FfnRefit | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def identity(cls, spec: ArchSpec, fingerprint: str | None = None) -> PrunePlan:
@@ -69,6 +73,8 @@ class PrunePlan:
                                "layer must keep the same number so the result has one intermediate_size", path)
         for layer, channels in enumerate(self.kept_ffn_channels):
             _check_ids(channels, spec.dims.ffn, f"kept_ffn_channels[{layer}]", "intermediate_size", path)
+        if self.refit is not None:
+            self.refit.check(spec.dims.layers, spec.dims.hidden, self.intermediate_size, path)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -84,9 +90,24 @@ class PrunePlan:
         return out
 
     def save(self, path: Path) -> Path:
-        lines = json.dumps(self.to_json(), separators=(",", ":"))
-        path.write_text(_pretty(self.to_json()) if len(lines) < 2_000_000 else lines, encoding="utf-8")
+        """Write the JSON, and the refit's weights beside it (see converter.refit) when the plan has one."""
+        obj = self.to_json()
+        if self.refit is not None:
+            from converter.refit import refit_path
+
+            side = refit_path(path)
+            obj["ffn_refit"] = {"file": side.name, "sha256": self.refit.save(side), "ridge": self.refit.ridge}
+        lines = json.dumps(obj, separators=(",", ":"))
+        path.write_text(_pretty(obj) if len(lines) < 2_000_000 else lines, encoding="utf-8")
         return path
+
+    def files(self, path: Path) -> list[Path]:
+        """Every file `save(path)` writes."""
+        if self.refit is None:
+            return [path]
+        from converter.refit import refit_path
+
+        return [path, refit_path(path)]
 
     @classmethod
     def from_json(cls, raw: object, path: Path | str = "prune_plan.json") -> PrunePlan:
@@ -105,7 +126,12 @@ class PrunePlan:
         metadata = raw.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ConvertError("metadata must be an object", path)
-        return cls(tuple(sorted(tokens)), channels, fingerprint, metadata, str(path))
+        refit = None
+        if raw.get("ffn_refit") is not None:
+            from converter.refit import FfnRefit
+
+            refit = FfnRefit.load(Path(path), raw["ffn_refit"])
+        return cls(tuple(sorted(tokens)), channels, fingerprint, metadata, str(path), refit)
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:

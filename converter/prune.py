@@ -18,6 +18,7 @@ import numpy as np
 
 from converter.arch import ArchSpec, check_against, is_ignored_tensor
 from converter.arch.spec import ModelDims, TensorSlot
+from converter.errors import ConvertError
 from converter.io import Checkpoint, TensorInfo
 from converter.io.buffers import BufferPool
 from converter.plan import PrunePlan
@@ -50,6 +51,8 @@ class PlannedTensor:
     role: str | None
     axis: int | None
     keep: tuple[int, ...] | None
+    layer: int | None = None
+    refit: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -72,12 +75,24 @@ def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.
     return flat.view(getattr(torch, TORCH_DTYPE_NAMES[dtype])).reshape(shape)
 
 
+def _check_refit_dtypes(ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
+    from converter.refit import ROUNDABLE
+
+    for info in ckpt:
+        slot = spec.slot(info.name)
+        if slot is not None and slot.role == "ffn_down" and info.dtype not in ROUNDABLE:
+            raise ConvertError(f"{info.name} is {info.dtype}; a down_proj refit can only be written as "
+                               f"{', '.join(ROUNDABLE)}", plan.origin or "prune_plan.json")
+
+
 class PrunedCheckpoint:
     """A Checkpoint, its ArchSpec and a validated PrunePlan, streamed as pruned tensors."""
 
     def __init__(self, ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
         check_against(spec, ckpt)
         plan.validate(spec, ckpt.fingerprint() if plan.source_fingerprint else None)
+        if plan.refit is not None:
+            _check_refit_dtypes(ckpt, spec, plan)
         self.source = ckpt
         self.spec = spec
         self.plan = plan
@@ -112,8 +127,9 @@ class PrunedCheckpoint:
             shape = list(info.shape)
             if axis is not None and keep is not None:
                 shape[axis] = len(keep)
+            refit = self.plan.refit is not None and slot is not None and slot.role == "ffn_down"
             out.append(PlannedTensor(info.name, info.dtype, tuple(shape), info, slot.role if slot else None, axis,
-                                     keep))
+                                     keep, slot.layer if slot else None, refit))
         return out
 
     def planned(self) -> list[PlannedTensor]:
@@ -123,7 +139,7 @@ class PrunedCheckpoint:
     @staticmethod
     def is_passthrough(planned: PlannedTensor) -> bool:
         """True when the output tensor is the source tensor unchanged (copyable byte for byte)."""
-        return planned.shape == planned.source.shape
+        return planned.shape == planned.source.shape and not planned.refit
 
     @classmethod
     def is_file_copy(cls, planned: PlannedTensor) -> bool:
@@ -158,6 +174,8 @@ class PrunedCheckpoint:
         With `pool`, cut tensors are gathered with its buffers; give the result back once written.
         """
         src = planned.source
+        if planned.refit and self.plan.refit is not None:
+            return self.plan.refit.output_bytes(planned.layer or 0, src.dtype)
         if planned.axis is None or planned.keep is None or planned.shape == src.shape:
             return self.source.raw(src.name).reshape(*planned.shape, src.itemsize)
         if planned.axis == 0:

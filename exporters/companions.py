@@ -69,5 +69,5 @@ def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
                       if pruned.spec.config.get(k) is not None}
     written.append(write_json(out_dir / "generation_config.json",
                               remap_ids(generation, old_to_new, folder / "generation_config.json")))
-    written.append(pruned.plan.save(out_dir / "prune_plan.json"))
+    written += pruned.plan.files(pruned.plan.save(out_dir / "prune_plan.json"))
     return written

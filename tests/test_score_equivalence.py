@@ -3,8 +3,9 @@
 (a) Layer-by-layer scoring equals whole-model scoring on tiny Llama, Qwen2 and Gemma3 models
 (Gemma3 mixes sliding and global attention layers, so per-layer arguments differ); (b) scores of
 two corpus shards, merged with `merge-scores`, equal scoring the concatenated corpus; (c) two
-gloo ranks under torchrun give the one-rank result; (d) merging refuses another model's scores
-or another bucket layout, writing nothing.
+gloo ranks under torchrun give the one-rank result; (d) merging refuses another model's scores,
+another bucket layout, or a mix of files with and without the refit's Gram matrices, writing
+nothing. Every equivalence also covers the Gram matrices `--refit` records.
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def assert_same_scores(a: Scores, b: Scores) -> None:
     np.testing.assert_allclose(a.importance, b.importance, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(a.act2, b.act2, rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
+    assert (a.gram is None) == (b.gram is None)
+    if a.gram is not None:
+        assert a.gram.shape == (a.layers, a.ffn, a.ffn) and np.abs(a.gram).max() > 0
+        np.testing.assert_allclose(a.gram, b.gram, rtol=1e-4, atol=1e-6 * float(np.abs(a.gram).max()))
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
@@ -56,8 +61,8 @@ def test_layer_by_layer_equals_whole_model(tmp_path: Path, byte_level_tokenizer_
     overrides = {"layer_types": ["sliding_attention", "full_attention"]} if family == "gemma3_text" else {}
     source = open_source(tiny_model_dir(tmp_path / family, byte_level_tokenizer_dir, family, **overrides))
     corpus = open_corpus([corpus_files[0]])
-    whole = score(source, corpus, replace(ALL_WINDOWS, layerwise=False))
-    layered = score(source, corpus, replace(ALL_WINDOWS, layerwise=True))
+    whole = score(source, corpus, replace(ALL_WINDOWS, layerwise=False, gram=True))
+    layered = score(source, corpus, replace(ALL_WINDOWS, layerwise=True, gram=True))
     assert whole.tokens_scored > 1000 and whole.importance.sum() > 0
     assert np.count_nonzero(whole.importance.sum(axis=(0, 2))) > 10
     assert_same_scores(whole, layered)
@@ -67,7 +72,7 @@ def test_merged_shards_equal_concatenated_corpus(tmp_path: Path, llama_dir: Path
                                                  corpus_files: tuple[Path, Path]) -> None:
     a, b = corpus_files
     base = ["score", str(llama_dir), "--device", "cpu", "--seq-len", "64", "--calib-tokens", str(1 << 20),
-            "--heldout-tokens", str(1 << 20), "--no-progress"]
+            "--heldout-tokens", str(1 << 20), "--no-progress", "--refit"]
     assert main([*base, "--calib", str(a), "--calib", str(b), "--counts-only", "-o", str(tmp_path / "layout.st")]) == 0
     for name, part in (("a", a), ("b", b)):
         assert main([*base, "--calib", str(part), "--layout-from", str(tmp_path / "layout.st"),
@@ -90,7 +95,7 @@ def _free_port() -> int:
 def test_two_gloo_ranks_equal_one_rank(tmp_path: Path, llama_dir: Path, corpus_files: tuple[Path, Path]) -> None:
     args = ["score", str(llama_dir), "--device", "cpu", "--seq-len", "64", "--calib-tokens", str(1 << 20),
             "--heldout-tokens", str(1 << 20), "--no-progress", "--calib", str(corpus_files[0]),
-            "--calib", str(corpus_files[1])]
+            "--calib", str(corpus_files[1]), "--refit"]
     assert main([*args, "-o", str(tmp_path / "one.st")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
@@ -118,6 +123,12 @@ def test_merge_refuses_other_model_or_layout(tmp_path: Path, llama_dir: Path, by
     assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "b.st"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "b.st: has a different bucket layout" in err and "--layout-from" in err
+    assert main(["score", str(llama_dir), "--calib", str(b), *base, "--layout-from", str(tmp_path / "a.st"),
+                 "--refit", "-o", str(tmp_path / "g.st")]) == 0
+    capsys.readouterr()
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "g.st"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "g.st: was scored with --refit" in err and err.count("\n") == 1
     assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "a.st"), "-o", str(tmp_path / "a.st")]) == 2
     assert "exists; pass --force" in capsys.readouterr().err
     assert not out.exists()
@@ -134,14 +145,19 @@ def test_act2_probe_scatter_equals_one_hot_matmul() -> None:
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 9, (40,), generator=g), torch.randint(0, 9, (24,), generator=g)]
     acts = [torch.randn(2, 20, 16, generator=g), torch.randn(2, 12, 16, generator=g)]
-    probes = [Act2Probe(1, 8, 16, batches, torch.device("cpu"), matmul=m) for m in (False, True)]
+    probes = [Act2Probe(1, 8, 16, batches, torch.device("cpu"), matmul=m, gram=True) for m in (False, True)]
     for probe in probes:
         for index, x in enumerate(acts):
             probe.begin_batch(index)
             probe.down_input(0, x)
     expected = torch.zeros(9, 16, dtype=torch.float64)
+    gram = torch.zeros(16, 16, dtype=torch.float64)
     for ids, x in zip(batches, acts):
         for pos, bucket in enumerate(ids.tolist()):
-            expected[bucket] += x.reshape(-1, 16)[pos].double() ** 2
+            row = x.reshape(-1, 16)[pos].double()
+            expected[bucket] += row ** 2
+            if bucket != 8:  # the last bucket is padding: no part of the refit's statistics
+                gram += torch.outer(row, row)
     for probe in probes:
         torch.testing.assert_close(probe.sums[0], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(probe.gram[0], gram, rtol=1e-5, atol=1e-5)

@@ -52,6 +52,10 @@ def build_parser(prog: str = "compact-convert") -> argparse.ArgumentParser:
                         help="tokens of the activation sample (default 65536); token counts use all the text")
     budget.add_argument("--ffn-multiple", type=int, default=32, help="round the FFN size to this multiple (default 32)")
     budget.add_argument("--scores", type=Path, help="scores.safetensors from `compact-convert score` (skips scoring)")
+    budget.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+                        help="refit the kept down_proj columns by least squares on the calibration activations "
+                             "(training-free; recovers much of an FFN cut's loss; scoring also records the "
+                             "layers x ffn^2 Gram matrices it needs)")
     out = p.add_argument_group("output")
     out.add_argument("--outtype", help="weight type: hf keeps the source dtype; gguf f32|f16|bf16|q8_0|q4_0|...; "
                      "onnx fp32|fp16|int8|int4")
@@ -84,7 +88,14 @@ def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan) -> None:
 def _plan(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportContext]:
     """The plan to export, and the scores behind it (for the report) when they are at hand."""
     if args.plan is not None:
-        return PrunePlan.load(args.plan), _plan_scores(args, source)
+        plan, context = PrunePlan.load(args.plan), _plan_scores(args, source)
+        if args.refit:
+            if context.scores is None:
+                raise ConvertError("--refit with --plan needs --scores (made with `compact-convert score --refit`)")
+            from converter.score.refit import fit_refit
+
+            plan = fit_refit(source, context.scores, plan, scores_path=str(args.scores))
+        return plan, context
     try:
         from converter.score.oneshot import plan_from_args
     except ModuleNotFoundError:

@@ -31,6 +31,9 @@ def add_budget_args(group: argparse._ArgumentGroup) -> None:
                        help="extra weight on common tokens' activations, (mean count)^focus (default 0)")
     group.add_argument("--splits", type=int, default=6, help="vocab/FFN splits auto-split measures (default 6)")
     group.add_argument("--seed", type=int, default=0, help="seed of --method random")
+    group.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+                       help="refit the kept down_proj columns by least squares on the calibration activations "
+                            "(training-free; recovers much of an FFN cut's loss; needs scores made with --refit)")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -55,7 +58,7 @@ def run(argv: Sequence[str], prog: str = "compact-convert plan") -> int:
     budget = Budget(vocab_size=args.vocab_size, intermediate_size=args.intermediate_size,
                     target_ratio=args.target_ratio, method=args.method, ffn_multiple=args.ffn_multiple,
                     focus=args.focus, seed=args.seed, splits=args.splits, keep_reserved=args.keep_reserved,
-                    device=args.device, layerwise=args.layer_by_layer)
+                    device=args.device, layerwise=args.layer_by_layer, refit=args.refit)
     dims = source.spec.dims
     budget.check(dims.vocab, dims.ffn)
     if args.splits < 1:
@@ -64,5 +67,5 @@ def run(argv: Sequence[str], prog: str = "compact-convert plan") -> int:
     plan = make_plan(source, scores, budget, str(args.scores))
     report(plan, param_model(source))
     plan.save(args.output)
-    print(f"wrote {args.output}")
+    print("wrote " + " and ".join(str(p) for p in plan.files(args.output)))
     return 0

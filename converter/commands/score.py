@@ -45,6 +45,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--layout-from", type=Path, metavar="SCORES",
                    help="reuse this scores file's bucket layout so the results merge with it")
     p.add_argument("--counts-only", action="store_true", help="count tokens only (no forward passes)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+                   help="also record the activation Gram matrices (layers x ffn^2) that `plan --refit` needs")
     p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False, help="replace an existing file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
     return p
@@ -97,7 +99,7 @@ def run(argv: Sequence[str], prog: str = "compact-convert score") -> int:
             warn_default_corpus()
         options = ScoreOptions(calib_tokens=args.calib_tokens, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
                                heldout_tokens=args.heldout_tokens, device=args.device, layerwise=args.layer_by_layer,
-                               counts_only=args.counts_only, progress=args.progress)
+                               counts_only=args.counts_only, progress=args.progress, gram=args.refit)
         scores = score(source, corpus, options, layout)
         if rank == 0:
             scores.save(args.output)

@@ -77,6 +77,7 @@ def collect(pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context:
         "outtype": options.outtype,
         "source": _source_section(pruned),
         "plan": {"method": meta.get("method"), "source_fingerprint": plan.source_fingerprint,
+                 "ffn_refit": None if plan.refit is None else {"method": "least_squares", "ridge": plan.refit.ridge},
                  "vocab_size": {"before": pruned.spec.dims.vocab, "after": plan.vocab_size},
                  "intermediate_size": {"before": pruned.spec.dims.ffn, "after": plan.intermediate_size},
                  "vocab_requested": meta.get("vocab_requested", meta.get("tokens_requested")),

@@ -105,6 +105,10 @@ def _splits(data: dict[str, Any]) -> list[str]:
     return [*lines, *_image(data, "auto_split", "auto-split candidates")]
 
 
+def _refit(refit: dict[str, Any] | None) -> str:
+    return "none (kept columns sliced)" if not refit else f"least squares, ridge {refit['ridge']:g}"
+
+
 def render(data: dict[str, Any]) -> str:
     src, plan = data["source"], data["plan"]
     v, f = plan["vocab_size"], plan["intermediate_size"]
@@ -117,6 +121,7 @@ def render(data: dict[str, Any]) -> str:
              f"| vocabulary | {v['before']:,} -> {v['after']:,} |",
              f"| FFN intermediate size | {f['before']:,} -> {f['after']:,} |",
              f"| method | {plan['method'] or '-'} |",
+             f"| down_proj refit | {_refit(plan.get('ffn_refit'))} |",
              f"| compact-convert | {data['compact_convert_version']} |", ""]
     lines += _parameters(data) + _files(data) + _calibration(data) + _importance(data) + _splits(data)
     return "\n".join(lines).rstrip() + "\n"

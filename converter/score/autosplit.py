@@ -26,6 +26,7 @@ from converter.score.bpb import eval_windows, start_id, text_bytes, total_nll_bi
 from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, check_ratio, param_model
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.planner import METHODS, VocabChoice, VocabFitter, build_plan
+from converter.score.refit import fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
 from converter.score.tokens import load_tokenizer
 
@@ -47,6 +48,8 @@ class Budget:
     device: str = "auto"
     layerwise: bool | None = None
     eval_seq_len: int = 1024
+    refit: bool = False
+    ridge: float = 1e-3
 
     def check(self, vocab: int, ffn: int) -> None:
         if self.method not in METHODS:
@@ -70,7 +73,7 @@ class Budget:
 class SplitEvaluator:
     """Bits per byte of candidate plans on the held-out calibration text, simulated in memory."""
 
-    def __init__(self, source: Source, scores: Scores, budget: Budget) -> None:
+    def __init__(self, source: Source, scores: Scores, budget: Budget, scores_path: str = "scores") -> None:
         if not scores.heldout:
             raise ConvertError("the scores hold no held-out text to choose a split on (the corpus is too small); "
                                "pass more --calib text, or exact --vocab-size and --intermediate-size")
@@ -83,12 +86,21 @@ class SplitEvaluator:
         self.seq_len = budget.eval_seq_len
         self.tokenizer = load_tokenizer(source.folder)
         self.first = start_id(self.tokenizer, dict(source.spec.config))
+        self.gram = require_gram(scores, scores_path) if budget.refit else None
+        self.ridge = budget.ridge
+
+    def _maps(self, plan: PrunePlan) -> list[Any] | None:
+        if self.gram is None:
+            return None
+        return [refit_map(self.gram[layer], kept, self.ridge) for layer, kept in enumerate(plan.kept_ffn_channels)]
 
     def bits_per_byte(self, plan: PrunePlan) -> float:
         vocab = self.source.spec.dims.vocab
+        maps = self._maps(plan)
         if plan.keeps_all_tokens(vocab):
             windows = eval_windows(self.tokenizer, self.texts, self.first, self.seq_len)
-            bits = total_nll_bits(self.runner, windows, None, plan.kept_ffn_channels, seq_len=self.seq_len)
+            bits = total_nll_bits(self.runner, windows, None, plan.kept_ffn_channels, seq_len=self.seq_len,
+                                  ffn_maps=maps)
             return bits / self.bytes
         from converter.tokenizer import plan_tokenizer, write_tokenizer
 
@@ -104,7 +116,8 @@ class SplitEvaluator:
             shutil.rmtree(folder, ignore_errors=True)
         first = None if self.first is None else rewrite.old_to_new().get(self.first)
         windows = eval_windows(tokenizer, self.texts, first, self.seq_len)
-        bits = total_nll_bits(self.runner, windows, rewrite.kept_ids, plan.kept_ffn_channels, seq_len=self.seq_len)
+        bits = total_nll_bits(self.runner, windows, rewrite.kept_ids, plan.kept_ffn_channels, seq_len=self.seq_len,
+                              ffn_maps=maps)
         return bits / self.bytes
 
 
@@ -132,11 +145,17 @@ def _candidate(source: Source, scores: Scores, budget: Budget, model: ParamModel
 
 def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str = "scores",
               log: Any = None) -> PrunePlan:
-    """The plan for `budget`, from scores made for this very model."""
-    log = log or sys.stderr
+    """The plan for `budget`, from scores made for this very model; with `budget.refit`, refitted."""
     dims = source.spec.dims
     scores.check_model(source.checkpoint.fingerprint(), dims.vocab, dims.layers, dims.ffn, scores_path)
     budget.check(dims.vocab, dims.ffn)
+    if budget.refit:
+        require_gram(scores, scores_path)
+    plan = _choose(source, scores, budget, scores_path, log or sys.stderr)
+    return fit_refit(source, scores, plan, budget.ridge, scores_path) if budget.refit else plan
+
+
+def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, log: Any) -> PrunePlan:
     model = param_model(source)
     fitter = VocabFitter(source, scores, budget.keep_reserved)
     if budget.target_ratio is None:
@@ -155,7 +174,7 @@ def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str =
         only = next(iter(plans.values()))[1]
         return replace(only, metadata={**only.metadata, "auto_split": [
             {"vocab": only.vocab_size, "ffn": only.intermediate_size, "bits_per_byte": None}]})
-    evaluator = SplitEvaluator(source, scores, budget)
+    evaluator = SplitEvaluator(source, scores, budget, scores_path)
     measured: dict[int, tuple[float, Split, PrunePlan]] = {}
 
     def measure(split: Split, plan: PrunePlan) -> None:

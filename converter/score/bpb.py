@@ -68,18 +68,40 @@ class MaskProbe:
         return x * self.masks[layer].to(x.dtype)
 
 
+class RefitProbe:
+    """Replaces the input of down_proj by the refit's full-width map of the kept channels.
+
+    Through the dense down_proj that equals the refitted down_proj on the kept channels alone
+    (see converter.score.refit), so a refitted candidate is simulated without building it.
+    """
+
+    def __init__(self, kept: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> None:
+        self.kept = kept
+        self.maps = maps
+
+    def begin_batch(self, index: int) -> None:
+        pass
+
+    def down_input(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x[..., self.kept[layer]] @ self.maps[layer].to(x.dtype)
+
+
 def total_nll_bits(runner: ModelRunner, windows: list[np.ndarray], rows: Sequence[int] | None = None,
                    kept_channels: Sequence[Sequence[int]] | None = None, batch_tokens: int = 4096,
-                   seq_len: int = 1024) -> float:
+                   seq_len: int = 1024, ffn_maps: Sequence[np.ndarray] | None = None) -> float:
     """Summed NLL in bits of every window's tokens after the first; windows hold ids of the output rows.
 
     With `rows`, window ids index the kept rows (new ids) and inputs are rows[id] in the original
-    model; `kept_channels` keeps only those FFN channels per layer.
+    model; `kept_channels` keeps only those FFN channels per layer, refitted when `ffn_maps` gives
+    each layer's refit map (converter.score.refit.refit_map).
     """
     row_ids = torch.as_tensor(np.asarray(rows, dtype=np.int64)) if rows is not None else None
     out = runner.output_rows(None if rows is None else list(rows))
-    probe = None
-    if kept_channels is not None:
+    probe: MaskProbe | RefitProbe | None = None
+    if kept_channels is not None and ffn_maps is not None:
+        probe = RefitProbe([torch.as_tensor(list(k), dtype=torch.long, device=runner.device) for k in kept_channels],
+                           [torch.as_tensor(m, dtype=torch.float32, device=runner.device) for m in ffn_maps])
+    elif kept_channels is not None:
         masks = torch.zeros(len(kept_channels), runner.source.spec.dims.ffn, device=runner.device)
         for layer, keep in enumerate(kept_channels):
             masks[layer, torch.as_tensor(list(keep), dtype=torch.long)] = 1.0

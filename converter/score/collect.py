@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from converter.errors import ConvertError
 from converter.pipeline import Source
 from converter.score.buckets import BINS_PER_OCTAVE, BucketLayout
 from converter.score.corpus import Corpus, Document
@@ -29,6 +30,7 @@ from converter.score.scores import Scores, pick_heldout
 from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, rank_tokens, token_prior
 
 HASH_MASK = (1 << 63) - 1
+GRAM_LIMIT_BYTES = 16 << 30
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class ScoreOptions:
     layerwise: bool | None = None
     counts_only: bool = False
     progress: bool = False
+    gram: bool = False
 
 
 def text_hash(text: str) -> int:
@@ -165,8 +168,10 @@ class Act2Probe:
     """
 
     def __init__(self, layers: int, buckets: int, ffn: int, bucket_batches: list[torch.Tensor],
-                 device: torch.device, matmul: bool | None = None) -> None:
+                 device: torch.device, matmul: bool | None = None, gram: bool = False) -> None:
         self.sums = torch.zeros(layers, buckets + 1, ffn, dtype=torch.float64, device=device)
+        # With `gram`, also sum a a^T over real positions: what the down_proj refit solves with.
+        self.gram = torch.zeros(layers, ffn, ffn, dtype=torch.float64, device=device) if gram else None
         self.bucket_batches = bucket_batches
         self.matmul = device.type == "cuda" if matmul is None else matmul
         self.ids: torch.Tensor | None = None
@@ -187,6 +192,9 @@ class Act2Probe:
             part = torch.zeros(self.sums.shape[1:], dtype=torch.float32, device=flat.device)
             part.index_add_(0, self.ids, flat * flat)
         self.sums[layer] += part.to(torch.float64)
+        if self.gram is not None:
+            real = flat[self.ids != self.sums.shape[1] - 1]
+            self.gram[layer] += (real.T @ real).to(torch.float64)
         return None
 
 
@@ -240,6 +248,9 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
         layout = BucketLayout.from_ranking(rank_tokens(state.counts, token_prior(source.folder, dims.vocab)),
                                            options.bins_per_octave)
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
+    gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
+    if options.gram:
+        check_gram_size(dims.layers, dims.ffn)
     scored = 0
     if state.windows:
         device = pick_device(options.device)
@@ -249,16 +260,28 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
         bucket_of = torch.from_numpy(layout.token_bucket.astype(np.int64))
         bucket_batches = [torch.where(mask, bucket_of[ids], layout.buckets).reshape(-1).to(device)
                           for ids, mask in batches]
-        probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device)
+        probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=options.gram)
         with tqdm(total=len(batches), desc="score", unit="batch", disable=not show) as bar:
             runner.run([ids for ids, _ in batches], probe, progress=bar.update)
         sums = probe.sums[:, :layout.buckets].cpu().numpy()
+        if probe.gram is not None:
+            gram = probe.gram.cpu().numpy()
         scored = sum(int(mask.sum()) for _, mask in batches)
     sums = _all_sum(sums)
+    gram = None if gram is None else _all_sum(gram)
     totals = _all_sum(np.asarray([scored, len(state.windows)], dtype=np.int64))
     return Scores(
         fingerprint=source.checkpoint.fingerprint(), architecture=source.spec.architecture, counts=state.counts,
         importance=sums, act2=sums.sum(axis=1), magnitude=weight_magnitude(source), layout=layout,
         corpus=(corpus.describe(),), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
         sequences=int(totals[1]), documents=state.documents, seq_len=options.seq_len, heldout=tuple(state.heldout),
-        heldout_cap=options.heldout_tokens)
+        heldout_cap=options.heldout_tokens, gram=gram)
+
+
+def check_gram_size(layers: int, ffn: int) -> None:
+    """Refuse --refit statistics that would not fit: the Gram sums are layers x ffn^2 doubles."""
+    size = layers * ffn * ffn * 8
+    if size > GRAM_LIMIT_BYTES:
+        raise ConvertError(f"--refit needs {size / 2**30:.1f} GiB of activation Gram matrices ({layers} layers x "
+                           f"{ffn}^2 doubles), more than the {GRAM_LIMIT_BYTES >> 30} GiB it allows; prune without "
+                           "--refit")

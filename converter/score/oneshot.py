@@ -30,7 +30,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
                   ffn_multiple=getattr(args, "ffn_multiple", 32), focus=getattr(args, "focus", 0.0),
                   seed=getattr(args, "seed", 0), splits=getattr(args, "splits", 6),
                   keep_reserved=getattr(args, "keep_reserved", False), device=args.device,
-                  layerwise=getattr(args, "layer_by_layer", None))
+                  layerwise=getattr(args, "layer_by_layer", None), refit=getattr(args, "refit", False))
 
 
 def scores_from_args(args: argparse.Namespace, source: Source) -> tuple[Scores, str]:
@@ -43,7 +43,7 @@ def scores_from_args(args: argparse.Namespace, source: Source) -> tuple[Scores, 
         warn_default_corpus()
     options = ScoreOptions(calib_tokens=getattr(args, "calib_tokens", ScoreOptions.calib_tokens),
                            device=args.device, layerwise=getattr(args, "layer_by_layer", None),
-                           progress=getattr(args, "progress", True))
+                           progress=getattr(args, "progress", True), gram=getattr(args, "refit", False))
     return score(source, corpus, options), "scores computed now"
 
 

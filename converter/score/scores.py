@@ -4,7 +4,9 @@
 frequency-rank bucket [layers, buckets, ffn], plain act² [layers, ffn] (the Minitron-style
 baseline), weight magnitude [layers, ffn], the bucket layout, and a little held-out calibration
 text for choosing a split; metadata names the model (Checkpoint.fingerprint()), the corpus and
-the tokens seen. Every statistic is a sum, so files scored on disjoint corpus shards merge by
+the tokens seen. Scored with `--refit` it also holds each layer's Gram matrix of down_proj
+inputs [layers, ffn, ffn] (float32), what the least-squares refit solves with (see
+converter.score.refit). Every statistic is a sum, so files scored on disjoint corpus shards merge by
 adding, provided they were made for the same model with the same bucket layout; held-out text
 is the union, cut to the same budget in hash order, as one run over all shards would pick it.
 """
@@ -46,6 +48,7 @@ class Scores:
     seq_len: int
     heldout: tuple[tuple[int, str, int], ...]
     heldout_cap: int
+    gram: np.ndarray | None = None
 
     @property
     def layers(self) -> int:
@@ -85,6 +88,8 @@ class Scores:
             "heldout_hashes": np.asarray([h for h, _, _ in self.heldout], dtype=np.int64).reshape(-1),
             "heldout_tokens": np.asarray([n for _, _, n in self.heldout], dtype=np.int64).reshape(-1),
         }
+        if self.gram is not None:
+            tensors["gram"] = self.gram.astype(np.float32)
         metadata = {
             "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
             "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
@@ -124,6 +129,7 @@ class Scores:
                 if missing:
                     raise ConvertError(f"scores file lacks tensor '{missing[0]}'", path)
                 t = {n: f.get_tensor(n) for n in TENSORS}
+                gram = f.get_tensor("gram") if "gram" in present else None
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
                 raise
@@ -137,7 +143,7 @@ class Scores:
             scores = cls(meta["fingerprint"], meta.get("architecture", ""), t["counts"], t["importance"], t["act2"],
                          t["magnitude"], layout, tuple(json.loads(meta["corpus"])), int(meta["tokens_counted"]),
                          int(meta["tokens_scored"]), int(meta["sequences"]), int(meta["documents"]),
-                         int(meta["seq_len"]), heldout, int(meta["heldout_cap"]))
+                         int(meta["seq_len"]), heldout, int(meta["heldout_cap"]), gram)
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -147,7 +153,8 @@ class Scores:
         layers, buckets, ffn = self.importance.shape if self.importance.ndim == 3 else (0, 0, 0)
         ok = (self.importance.ndim == 3 and self.act2.shape == (layers, ffn) and self.magnitude.shape == (layers, ffn)
               and self.counts.ndim == 1 and self.layout.token_bucket.shape == self.counts.shape
-              and buckets == self.layout.buckets and self.layout.edges[-1] == self.vocab)
+              and buckets == self.layout.buckets and self.layout.edges[-1] == self.vocab
+              and (self.gram is None or self.gram.shape == (layers, ffn, ffn)))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
 
@@ -193,8 +200,13 @@ def merge(paths: Sequence[Path]) -> Scores:
             raise ConvertError(f"has a different bucket layout ({other.layout.layout_id}) from {paths[0]} "
                                f"({first.layout.layout_id}); score every shard with --layout-from one file so "
                                "they merge", path)
+        if (other.gram is None) != (first.gram is None):
+            raise ConvertError(f"was scored {'without' if other.gram is None else 'with'} --refit and {paths[0]} "
+                               f"{'with' if other.gram is None else 'without'}; score every shard the same way so "
+                               "they merge", path)
         heldout += other.heldout
-        out = replace(out, counts=out.counts + other.counts, importance=out.importance + other.importance,
+        gram = None if out.gram is None or other.gram is None else out.gram + other.gram
+        out = replace(out, gram=gram, counts=out.counts + other.counts, importance=out.importance + other.importance,
                       act2=out.act2 + other.act2, corpus=out.corpus + other.corpus,
                       tokens_counted=out.tokens_counted + other.tokens_counted,
                       tokens_scored=out.tokens_scored + other.tokens_scored,
