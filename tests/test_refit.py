@@ -5,7 +5,8 @@ weights), its ridge pulls toward the plain slice, and keeping every channel give
 plan and its refit file, the export's down_proj is the refit rounded to the source dtype (bf16
 bit for bit as torch rounds it) while every other tensor is the plain cut, stock transformers
 loads it, its bits per byte equal auto-split's simulation of the same plan, and `verify
---reference` rebuilds it; (c) on the calibration sample the refit reproduces the dense down_proj
+--reference` rebuilds it; the one-shot CLI refits into GGUF and ONNX outputs that verify against
+llama.cpp and onnxruntime; (c) on the calibration sample the refit reproduces the dense down_proj
 output better than slicing; (d) scores without Gram matrices, --refit with --plan but no
 --scores, and a missing, changed or escaping refit file fail in one line with nothing written.
 """
@@ -124,13 +125,18 @@ def test_auto_split_with_refit_chooses_on_refitted_candidates(tmp_path: Path, sc
     assert config["intermediate_size"] == plan.intermediate_size
 
 
-def test_one_shot_refit(tmp_path: Path, scored: tuple[Path, Scores, Path], corpus: Path) -> None:
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_one_shot_refit_to_gguf_and_onnx_verifies(tmp_path: Path, scored: tuple[Path, Scores, Path], corpus: Path,
+                                                  fmt: str, capsys: pytest.CaptureFixture) -> None:
     folder, _, _ = scored
     out = tmp_path / "out"
-    assert main([str(folder), str(out), "--calib", str(corpus), "--intermediate-size", str(KEEP), "--refit",
-                 "--device", "cpu", "--calib-tokens", "2048", "--no-progress"]) == 0
+    assert main([str(folder), str(out), "--format", fmt, "--outtype", "f32" if fmt == "gguf" else "fp32",
+                 "--calib", str(corpus), "--intermediate-size", str(KEEP), "--refit", "--device", "cpu",
+                 "--calib-tokens", "2048", "--no-progress"]) == 0
     plan = PrunePlan.load(out / "prune_plan.json")
     assert plan.refit is not None and plan.intermediate_size == KEEP
+    capsys.readouterr()
+    assert main(["verify", str(out), "--reference", str(folder)]) == 0, capsys.readouterr().out
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *needles: str) -> None:
