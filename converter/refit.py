@@ -3,8 +3,10 @@
 Cutting FFN channels removes their share of every down_proj output. A least-squares refit of
 the kept columns (converter.score.refit) recovers much of it without training, but its result
 is weights, not indices, so it cannot live in the editable JSON: the plan names a file beside
-itself (`<plan>.refit.safetensors`, float32 [hidden, kept] per layer) with its sha256, and the
-surgery takes down_proj from it instead of slicing the source. The file is read through
+itself (`<plan>.refit`, a safetensors file of float32 [hidden, kept] per layer) with its sha256,
+and the surgery takes down_proj from it instead of slicing the source. The name deliberately does
+not end in `.safetensors`: loaders that glob `*.safetensors` in a model folder (vLLM without an
+index, for one) would take it for a weight shard. The file is read through
 safetensors only (no pickle), must sit in the plan's own folder, and must match the hash the
 plan records, so an edited or swapped file is refused rather than silently exported.
 """
@@ -20,7 +22,7 @@ import numpy as np
 
 from converter.errors import ConvertError
 
-SUFFIX = ".refit.safetensors"
+SUFFIX = ".refit"
 # The output dtypes a refitted float32 weight can be rounded to.
 ROUNDABLE = ("F32", "F16", "BF16")
 
@@ -113,5 +115,6 @@ def file_sha256(path: Path) -> str:
 
 
 def refit_path(plan_path: Path) -> Path:
-    """Where a plan saved at `plan_path` keeps its refit: prune_plan.json -> prune_plan.refit.safetensors."""
-    return plan_path.with_name(plan_path.stem + SUFFIX)
+    """Where a plan saved at `plan_path` keeps its refit: prune_plan.json -> prune_plan.refit."""
+    side = plan_path.with_name(plan_path.stem + SUFFIX)
+    return side if side != plan_path else plan_path.with_name(plan_path.name + SUFFIX)

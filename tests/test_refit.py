@@ -79,12 +79,12 @@ def test_refit_export_loads_matches_the_simulation_and_verifies(tmp_path: Path, 
     plan_path = tmp_path / "plan.json"
     assert main(["plan", str(folder), "--scores", str(scores_path), "--vocab-size", "1200", "--intermediate-size",
                  str(KEEP), "--refit", "-o", str(plan_path)]) == 0
-    assert "plan.refit.safetensors" in capsys.readouterr().out
+    assert "plan.refit" in capsys.readouterr().out
     plan = PrunePlan.load(plan_path)
     assert plan.refit is not None and plan.metadata["ffn_refit"]["method"] == "least_squares"
     out = tmp_path / "out"
     assert main([str(folder), str(out), "--plan", str(plan_path), "--no-progress"]) == 0
-    assert (out / "prune_plan.refit.safetensors").is_file()
+    assert (out / "prune_plan.refit").is_file() and not any("refit" in f.name for f in out.glob("*.safetensors"))
     source = open_source(folder)
     dtype = source.checkpoint.info("model.layers.0.mlp.down_proj.weight").dtype
     with safe_open(str(out / "model.safetensors"), framework="pt") as got, \
@@ -163,12 +163,12 @@ def test_refit_bad_input(tmp_path: Path, scored: tuple[Path, Scores, Path], corp
     assert PrunePlan.load(tmp_path / "o1" / "prune_plan.json").refit is not None
     assert main(["plan", str(folder), "--scores", str(scores_path), "--intermediate-size", str(KEEP), "--refit",
                  "-o", str(plan_path), "--force"]) == 0
-    side = tmp_path / "plan.refit.safetensors"
+    side = tmp_path / "plan.refit"
     data = side.read_bytes()
     capsys.readouterr()
     cases = [
-        ("changed", lambda: side.write_bytes(data[:-4] + b"\0\0\0\0"), "plan.refit.safetensors: does not match"),
-        ("missing", side.unlink, "plan.refit.safetensors: is missing"),
+        ("changed", lambda: side.write_bytes(data[:-4] + b"\0\0\0\0"), "plan.refit: does not match"),
+        ("missing", side.unlink, "plan.refit: is missing"),
     ]
     for label, damage, needle in cases:
         side.write_bytes(data)
@@ -179,7 +179,7 @@ def test_refit_bad_input(tmp_path: Path, scored: tuple[Path, Scores, Path], corp
         assert not out.exists()
     side.write_bytes(data)
     raw = json.loads(plan_path.read_text())
-    raw["ffn_refit"]["file"] = "../plan.refit.safetensors"
+    raw["ffn_refit"]["file"] = "../plan.refit"
     plan_path.write_text(json.dumps(raw))
     assert main([str(folder), str(tmp_path / "out-escape"), "--plan", str(plan_path)]) == 2
     _one_line_error(capsys, "must be a file name in the plan's own folder")
