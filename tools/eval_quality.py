@@ -17,6 +17,8 @@ auto-split, 6 candidate splits). Besides the budget-matched rows it measures the
 the chosen split alone (its vocabulary with the full FFN, its FFN with the full vocabulary; these
 remove less than the budget), and for each row the share of the evaluation text's bytes that the
 full tokenizer covers with tokens the plan drops (a lower bound on the bytes tokenized differently).
+With --refit it also scores the down_proj Gram matrices and measures the least-squares refit:
+auto-split with refitted candidates, compact's own split refitted, and FFN-only refitted.
 Scores can be cached (--scores-dir) so planning experiments do not score again. It ends with a
 markdown table.
 
@@ -35,6 +37,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from converter.score.budget import budget_for, param_model
 from converter.score.collect import ScoreOptions, pad_batches, score
 from converter.score.corpus import open_corpus
 from converter.score.planner import VocabFitter, build_plan
+from converter.score.refit import fit_refit
 from converter.score.scores import Scores
 from converter.score.tokens import load_tokenizer
 from exporters.options import ExportOptions
@@ -169,7 +173,8 @@ def cached_scores(source: Any, corpus: Any, options: ScoreOptions, label: str, c
     if cache is not None:
         key = hashlib.blake2b(digest_size=8)
         key.update(source.checkpoint.fingerprint().encode())
-        key.update(repr((label, options.calib_tokens, options.seq_len, options.heldout_tokens)).encode())
+        key.update(repr((label, options.calib_tokens, options.seq_len, options.heldout_tokens)
+                        + (("gram",) if options.gram else ())).encode())
         if label == "in-domain":
             key.update(calib_file.read_bytes())
         path = cache / f"scores-{label}-{key.hexdigest()}.safetensors"
@@ -217,10 +222,22 @@ def run_budget(source: Any, scores: Any, ratio: float, texts: list[str], args: a
         rows.append(("  its vocab cut alone", build_plan(source, scores, vocab, model.ffn, "compact", model)))
         rows.append(("  its ffn cut alone", build_plan(source, scores, fitter.fit(model.vocab),
                                                        chosen.intermediate_size, "compact", model)))
+    if args.refit:
+        t = time.time()
+        refitted = make_plan(source, scores, replace(budget, refit=True), label)
+        print(f"auto-split with refit in {time.time() - t:.0f}s: {refitted.metadata.get('auto_split')}", flush=True)
+        rows.append(("compact+refit (auto-split)", refitted))
+        rows.append(("  compact's split, refitted", fit_refit(source, scores, chosen)))
+        if ffn_only >= 32:
+            rows.append(("ffn-only+refit", fit_refit(source, scores, build_plan(
+                source, scores, fitter.fit(model.vocab), ffn_only, "compact", model))))
+        if refitted.vocab_size < model.vocab and refitted.intermediate_size < model.ffn:
+            rows.append(("  its ffn cut alone, refitted", fit_refit(source, scores, build_plan(
+                source, scores, fitter.fit(model.vocab), refitted.intermediate_size, "compact", model))))
     measured: dict[tuple[Any, ...], tuple[float, int]] = {}
     for name, plan in rows:
         t = time.time()
-        key = (plan.kept_token_ids, plan.kept_ffn_channels)
+        key = (plan.kept_token_ids, plan.kept_ffn_channels, plan.refit is not None)
         if key not in measured:
             measured[key] = exported_bpb(source, plan, texts, args.seq_len, work)
         bpb, params = measured[key]
@@ -231,7 +248,7 @@ def run_budget(source: Any, scores: Any, ratio: float, texts: list[str], args: a
                  "coverage": plan.metadata.get("calibration_coverage"),
                  "eval_dropped_bytes": eval_tokens.dropped_byte_share(plan.kept_token_ids, model.vocab),
                  "seconds": round(time.time() - t, 1)}
-        if name.startswith("compact (auto"):
+        if "auto-split" in name:
             entry["auto_split"] = plan.metadata.get("auto_split")
         log.append(entry)
         print(f"{label:10} {ratio:4.2f} {name:26} vocab {plan.vocab_size:6} ffn {plan.intermediate_size:5} "
@@ -290,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", default=["act2", "magnitude", "random"])
     p.add_argument("--always-act2", action="store_true",
                    help="measure act2 even where it must equal compact (every calibration token kept)")
+    p.add_argument("--refit", action="store_true",
+                   help="also measure the least-squares down_proj refit: auto-split with refit, compact's split "
+                        "refitted, FFN-only refitted")
     p.add_argument("--json", type=Path, help="write every row here as JSON")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -311,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in args.calibrations:
             corpus = open_corpus([calib_file] if label == "in-domain" else None)
             options = ScoreOptions(calib_tokens=args.calib_tokens, seq_len=args.seq_len,
-                                   heldout_tokens=args.heldout_tokens, device="cpu")
+                                   heldout_tokens=args.heldout_tokens, device="cpu", gram=args.refit)
             scores = cached_scores(source, corpus, options, label, args.scores_dir, calib_file)
             print(f"{label}: {scores.describe()}; {int((scores.counts > 0).sum())} distinct tokens counted",
                   flush=True)
