@@ -75,28 +75,17 @@ def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.
     return flat.view(getattr(torch, TORCH_DTYPE_NAMES[dtype])).reshape(shape)
 
 
-def _check_refit_dtypes(ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
-    from converter.refit import ROUNDABLE
-
-    for info in ckpt:
-        slot = spec.slot(info.name)
-        if slot is not None and slot.role == "ffn_down" and info.dtype not in ROUNDABLE:
-            raise ConvertError(f"{info.name} is {info.dtype}; a down_proj refit can only be written as "
-                               f"{', '.join(ROUNDABLE)}", plan.origin or "prune_plan.json")
-
-
 class PrunedCheckpoint:
     """A Checkpoint, its ArchSpec and a validated PrunePlan, streamed as pruned tensors."""
 
     def __init__(self, ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
         check_against(spec, ckpt)
         plan.validate(spec, ckpt.fingerprint() if plan.source_fingerprint else None)
-        if plan.refit is not None:
-            _check_refit_dtypes(ckpt, spec, plan)
         self.source = ckpt
         self.spec = spec
         self.plan = plan
         self._planned = self._plan_tensors()
+        self._check_refit_dtypes()
 
     @property
     def dims(self) -> ModelDims:
@@ -131,6 +120,14 @@ class PrunedCheckpoint:
             out.append(PlannedTensor(info.name, info.dtype, tuple(shape), info, slot.role if slot else None, axis,
                                      keep, slot.layer if slot else None, refit))
         return out
+
+    def _check_refit_dtypes(self) -> None:
+        from converter.refit import ROUNDABLE
+
+        for planned in self._planned:
+            if planned.refit and planned.dtype not in ROUNDABLE:
+                raise ConvertError(f"{planned.name} is {planned.dtype}; a down_proj refit can only be written as "
+                                   f"{', '.join(ROUNDABLE)}", self.plan.origin or "prune_plan.json")
 
     def planned(self) -> list[PlannedTensor]:
         """Every output tensor, in source-file order, with its final shape."""

@@ -13,7 +13,6 @@ plan records, so an edited or swapped file is refused rather than silently expor
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,17 +46,11 @@ class FfnRefit:
 
     def save(self, path: Path) -> str:
         """Write the weights to `path`; returns the file's sha256 for the plan to record."""
-        from safetensors.numpy import save_file
+        from converter.io.writer import save_whole_file
 
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file({f"layer.{i}": np.ascontiguousarray(w) for i, w in enumerate(self.weights)}, str(tmp),
-                      metadata={"ridge": repr(self.ridge)})
-            digest = file_sha256(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return digest
+        save_whole_file(path, {f"layer.{i}": np.ascontiguousarray(w) for i, w in enumerate(self.weights)},
+                        {"ridge": repr(self.ridge)})
+        return file_sha256(path)
 
     @classmethod
     def load(cls, plan_path: Path, entry: Any) -> FfnRefit:

@@ -184,3 +184,12 @@ def test_refit_bad_input(tmp_path: Path, scored: tuple[Path, Scores, Path], corp
     assert main([str(folder), str(tmp_path / "out-escape"), "--plan", str(plan_path)]) == 2
     _one_line_error(capsys, "must be a file name in the plan's own folder")
     assert not (tmp_path / "out-escape").exists()
+
+
+def test_gram_statistics_too_large_are_refused_before_any_work() -> None:
+    from converter.errors import ConvertError
+    from converter.score.collect import check_gram_size
+
+    check_gram_size(30, 1536)
+    with pytest.raises(ConvertError, match=r"--refit needs 250\.0 GiB .*prune without --refit"):
+        check_gram_size(80, 20480)

@@ -127,3 +127,21 @@ class ShardWriter:
             self.finalize()
         elif self._file is not None and not self._file.closed:
             self._file.close()
+
+
+def save_whole_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
+    """Write a safetensors file that fits in memory (scores, a plan's refit) atomically.
+
+    It goes to a hidden temporary name beside `path` and is renamed over it only when complete,
+    so a crash leaves no half-written file under the real name. OSError propagates to the caller,
+    which knows what the file is.
+    """
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

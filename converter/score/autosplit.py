@@ -26,7 +26,7 @@ from converter.score.bpb import eval_windows, start_id, text_bytes, total_nll_bi
 from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, check_ratio, param_model
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.planner import METHODS, VocabChoice, VocabFitter, build_plan
-from converter.score.refit import fit_refit, refit_map, require_gram
+from converter.score.refit import DEFAULT_RIDGE, fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
 from converter.score.tokens import load_tokenizer
 
@@ -49,7 +49,7 @@ class Budget:
     layerwise: bool | None = None
     eval_seq_len: int = 1024
     refit: bool = False
-    ridge: float = 1e-3
+    ridge: float = DEFAULT_RIDGE
 
     def check(self, vocab: int, ffn: int) -> None:
         if self.method not in METHODS:

@@ -175,10 +175,12 @@ class Act2Probe:
         self.bucket_batches = bucket_batches
         self.matmul = device.type == "cuda" if matmul is None else matmul
         self.ids: torch.Tensor | None = None
+        self.real: torch.Tensor | None = None  # positions that are not padding, for the Gram
         self.onehot: torch.Tensor | None = None
 
     def begin_batch(self, index: int) -> None:
         self.ids = self.bucket_batches[index]
+        self.real = self.ids != self.sums.shape[1] - 1 if self.gram is not None else None
         if self.matmul:
             self.onehot = torch.zeros(self.sums.shape[1], self.ids.numel(), dtype=torch.float32,
                                       device=self.ids.device)
@@ -193,7 +195,7 @@ class Act2Probe:
             part.index_add_(0, self.ids, flat * flat)
         self.sums[layer] += part.to(torch.float64)
         if self.gram is not None:
-            real = flat[self.ids != self.sums.shape[1] - 1]
+            real = flat[self.real]
             self.gram[layer] += (real.T @ real).to(torch.float64)
         return None
 
@@ -240,6 +242,8 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
 
     rank, _ = dist_info()
     dims = source.spec.dims
+    if options.gram:
+        check_gram_size(dims.layers, dims.ffn)
     tokenizer = load_tokenizer(source.folder)
     show = options.progress and rank == 0
     with tqdm(desc="count", unit="doc", disable=not show) as bar:
@@ -249,8 +253,6 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
                                            options.bins_per_octave)
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
-    if options.gram:
-        check_gram_size(dims.layers, dims.ffn)
     scored = 0
     if state.windows:
         device = pick_device(options.device)

@@ -13,7 +13,6 @@ is the union, cut to the same budget in hash order, as one run over all shards w
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.errors import ConvertError
+from converter.io.writer import save_whole_file
 from converter.score.buckets import BucketLayout
 
 FORMAT = "compact-convert-scores"
@@ -72,8 +72,6 @@ class Scores:
 
     def save(self, path: Path) -> Path:
         """Write atomically: a crash leaves no half-written scores file at `path`."""
-        from safetensors.numpy import save_file
-
         text = [t.encode("utf-8") for _, t, _ in self.heldout]
         offsets = np.cumsum([0, *[len(t) for t in text]]).astype(np.int64)
         tensors = {
@@ -98,15 +96,10 @@ class Scores:
             "layout_id": self.layout.layout_id, "buckets": str(self.layout.buckets),
         }
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
+            return save_whole_file(path, tensors, metadata)
         except OSError as exc:
             raise ConvertError(f"cannot write the scores file ({exc.strerror or exc})", path) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
 
     @classmethod
     def load(cls, path: Path) -> Scores:
