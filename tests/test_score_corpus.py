@@ -16,7 +16,7 @@ import pytest
 from converter.errors import ConvertError
 from converter.score.buckets import BucketLayout, bucket_weights, log_edges
 from converter.score.corpus import DEFAULT_NAME, open_corpus
-from converter.score.tokens import rank_tokens, token_prior
+from converter.score.tokens import plausible_tokens, rank_tokens, token_pieces, token_prior, token_ranking
 
 
 def docs(paths: list[Path], field: str = "text") -> list[str]:
@@ -93,6 +93,22 @@ def test_prior_breaks_count_ties_by_merge_rank(tmp_path: Path) -> None:
     assert rank_tokens(counts, prior).tolist() == [0, 1, 2, 5, 3, 4, 6]
     counts = np.array([0, 0, 0, 0, 9, 0, 9])
     assert rank_tokens(counts, prior).tolist() == [4, 6, 0, 1, 2, 5, 3]
+
+
+def test_unseen_tokens_of_unseen_characters_rank_after_plausible_ones(tmp_path: Path) -> None:
+    """A never-counted token whose characters the corpus never produced ranks below every
+    plausible never-counted one, whatever its prior; counted tokens keep their count order."""
+    pieces = [["<unk>", 0.0], ["▁a", -1.0], ["б", -1.5], ["▁бб", -2.0], ["b", -2.5], ["▁ab", -3.0], ["▁c", -4.0]]
+    data = {"model": {"type": "Unigram", "vocab": pieces},
+            "added_tokens": [{"id": 7, "content": "<extra>", "special": True}]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    assert token_pieces(tmp_path, 9) == ["<unk>", "▁a", "б", "▁бб", "b", "▁ab", "▁c", "<extra>", ""]
+    counts = np.array([0, 5, 0, 0, 2, 0, 0, 0, 0])
+    plausible = plausible_tokens(token_pieces(tmp_path, 9), counts)
+    assert plausible.tolist() == [False, True, False, False, True, True, False, False, False]
+    prior = token_prior(tmp_path, 9)
+    assert rank_tokens(counts, prior).tolist() == [1, 4, 0, 2, 3, 5, 6, 7, 8]
+    assert token_ranking(tmp_path, counts).tolist() == [1, 4, 5, 0, 2, 3, 6, 7, 8]
 
 
 def test_unigram_prior_follows_piece_scores(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from converter.score.buckets import BINS_PER_OCTAVE, BucketLayout
 from converter.score.corpus import Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.scores import Scores, pick_heldout
-from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, rank_tokens, token_prior
+from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, token_ranking
 
 HASH_MASK = (1 << 63) - 1
 GRAM_LIMIT_BYTES = 16 << 30
@@ -249,8 +249,7 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
     with tqdm(desc="count", unit="doc", disable=not show) as bar:
         state = _reduce(count_pass(source, corpus, tokenizer, options, bar.update), options)
     if layout is None:
-        layout = BucketLayout.from_ranking(rank_tokens(state.counts, token_prior(source.folder, dims.vocab)),
-                                           options.bins_per_octave)
+        layout = BucketLayout.from_ranking(token_ranking(source.folder, state.counts), options.bins_per_octave)
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
     scored = 0

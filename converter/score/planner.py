@@ -24,7 +24,7 @@ from converter.plan import PrunePlan
 from converter.score.buckets import bucket_weights
 from converter.score.budget import ParamModel
 from converter.score.scores import Scores
-from converter.score.tokens import rank_tokens, token_prior
+from converter.score.tokens import token_ranking
 
 METHODS = ("compact", "act2", "magnitude", "random")
 FIT_STEPS = 12
@@ -50,7 +50,7 @@ class VocabFitter:
     def __init__(self, source: Source, scores: Scores, keep_reserved: bool = False) -> None:
         self.source = source
         self.vocab = source.spec.dims.vocab
-        self.order = rank_tokens(scores.counts, token_prior(source.folder, self.vocab))
+        self.order = token_ranking(source.folder, scores.counts)
         self.keep_reserved = keep_reserved
         self._cache: dict[int, Any] = {}
 

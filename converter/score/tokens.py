@@ -5,8 +5,15 @@ added), in batches through the fast tokenizer. Counting millions of tokens is ch
 use the whole corpus while activations use a sample. A corpus never sees most of a large
 vocabulary, and ranking the tokens it never saw arbitrarily costs coverage on new text (on
 SmolLM2, 82% against 94% of unseen English tokens at 16384 kept), so ties in the counts, zero
-above all, are broken by the tokenizer's prior: the BPE merge rank (which is id order in
-byte-level BPE) or the piece score of a Unigram (SentencePiece-style) model.
+above all, are broken first by plausibility, then by the tokenizer's prior: the BPE merge rank
+(which is id order in byte-level BPE) or the piece score of a Unigram (SentencePiece-style)
+model. A never-seen token is plausible when every character of its piece occurs in the pieces
+the corpus did produce: a multilingual vocabulary's prior interleaves scripts the calibration
+text never uses, and filling the kept vocabulary with those wastes it. Measured on Gemma-3-270M
+(262k tokens, English licence calibration, held-out text of the same kind, vocabulary-only
+cuts): at 32768 kept tokens +22.1% bits per byte with the prior alone, +8.1% plausible first;
+at 52692, +9.7% and +5.7%; tools/eval_quality at -50% of the parameters: +5.1% before, +2.1%
+after. On SmolLM2 (49k, mostly English) it changes held-out bits per byte by under 0.1%.
 """
 from __future__ import annotations
 
@@ -57,6 +64,17 @@ def _merge_pair(merge: object) -> tuple[str, str] | None:
     return None
 
 
+def _tokenizer_json(folder: Path) -> dict[str, Any]:
+    path = folder / "tokenizer.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
+    if not isinstance(data, dict):
+        raise ConvertError("is not a JSON object", path)
+    return data
+
+
 def token_prior(folder: Path, vocab: int) -> np.ndarray:
     """Rank of every id by the tokenizer's prior (0 = most basic/common), from tokenizer.json.
 
@@ -64,11 +82,11 @@ def token_prior(folder: Path, vocab: int) -> np.ndarray:
     score, highest first; anything else (and added tokens, and embedding rows the tokenizer never
     emits): id order, after the model's own tokens.
     """
-    path = folder / "tokenizer.json"
-    try:
-        model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
+    return _prior(_tokenizer_json(folder), vocab)
+
+
+def _prior(data: dict[str, Any], vocab: int) -> np.ndarray:
+    model = data.get("model", {})
     big = np.iinfo(np.int64).max // 4
     tier = np.full(vocab, 3, dtype=np.int64)
     value = np.arange(vocab, dtype=np.int64)
@@ -95,7 +113,46 @@ def token_prior(folder: Path, vocab: int) -> np.ndarray:
     return prior
 
 
-def rank_tokens(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Token ids from most to least common: counts first, then the tokenizer's prior, then id."""
+def token_pieces(folder: Path, vocab: int) -> list[str]:
+    """The piece string of every id (the model's vocabulary, then added tokens); "" where none."""
+    return _pieces(_tokenizer_json(folder), vocab)
+
+
+def _pieces(data: dict[str, Any], vocab: int) -> list[str]:
+    model = data.get("model", {})
+    pieces = [""] * vocab
+    entries = model.get("vocab") if isinstance(model, dict) else None
+    if isinstance(entries, dict):
+        items = [(v, k) for k, v in entries.items()]
+    elif isinstance(entries, list):
+        items = [(i, e[0]) for i, e in enumerate(entries) if isinstance(e, list) and e]
+    else:
+        items = []
+    added = data.get("added_tokens")
+    items += [(t.get("id"), t.get("content")) for t in added if isinstance(t, dict)] if isinstance(added, list) else []
+    for token_id, piece in items:
+        if isinstance(token_id, int) and 0 <= token_id < vocab and isinstance(piece, str):
+            pieces[token_id] = piece
+    return pieces
+
+
+def plausible_tokens(pieces: Sequence[str], counts: np.ndarray) -> np.ndarray:
+    """Per id: True when its piece is made only of characters that the counted pieces contain."""
+    seen = set().union(*(pieces[i] for i in np.flatnonzero(counts > 0) if i < len(pieces)))
+    return np.fromiter((bool(p) and seen.issuperset(p) for p in pieces), dtype=bool, count=len(pieces))
+
+
+def rank_tokens(counts: np.ndarray, prior: np.ndarray, plausible: np.ndarray | None = None) -> np.ndarray:
+    """Token ids from most to least common: counts, then plausible ones first, then the prior, then id."""
     vocab = counts.shape[0]
-    return np.lexsort((np.arange(vocab), prior, -counts.astype(np.int64)))
+    keys = [np.arange(vocab), prior]
+    if plausible is not None:
+        keys.append(~plausible)
+    return np.lexsort((*keys, -counts.astype(np.int64)))
+
+
+def token_ranking(folder: Path, counts: np.ndarray) -> np.ndarray:
+    """The vocabulary ranking that plans and score buckets use: counts, plausibility, the prior."""
+    vocab = counts.shape[0]
+    data = _tokenizer_json(folder)
+    return rank_tokens(counts, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), counts))
