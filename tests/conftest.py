@@ -1,6 +1,7 @@
 """Shared fixtures: tiny tokenizers and models built once per session, real models cached on disk."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,18 @@ FIXTURES = Path(__file__).parent / ".fixtures"
 SLOW_FILES_FIRST = ("test_interrupts_gguf_onnx.py", "test_onnx_families.py", "test_gguf_real.py",
                     "test_interrupts.py", "test_onnx_precision.py", "test_verify.py", "test_onnx_smollm2.py",
                     "test_tokenizer_real.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the CLI processes the tests start take Ctrl-C as a user's terminal delivers it.
+
+    A shell without job control starts background commands (`.ci/run &`, nohup) with SIGINT
+    ignored, and an ignored signal stays ignored across exec, so every child would then shrug off
+    the interrupt tests' SIGINT and finish. Only SIG_IGN is inherited: installing Python's own
+    handler here gives each child the default disposition again.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
