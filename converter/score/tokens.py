@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from converter.errors import ConvertError
+from converter.io.jsonfile import read_json_object
+from converter.tokenizer.source import MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON
 
 ENCODE_BATCH = 256
 
@@ -65,14 +67,7 @@ def _merge_pair(merge: object) -> tuple[str, str] | None:
 
 
 def _tokenizer_json(folder: Path) -> dict[str, Any]:
-    path = folder / "tokenizer.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConvertError(f"cannot be parsed ({type(exc).__name__}: {exc})", path) from exc
-    if not isinstance(data, dict):
-        raise ConvertError("is not a JSON object", path)
-    return data
+    return read_json_object(folder / TOKENIZER_JSON, MAX_TOKENIZER_JSON_BYTES, "a tokenizer")
 
 
 def token_prior(folder: Path, vocab: int) -> np.ndarray:
