@@ -111,6 +111,18 @@ def test_unseen_tokens_of_unseen_characters_rank_after_plausible_ones(tmp_path: 
     assert token_ranking(tmp_path, counts).tolist() == [1, 4, 5, 0, 2, 3, 6, 7, 8]
 
 
+def test_predicted_counts_rank_never_counted_tokens_before_plausibility_and_prior(tmp_path: Path) -> None:
+    """Counted tokens keep their count order; among the never-counted, the model's predicted counts
+    decide first (even for an implausible piece), then plausibility, then the prior."""
+    pieces = [["<unk>", 0.0], ["▁a", -1.0], ["б", -1.5], ["▁бб", -2.0], ["b", -2.5], ["▁ab", -3.0], ["▁c", -4.0]]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": pieces}}),
+                                             encoding="utf-8")
+    counts = np.array([0, 5, 0, 0, 2, 0, 0])
+    predicted = np.array([0.0, 0.1, 0.0, 0.4, 9.0, 0.0, 0.2])
+    assert token_ranking(tmp_path, counts, predicted).tolist() == [1, 4, 3, 6, 5, 0, 2]
+    assert token_ranking(tmp_path, counts).tolist() == [1, 4, 5, 0, 2, 3, 6]
+
+
 def test_unigram_prior_follows_piece_scores(tmp_path: Path) -> None:
     pieces = [["<unk>", 0.0], ["x", -5.0], ["y", -1.0], ["z", -3.0]]
     (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": pieces}}))

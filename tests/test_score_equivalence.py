@@ -5,7 +5,9 @@
 two corpus shards, merged with `merge-scores`, equal scoring the concatenated corpus; (c) two
 gloo ranks under torchrun give the one-rank result; (d) merging refuses another model's scores,
 another bucket layout, or a mix of files with and without the refit's Gram matrices, writing
-nothing. Every equivalence also covers the Gram matrices `--refit` records.
+nothing. Every equivalence also covers the Gram matrices `--refit` records and the model's
+predicted counts; (e) the predicted counts equal stock transformers' next-token probabilities
+summed over the sampled positions.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ def assert_same_scores(a: Scores, b: Scores) -> None:
     np.testing.assert_allclose(a.importance, b.importance, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(a.act2, b.act2, rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
+    assert a.tokens_predicted == b.tokens_predicted and a.tokens_predicted > 0
+    assert a.predicted is not None and b.predicted is not None and a.predicted.sum() > 0
+    np.testing.assert_allclose(a.predicted, b.predicted, rtol=1e-4, atol=1e-6 * float(a.predicted.max()))
     assert (a.gram is None) == (b.gram is None)
     if a.gram is not None:
         assert a.gram.shape == (a.layers, a.ffn, a.ffn) and np.abs(a.gram).max() > 0
@@ -161,3 +166,50 @@ def test_act2_probe_scatter_equals_one_hot_matmul() -> None:
     for probe in probes:
         torch.testing.assert_close(probe.sums[0], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(probe.gram[0], gram, rtol=1e-5, atol=1e-5)
+
+
+def test_predicted_counts_equal_transformers_probabilities(tmp_path: Path, byte_level_tokenizer_dir: Path,
+                                                            corpus_files: tuple[Path, Path]) -> None:
+    """Every stride-th real position of each window adds softmax(logits) of stock transformers' model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from converter.score.collect import count_pass, pad_batches
+    from converter.score.tokens import load_tokenizer
+
+    folder = tiny_model_dir(tmp_path / "gemma", byte_level_tokenizer_dir, "gemma3_text",
+                            layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
+    source = open_source(folder)
+    options = replace(ALL_WINDOWS, predict_tokens=ALL_WINDOWS.calib_tokens // 5)
+    assert options.predict_stride == 5
+    scores = score(source, open_corpus([corpus_files[0]]), options)
+    state = count_pass(source, open_corpus([corpus_files[0]]), load_tokenizer(folder), options)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
+    expected = torch.zeros(scores.vocab, dtype=torch.float64)
+    positions = 0
+    with torch.inference_mode():
+        for ids, mask in pad_batches([w for _, w in state.windows], 64, 2048):
+            probs = torch.softmax(model(ids, attention_mask=mask.long()).logits.float(), dim=-1)
+            pick = mask & (torch.arange(ids.shape[1]) % 5 == 4)
+            expected += probs[pick].sum(dim=0, dtype=torch.float64)
+            positions += int(pick.sum())
+    assert scores.tokens_predicted == positions > 100
+    np.testing.assert_allclose(scores.predicted, expected.numpy(), rtol=1e-4, atol=1e-7 * positions)
+    assert scores.predicted.sum() == pytest.approx(positions, rel=1e-6)
+
+
+def test_scores_without_predicted_counts_still_load_and_merge(tmp_path: Path, llama_dir: Path,
+                                                               corpus_files: tuple[Path, Path]) -> None:
+    """A file from before predicted counts existed (or scored with --predict-tokens 0) loads with
+    none, ranks by the prior, and adds nothing when merged."""
+    a, b = corpus_files
+    base = ["score", str(llama_dir), "--device", "cpu", "--seq-len", "64", "--calib-tokens", "4096", "--no-progress"]
+    assert main([*base, "--calib", str(a), "--predict-tokens", "0", "-o", str(tmp_path / "a.st")]) == 0
+    assert main([*base, "--calib", str(b), "--layout-from", str(tmp_path / "a.st"), "-o", str(tmp_path / "b.st")]) == 0
+    old, new = Scores.load(tmp_path / "a.st"), Scores.load(tmp_path / "b.st")
+    assert old.predicted is None and old.tokens_predicted == 0
+    assert new.predicted is not None and new.tokens_predicted > 0
+    assert main(["merge-scores", str(tmp_path / "a.st"), str(tmp_path / "b.st"), "-o", str(tmp_path / "ab.st")]) == 0
+    merged = Scores.load(tmp_path / "ab.st")
+    np.testing.assert_array_equal(merged.predicted, new.predicted)
+    assert merged.tokens_predicted == new.tokens_predicted

@@ -3,8 +3,9 @@
 Windows of calibration text (the built-in corpus, or --calib) are batched once; then, interleaved
 for --repeats rounds, the same batches run (rotating the order each round) through (1) stock transformers (`from_pretrained`,
 the base model's forward, no hooks), (2) the scoring engine without a probe, (3) the engine with
-the act² probe that scoring uses, whole model, (4) the same layer by layer, and (5) the probe
-that also sums the Gram matrices `--refit` needs (opt-in, so outside the target). It prints
+the act² probe that scoring uses and the predicted counts (next-token probabilities at every 16th
+position, the product's default share), whole model, (4) the same layer by layer, and (5) the
+probe that also sums the Gram matrices `--refit` needs (opt-in, so outside the target). It prints
 tokens/s of each (best round) and the overhead of scoring over the plain forward; the target for
 default scoring is at most 1.2x. Defaults to the cached SmolLM2-135M build and the CPU.
 
@@ -23,7 +24,7 @@ import torch
 
 from converter.pipeline import open_source
 from converter.score.buckets import BucketLayout
-from converter.score.collect import Act2Probe, pad_batches
+from converter.score.collect import Act2Probe, PredictedCounts, ScoreOptions, pad_batches
 from converter.score.corpus import open_corpus
 from converter.score.engine import ModelRunner, compute_dtype, pick_device
 from converter.score.tokens import encode, load_tokenizer, rank_tokens, token_prior
@@ -92,12 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     def probe(gram: bool = False) -> Act2Probe:
         return Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=gram)
 
+    stride = ScoreOptions().predict_stride
+    masks = [m for _, m in batches]
+
+    def scoring(runner: ModelRunner, gram: bool = False) -> Callable[[], None]:
+        return lambda: runner.run(ids, probe(gram), on_output=PredictedCounts(runner, masks, stride))
+
     runs: dict[str, Callable[[], None]] = {
         "stock transformers forward": run_stock,
         "engine forward (no probe)": lambda: whole.run(ids),
-        "scoring, whole model": lambda: whole.run(ids, probe()),
-        "scoring, layer by layer": lambda: layered.run(ids, probe()),
-        "scoring with --refit (Gram)": lambda: whole.run(ids, probe(gram=True)),
+        "scoring, whole model": scoring(whole),
+        "scoring, layer by layer": scoring(layered),
+        "scoring with --refit (Gram)": scoring(whole, gram=True),
     }
     best = {name: float("inf") for name in runs}
     names = list(runs)

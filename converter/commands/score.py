@@ -28,6 +28,9 @@ def add_corpus_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
     group.add_argument("--calib-tokens", type=int, default=ScoreOptions.calib_tokens,
                        help="tokens of the activation sample (default 65536 = 128 x 512); counts use all the text")
+    group.add_argument("--predict-tokens", type=int, default=ScoreOptions.predict_tokens,
+                       help="positions of that sample whose next-token probabilities rank the tokens your text never "
+                       "shows (default 4096; 0: rank them by the tokenizer's prior alone)")
     group.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="where to score")
     group.add_argument("--layer-by-layer", action=argparse.BooleanOptionalAction, default=None,
                        help="load one decoder layer at a time (default: only when the model does not fit)")
@@ -73,16 +76,18 @@ def _init_distributed(device: str) -> bool:
     return True
 
 
-def _positive(value: int, flag: str) -> None:
-    if value < 1:
-        raise ConvertError(f"{flag} must be a positive number, got {value}")
+def _at_least(value: int, minimum: int, flag: str) -> None:
+    if value < minimum:
+        what = "a positive number" if minimum == 1 else f"{minimum} or more"
+        raise ConvertError(f"{flag} must be {what}, got {value}")
 
 
 def run(argv: Sequence[str], prog: str = "compact-convert score") -> int:
     args = build_parser(prog).parse_args(argv)
-    for value, flag in ((args.calib_tokens, "--calib-tokens"), (args.seq_len, "--seq-len"),
-                        (args.batch_tokens, "--batch-tokens"), (args.heldout_tokens + 1, "--heldout-tokens")):
-        _positive(value, flag)
+    for value, minimum, flag in ((args.calib_tokens, 1, "--calib-tokens"), (args.seq_len, 1, "--seq-len"),
+                                 (args.batch_tokens, 1, "--batch-tokens"), (args.heldout_tokens, 0, "--heldout-tokens"),
+                                 (args.predict_tokens, 0, "--predict-tokens")):
+        _at_least(value, minimum, flag)
     check_output_file(args.output, args.force)
     source = open_source(args.input)
     corpus = open_corpus(args.calib, args.text_field)
@@ -99,7 +104,8 @@ def run(argv: Sequence[str], prog: str = "compact-convert score") -> int:
             warn_default_corpus()
         options = ScoreOptions(calib_tokens=args.calib_tokens, seq_len=args.seq_len, batch_tokens=args.batch_tokens,
                                heldout_tokens=args.heldout_tokens, device=args.device, layerwise=args.layer_by_layer,
-                               counts_only=args.counts_only, progress=args.progress, gram=args.refit)
+                               counts_only=args.counts_only, progress=args.progress, gram=args.refit,
+                               predict_tokens=args.predict_tokens)
         scores = score(source, corpus, options, layout)
         if rank == 0:
             scores.save(args.output)

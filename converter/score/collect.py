@@ -8,7 +8,9 @@ or on which shard it came in. Under torch.distributed each rank reads every `wor
 counts, the sample choice and the activation sums are reduced across ranks, so two ranks give
 the sums one rank gives. The counts fix the bucket layout (unless another file's layout is
 reused), then the sample runs through the model (whole or layer by layer) with a probe on the
-input of every `down_proj` that adds act² into its token's bucket.
+input of every `down_proj` that adds act² into its token's bucket, and the model's next-token
+probabilities at every `predict_stride`-th position of each window are summed into predicted
+counts (the output projection costs a vocabulary-sized matmul per position, so only a sample).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, token_r
 
 HASH_MASK = (1 << 63) - 1
 GRAM_LIMIT_BYTES = 16 << 30
+PREDICT_CHUNK_BYTES = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,19 @@ class ScoreOptions:
     counts_only: bool = False
     progress: bool = False
     gram: bool = False
+    predict_tokens: int = 4096
+
+    @property
+    def predict_stride(self) -> int:
+        """Every how many positions of a window the next-token probabilities are summed (0: none).
+
+        About predict_tokens of the calib_tokens sample, at least one position per full window. A
+        function of the options alone, not of how much text a rank or shard happened to get, so
+        sharded, merged and multi-rank scoring sum the same positions.
+        """
+        if self.predict_tokens <= 0:
+            return 0
+        return max(1, min(self.seq_len, self.calib_tokens // self.predict_tokens))
 
 
 def text_hash(text: str) -> int:
@@ -200,6 +216,33 @@ class Act2Probe:
         return None
 
 
+class PredictedCounts:
+    """Sums softmax(logits) over every `stride`-th real position: the model's own token frequencies.
+
+    The probabilities are taken over every output row (Gemma's final soft-capping included), in
+    chunks of positions so the logits never exceed PREDICT_CHUNK_BYTES.
+    """
+
+    def __init__(self, runner: ModelRunner, masks: list[torch.Tensor], stride: int) -> None:
+        self.runner = runner
+        self.rows = runner.output_rows(None)
+        self.masks = masks
+        self.stride = stride
+        self.sums = torch.zeros(self.rows.shape[0], dtype=torch.float64, device=runner.device)
+        self.positions = 0
+        self.chunk = max(1, PREDICT_CHUNK_BYTES // (4 * self.rows.shape[0]))
+
+    def __call__(self, index: int, hidden: torch.Tensor) -> None:
+        mask = self.masks[index]
+        width = mask.shape[1]
+        pick = mask & (torch.arange(width) % self.stride == self.stride - 1)
+        chosen = hidden[pick.to(hidden.device)]
+        self.positions += int(chosen.shape[0])
+        for part in chosen.split(self.chunk):
+            probs = torch.softmax(self.runner.logits(part, self.rows), dim=-1)
+            self.sums += probs.sum(dim=0).double()
+
+
 def pad_batches(windows: list[np.ndarray], seq_len: int, batch_tokens: int,
                 pad_value: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Right-padded id batches [B, T] of similar lengths, with a mask of real positions."""
@@ -252,7 +295,8 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
         layout = BucketLayout.from_ranking(token_ranking(source.folder, state.counts), options.bins_per_octave)
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
-    scored = 0
+    predicted = np.zeros(dims.vocab, dtype=np.float64)
+    scored = predicted_positions = 0
     if state.windows:
         device = pick_device(options.device)
         layerwise = options.layerwise if options.layerwise is not None else not fits(source, device)
@@ -262,21 +306,28 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
         bucket_batches = [torch.where(mask, bucket_of[ids], layout.buckets).reshape(-1).to(device)
                           for ids, mask in batches]
         probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=options.gram)
+        stride = options.predict_stride
+        predictor = PredictedCounts(runner, [mask for _, mask in batches], stride) if stride else None
         with tqdm(total=len(batches), desc="score", unit="batch", disable=not show) as bar:
-            runner.run([ids for ids, _ in batches], probe, progress=bar.update)
+            runner.run([ids for ids, _ in batches], probe, on_output=predictor, progress=bar.update)
         sums = probe.sums[:, :layout.buckets].cpu().numpy()
+        if predictor is not None:
+            predicted[:] = predictor.sums[:dims.vocab].cpu().numpy()
+            predicted_positions = predictor.positions
         if probe.gram is not None:
             gram = probe.gram.cpu().numpy()
         scored = sum(int(mask.sum()) for _, mask in batches)
     sums = _all_sum(sums)
     gram = None if gram is None else _all_sum(gram)
-    totals = _all_sum(np.asarray([scored, len(state.windows)], dtype=np.int64))
+    predicted = _all_sum(predicted)
+    totals = _all_sum(np.asarray([scored, len(state.windows), predicted_positions], dtype=np.int64))
     return Scores(
         fingerprint=source.checkpoint.fingerprint(), architecture=source.spec.architecture, counts=state.counts,
         importance=sums, act2=sums.sum(axis=1), magnitude=weight_magnitude(source), layout=layout,
         corpus=(corpus.describe(),), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
         sequences=int(totals[1]), documents=state.documents, seq_len=options.seq_len, heldout=tuple(state.heldout),
-        heldout_cap=options.heldout_tokens, gram=gram)
+        heldout_cap=options.heldout_tokens, gram=gram, predicted=predicted if totals[2] else None,
+        tokens_predicted=int(totals[2]))
 
 
 def check_gram_size(layers: int, ffn: int) -> None:

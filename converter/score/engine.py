@@ -221,6 +221,9 @@ class ModelRunner:
         name = "model.embed_tokens.weight" if self.source.spec.tied_embeddings else "lm_head.weight"
         if name not in self.source.checkpoint:
             name = "model.embed_tokens.weight"
+        embedding = self.base.embed_tokens.weight
+        if rows is None and name == "model.embed_tokens.weight" and embedding.device == self.device:
+            return embedding  # tied and already loaded on the device: no second copy
         return self.weight(name, rows)
 
     def logits(self, hidden: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:

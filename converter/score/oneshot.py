@@ -43,7 +43,8 @@ def scores_from_args(args: argparse.Namespace, source: Source) -> tuple[Scores, 
         warn_default_corpus()
     options = ScoreOptions(calib_tokens=getattr(args, "calib_tokens", ScoreOptions.calib_tokens),
                            device=args.device, layerwise=getattr(args, "layer_by_layer", None),
-                           progress=getattr(args, "progress", True), gram=getattr(args, "refit", False))
+                           progress=getattr(args, "progress", True), gram=getattr(args, "refit", False),
+                           predict_tokens=getattr(args, "predict_tokens", ScoreOptions.predict_tokens))
     return score(source, corpus, options), "scores computed now"
 
 

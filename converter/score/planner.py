@@ -1,9 +1,9 @@
 """From scores and a budget to a PrunePlan: vocabulary by counts, FFN channels by a criterion.
 
-Vocabulary: tokens ranked by count with the tokenizer's prior breaking ties; the top of the
-ranking goes through the tokenizer keep-set rules (converter.tokenizer.plan_tokenizer), which add
-specials, bytes and the BPE merge closure, so fewer tokens are requested until the final set
-fits the vocabulary target (requested and final sizes are both reported). Channels, per layer:
+Vocabulary: tokens ranked by count, ties broken by the model's predicted counts and then the
+tokenizer's prior (converter.score.tokens); the top of the ranking goes through the tokenizer
+keep-set rules (converter.tokenizer.plan_tokenizer), which add specials, bytes and the BPE merge
+closure, so fewer tokens are requested until the final set fits the vocabulary target (requested and final sizes are both reported). Channels, per layer:
 `compact` sums the bucketed act² weighted by how much of each bucket's occurrences the final
 vocabulary keeps (and, with focus > 0, by how common its tokens are); `act2` is plain act²
 (Minitron-style), `magnitude` the weights' L2 norm, `random` a seeded draw. Every layer keeps
@@ -50,7 +50,7 @@ class VocabFitter:
     def __init__(self, source: Source, scores: Scores, keep_reserved: bool = False) -> None:
         self.source = source
         self.vocab = source.spec.dims.vocab
-        self.order = token_ranking(source.folder, scores.counts)
+        self.order = token_ranking(source.folder, scores.counts, scores.predicted)
         self.keep_reserved = keep_reserved
         self._cache: dict[int, Any] = {}
 

@@ -6,7 +6,10 @@ baseline), weight magnitude [layers, ffn], the bucket layout, and a little held-
 text for choosing a split; metadata names the model (Checkpoint.fingerprint()), the corpus and
 the tokens seen. Scored with `--refit` it also holds each layer's Gram matrix of down_proj
 inputs [layers, ffn, ffn] (float32), what the least-squares refit solves with (see
-converter.score.refit). Every statistic is a sum, so files scored on disjoint corpus shards merge by
+converter.score.refit). Scored with activations it holds the model's predicted counts [vocab]
+(float64: the sum of its next-token probabilities over a sample of positions), which rank the
+tokens the corpus never showed (see converter.score.tokens); files from before they existed load
+without them. Every statistic is a sum, so files scored on disjoint corpus shards merge by
 adding, provided they were made for the same model with the same bucket layout; held-out text
 is the union, cut to the same budget in hash order, as one run over all shards would pick it.
 """
@@ -49,6 +52,8 @@ class Scores:
     heldout: tuple[tuple[int, str, int], ...]
     heldout_cap: int
     gram: np.ndarray | None = None
+    predicted: np.ndarray | None = None
+    tokens_predicted: int = 0
 
     @property
     def layers(self) -> int:
@@ -67,7 +72,9 @@ class Scores:
         return [text for _, text, _ in self.heldout]
 
     def describe(self) -> str:
-        return (f"{self.tokens_counted:,} tokens counted, {self.tokens_scored:,} scored in {self.sequences} sequences, "
+        predicted = f" ({self.tokens_predicted:,} predicted)" if self.tokens_predicted else ""
+        return (f"{self.tokens_counted:,} tokens counted, {self.tokens_scored:,} scored{predicted} in {self.sequences} "
+                "sequences, "
                 f"{len(self.heldout)} held-out documents; corpus: {'; '.join(self.corpus)}")
 
     def save(self, path: Path) -> Path:
@@ -88,12 +95,15 @@ class Scores:
         }
         if self.gram is not None:
             tensors["gram"] = self.gram.astype(np.float32)
+        if self.predicted is not None:
+            tensors["predicted"] = self.predicted.astype(np.float64)
         metadata = {
             "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
             "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
             "tokens_scored": str(self.tokens_scored), "sequences": str(self.sequences),
             "documents": str(self.documents), "seq_len": str(self.seq_len), "heldout_cap": str(self.heldout_cap),
             "layout_id": self.layout.layout_id, "buckets": str(self.layout.buckets),
+            "tokens_predicted": str(self.tokens_predicted),
         }
         path = Path(path)
         try:
@@ -123,6 +133,7 @@ class Scores:
                     raise ConvertError(f"scores file lacks tensor '{missing[0]}'", path)
                 t = {n: f.get_tensor(n) for n in TENSORS}
                 gram = f.get_tensor("gram") if "gram" in present else None
+                predicted = f.get_tensor("predicted") if "predicted" in present else None
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
                 raise
@@ -136,7 +147,8 @@ class Scores:
             scores = cls(meta["fingerprint"], meta.get("architecture", ""), t["counts"], t["importance"], t["act2"],
                          t["magnitude"], layout, tuple(json.loads(meta["corpus"])), int(meta["tokens_counted"]),
                          int(meta["tokens_scored"]), int(meta["sequences"]), int(meta["documents"]),
-                         int(meta["seq_len"]), heldout, int(meta["heldout_cap"]), gram)
+                         int(meta["seq_len"]), heldout, int(meta["heldout_cap"]), gram, predicted,
+                         int(meta.get("tokens_predicted", "0")))
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -147,7 +159,8 @@ class Scores:
         ok = (self.importance.ndim == 3 and self.act2.shape == (layers, ffn) and self.magnitude.shape == (layers, ffn)
               and self.counts.ndim == 1 and self.layout.token_bucket.shape == self.counts.shape
               and buckets == self.layout.buckets and self.layout.edges[-1] == self.vocab
-              and (self.gram is None or self.gram.shape == (layers, ffn, ffn)))
+              and (self.gram is None or self.gram.shape == (layers, ffn, ffn))
+              and (self.predicted is None or self.predicted.shape == self.counts.shape))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
 
@@ -199,10 +212,19 @@ def merge(paths: Sequence[Path]) -> Scores:
                                "they merge", path)
         heldout += other.heldout
         gram = None if out.gram is None or other.gram is None else out.gram + other.gram
-        out = replace(out, gram=gram, counts=out.counts + other.counts, importance=out.importance + other.importance,
+        out = replace(out, gram=gram, predicted=_add_optional(out.predicted, other.predicted),
+                      tokens_predicted=out.tokens_predicted + other.tokens_predicted,
+                      counts=out.counts + other.counts, importance=out.importance + other.importance,
                       act2=out.act2 + other.act2, corpus=out.corpus + other.corpus,
                       tokens_counted=out.tokens_counted + other.tokens_counted,
                       tokens_scored=out.tokens_scored + other.tokens_scored,
                       sequences=out.sequences + other.sequences, documents=out.documents + other.documents,
                       seq_len=max(out.seq_len, other.seq_len), heldout_cap=max(out.heldout_cap, other.heldout_cap))
     return replace(out, heldout=pick_heldout(heldout, out.heldout_cap))
+
+
+def _add_optional(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Sum of two optional statistics; a file without one (counts only, or an older file) adds nothing."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a + b

@@ -14,6 +14,14 @@ text never uses, and filling the kept vocabulary with those wastes it. Measured 
 cuts): at 32768 kept tokens +22.1% bits per byte with the prior alone, +8.1% plausible first;
 at 52692, +9.7% and +5.7%; tools/eval_quality at -50% of the parameters: +5.1% before, +2.1%
 after. On SmolLM2 (49k, mostly English) it changes held-out bits per byte by under 0.1%.
+
+Scores with activations also hold the model's own predicted counts: the sum of its next-token
+probabilities over a sample of the calibration positions. They rank the never-counted tokens
+before plausibility and the prior: a model reading licence prose gives "licensors" or
+"sublicensable" probability mass long before a small corpus happens to spell them, and gives
+none to a script the text never uses. Measured on held-out calibration paragraphs (not the
+evaluation text), share of their bytes in dropped tokens: SmolLM2 at 19725 kept 1.76% -> 0.78%,
+at 16384 2.27% -> 1.05%.
 """
 from __future__ import annotations
 
@@ -137,17 +145,21 @@ def plausible_tokens(pieces: Sequence[str], counts: np.ndarray) -> np.ndarray:
     return np.fromiter((bool(p) and seen.issuperset(p) for p in pieces), dtype=bool, count=len(pieces))
 
 
-def rank_tokens(counts: np.ndarray, prior: np.ndarray, plausible: np.ndarray | None = None) -> np.ndarray:
-    """Token ids from most to least common: counts, then plausible ones first, then the prior, then id."""
+def rank_tokens(counts: np.ndarray, prior: np.ndarray, plausible: np.ndarray | None = None,
+                predicted: np.ndarray | None = None) -> np.ndarray:
+    """Token ids from most to least common: counts, the model's predicted counts, plausible ones first,
+    the prior, then id."""
     vocab = counts.shape[0]
     keys = [np.arange(vocab), prior]
     if plausible is not None:
         keys.append(~plausible)
+    if predicted is not None:
+        keys.append(-np.asarray(predicted, dtype=np.float64))
     return np.lexsort((*keys, -counts.astype(np.int64)))
 
 
-def token_ranking(folder: Path, counts: np.ndarray) -> np.ndarray:
-    """The vocabulary ranking that plans and score buckets use: counts, plausibility, the prior."""
+def token_ranking(folder: Path, counts: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray:
+    """The vocabulary ranking that plans and score buckets use: counts, predictions, plausibility, prior."""
     vocab = counts.shape[0]
     data = _tokenizer_json(folder)
-    return rank_tokens(counts, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), counts))
+    return rank_tokens(counts, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), counts), predicted)
