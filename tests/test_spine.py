@@ -192,3 +192,50 @@ def test_a_loaded_plan_shares_one_int_per_channel_index_across_layers(tmp_path: 
     assert plan.kept_ffn_channels == tuple(channels for _ in range(8))
     first = plan.kept_ffn_channels[0]
     assert all(a is b for layer in plan.kept_ffn_channels[1:] for a, b in zip(first, layer))
+
+
+def test_scattered_rows_read_in_place_across_iov_batches_and_short_reads(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept rows separated by gaps are read by preadv straight into their place; the reads are split
+    at IOV_MAX pieces, and a read the kernel cuts short (even inside a row) resumes where it stopped."""
+    import os
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import converter.io.checkpoint as checkpoint
+    from converter.io import Checkpoint
+    from converter.io.buffers import BufferPool
+
+    data = np.random.default_rng(3).integers(0, 1 << 16, size=(300, 24), dtype=np.uint16)
+    save_file({"w": data}, str(tmp_path / "model.safetensors"))
+    rows = np.sort(np.random.default_rng(4).choice(300, 170, replace=False))
+    expected = data[rows].view(np.uint8).reshape(len(rows), -1)
+    real = os.preadv
+    calls: list[int] = []
+
+    def short_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        assert len(buffers) <= 5
+        want = sum(b.nbytes for b in buffers)
+        return real(fd, buffers if want < 40 else _cut(buffers, want // 3 + 1), offset)
+
+    monkeypatch.setattr(checkpoint, "IOV_MAX", 5)
+    monkeypatch.setattr(os, "preadv", short_preadv)
+    for pool in (None, BufferPool()):
+        ckpt = Checkpoint.open(tmp_path)
+        got = ckpt.raw_rows("w", rows, pool)
+        np.testing.assert_array_equal(got, expected)
+        ckpt.close()
+    assert len(calls) > 20 and max(calls) == 5
+
+
+def _cut(buffers: list[memoryview], nbytes: int) -> list[memoryview]:
+    """The first `nbytes` of a list of buffers (a read that stops part way)."""
+    out = []
+    for b in buffers:
+        if nbytes <= 0:
+            break
+        out.append(b[:nbytes])
+        nbytes -= b.nbytes
+    return out
