@@ -218,3 +218,68 @@ def test_plan_with_scores_and_identical_reruns(tmp_path: Path, model: Path, corp
     assert main([str(other), str(tmp_path / "o2"), "--plan", str(plan_path), "--scores", str(scores_path)]) == 2
     assert not (tmp_path / "o2").exists()
     assert np.isclose(sum(expected) / len(expected), report["ffn_importance"]["kept_importance_share_mean"], atol=1e-6)
+
+
+def test_plots_drawn_in_a_child_process_equal_the_thread_path(tmp_path: Path, model: Path, plan_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux the plots come from a forked child; the worker-thread fallback writes the same bytes."""
+    import converter.report.write as write
+
+    assert write.use_fork()
+    args = ["--plan", str(plan_path), "--no-progress"]
+    assert main([str(model), str(tmp_path / "forked"), *args]) == 0
+    monkeypatch.setattr(write, "use_fork", lambda: False)
+    assert main([str(model), str(tmp_path / "thread"), *args]) == 0
+    for name in ("report_parameters.png", "report.json", "report.md"):
+        assert (tmp_path / "forked" / name).read_bytes() == (tmp_path / "thread" / name).read_bytes()
+
+
+def test_a_failing_plot_process_fails_the_export_cleanly(tmp_path: Path, model: Path, plan_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A disk error in the child comes back as the export's one-line error; nothing is left behind."""
+    import converter.report.write as write
+
+    def full_disk(collected: Any, staged: Path) -> Any:
+        raise OSError(28, "No space left on device", str(staged / "report_parameters.png"))
+
+    monkeypatch.setattr(write, "_draw", full_disk)
+    out = tmp_path / "out"
+    assert main([str(model), str(out), "--plan", str(plan_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "writing the output failed (No space left on device)" in err and err.count("\n") == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_an_export_that_fails_stops_the_plot_process(tmp_path: Path, model: Path, plan_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child is killed and reaped before the staging folder is removed, without waiting for it."""
+    import os
+    import time
+
+    import converter.report.write as write
+    import exporters.hf
+
+    children: list[int] = []
+    real_init = write.PlotProcess.__init__
+
+    def record(self: Any, collected: Any, staged: Path) -> None:
+        real_init(self, collected, staged)
+        children.append(self.pid)
+
+    def slow_draw(collected: Any, staged: Path) -> Any:
+        time.sleep(60)
+
+    def broken_export(*args: Any) -> Any:
+        raise OSError(5, "Input/output error", "model.safetensors")
+
+    monkeypatch.setattr(write, "_draw", slow_draw)
+    monkeypatch.setattr(write.PlotProcess, "__init__", record)
+    monkeypatch.setattr(exporters.hf, "export", broken_export)
+    start = time.monotonic()
+    assert main([str(model), str(tmp_path / "out"), "--plan", str(plan_path), "--no-progress"]) == 2
+    assert time.monotonic() - start < 30
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(children[0], os.WNOHANG)  # already reaped: no process and no zombie left
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
