@@ -133,7 +133,7 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.anon, self.file, self.done = pid, 0, 0, False
+        self.pid, self.anon, self.file, self.main_anon, self.done = pid, 0, 0, 0, False
 
     def run(self) -> None:
         while not self.done:
@@ -145,13 +145,15 @@ class MemorySampler(threading.Thread):
                     continue
                 anon += int(fields.get("RssAnon", "0 kB").split()[0]) * 1024
                 file += int(fields.get("RssFile", "0 kB").split()[0]) * 1024
+                if pid == self.pid:
+                    self.main_anon = max(self.main_anon, int(fields.get("RssAnon", "0 kB").split()[0]) * 1024)
             if not anon and not file and not Path(f"/proc/{self.pid}").exists():
                 break
             self.anon, self.file = max(self.anon, anon), max(self.file, file)
             time.sleep(0.005)
 
 
-def timed(cmd: list[str]) -> tuple[float, int, int]:
+def timed(cmd: list[str]) -> tuple[float, int, int, int]:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     sampler = MemorySampler(proc.pid)
@@ -163,14 +165,14 @@ def timed(cmd: list[str]) -> tuple[float, int, int]:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"{cmd[0]} failed: {err.decode()[-500:]}")
-    return elapsed, sampler.anon, sampler.file
+    return elapsed, sampler.anon, sampler.file, sampler.main_anon
 
 
 def rewrite_cmd(src: Path, out: Path, plan: Path) -> list[str]:
     return [sys.executable, "-m", "converter.cli", str(src), str(out), "--plan", str(plan), "--no-progress"]
 
 
-def cold_run(cmd: list[str], src: Path, out: Path, mode: str) -> tuple[bool, tuple[float, int, int]]:
+def cold_run(cmd: list[str], src: Path, out: Path, mode: str) -> tuple[bool, tuple[float, int, int, int]]:
     """(cache dropped?, timed(cmd)) with `src` (or everything) evicted first and `out` removed after."""
     cold = drop_caches(mode, src)
     result = timed(cmd)
@@ -198,7 +200,7 @@ def bench_size(work: Path, gb: int, repeats: int, mode: str) -> dict[str, object
     src = work / f"synthetic-{gb}gb"
     total = write_synthetic(src, LAYERS_FOR_GB[gb])
     ident, ffn = write_plans(work, LAYERS_FOR_GB[gb])
-    runs: dict[str, list[tuple[float, int, int]]] = {"cp": [], "identity": [], "ffn": []}
+    runs: dict[str, list[tuple[float, int, int, int]]] = {"cp": [], "identity": [], "ffn": []}
     cold = True
     for _ in range(repeats):
         for label, cmd, out in (("cp", ["cp", "-r", str(src), str(work / "cp-out")], work / "cp-out"),
@@ -219,7 +221,8 @@ def bench_size(work: Path, gb: int, repeats: int, mode: str) -> dict[str, object
             **{f"{k}_ratio": statistics.median(v) for k, v in ratios.items()},
             **{f"{k}_range": (min(v), max(v)) for k, v in ratios.items()},
             **{f"{k}_anon": max(r[1] for r in runs[k]) for k in ("identity", "ffn")},
-            **{f"{k}_file": max(r[2] for r in runs[k]) for k in ("identity", "ffn")}}
+            **{f"{k}_file": max(r[2] for r in runs[k]) for k in ("identity", "ffn")},
+            **{f"{k}_main_anon": max(r[3] for r in runs[k]) for k in ("identity", "ffn")}}
 
 
 def main() -> None:
@@ -258,8 +261,11 @@ def main() -> None:
                 for k, t in (("identity", id_s), ("ffn-cut", ffn_s))}
         print(f"  {gb:.2f} GB: identity {less['identity']}, ffn-cut {less['ffn-cut']} of cp")
     if len(rows) > 1:
-        growth = rows[-1]["ffn_anon"] / rows[0]["ffn_anon"] - 1  # type: ignore[operator]
-        print(f"peak anonymous memory growth {rows[0]['gb']:.0f} GB -> {rows[-1]['gb']:.0f} GB: {100 * growth:+.1f}%")
+        for key, what in (("ffn_anon", "with the plot child"), ("ffn_main_anon", "the rewrite process alone")):
+            growth = rows[-1][key] / rows[0][key] - 1  # type: ignore[operator]
+            print(f"peak anonymous memory of the FFN cut, {what}: "
+                  + ", ".join(f"{r['gb']:.0f} GB {r[key] / mib:.0f} MiB" for r in rows)  # type: ignore[operator]
+                  + f"; growth {rows[0]['gb']:.0f} GB -> {rows[-1]['gb']:.0f} GB: {100 * growth:+.1f}%")
     if not all(r["cold_cache"] for r in rows):
         print("cache: could not be dropped (runs are warm)")
     elif args.evict == "data":
