@@ -21,6 +21,7 @@ from converter.arch.spec import ModelDims, TensorSlot
 from converter.errors import ConvertError
 from converter.io import Checkpoint, TensorInfo
 from converter.io.buffers import BufferPool
+from converter.io.checkpoint import row_runs
 from converter.plan import PrunePlan
 from converter.readahead import read_ahead
 
@@ -152,8 +153,7 @@ class PrunedCheckpoint:
             return False
         if planned.source.nbytes > MAX_GATHER_BYTES:
             return True
-        keep = np.asarray(planned.keep, dtype=np.int64)
-        runs = 1 + int(np.count_nonzero(np.diff(keep) != 1))
+        runs = len(row_runs(np.asarray(planned.keep, dtype=np.int64))[0])
         return planned.nbytes // runs >= MIN_KERNEL_RUN_BYTES
 
     def copy_source(self, planned: PlannedTensor, dest_fd: int) -> None:

@@ -218,8 +218,7 @@ class Checkpoint:
         once (by the kernel) instead of read into a span and gathered from it.
         """
         row_bytes = out.shape[1]
-        first = np.concatenate(([0], np.flatnonzero(np.diff(rows) != 1) + 1))
-        last = np.concatenate((first[1:], [len(rows)]))
+        first, last = row_runs(rows)
         gaps = rows[first[1:]] - rows[last[:-1] - 1] - 1
         junk = memoryview(_scratch(pool, int(gaps.max()) * row_bytes))
         flat = memoryview(out).cast("B")
@@ -278,11 +277,9 @@ class Checkpoint:
         if not len(idx) or not info.shape[0]:
             return
         row_bytes = info.nbytes // info.shape[0]
-        breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-        starts = idx[np.concatenate(([0], breaks))]
-        counts = np.diff(np.concatenate(([0], breaks, [len(idx)])))
-        for first, count in zip(starts.tolist(), counts.tolist()):
-            self._copy_span(info.file, info.start + first * row_bytes, count * row_bytes, dest_fd)
+        first, last = row_runs(idx)
+        for row, count in zip(idx[first].tolist(), (last - first).tolist()):
+            self._copy_span(info.file, info.start + row * row_bytes, count * row_bytes, dest_fd)
 
     def _copy_span(self, file: Path, offset: int, remaining: int, dest_fd: int) -> None:
         src = self._fd(file)
@@ -337,6 +334,12 @@ class Checkpoint:
 
     def __del__(self) -> None:
         self.close()
+
+
+def row_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive values in sorted, non-empty `rows`: (first, end) positions of each run."""
+    first = np.concatenate(([0], np.flatnonzero(np.diff(rows) != 1) + 1))
+    return first, np.concatenate((first[1:], [len(rows)]))
 
 
 def _fresh(pool: BufferPool | None, nbytes: int) -> np.ndarray:
