@@ -6,9 +6,7 @@ and `exporters` (a sibling package) writes the result.
 """
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("compact-convert")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+# The single source of the version: pyproject.toml reads it from here (setuptools' `attr:`), and
+# a literal costs nothing at start-up, where importlib.metadata would add tens of milliseconds to
+# every run of the command.
+__version__ = "0.1.0"

@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from converter.io.buffers import BufferPool
 from converter.io.writer import DeclaredTensor, ShardWriter
 from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
 from exporters.companions import write_companions
 from exporters.options import ExportOptions
+from exporters.progress import progress_bar
 
 INDEX_NAME = "model.safetensors.index.json"
 # Tensors read (and gathered) ahead of the writer, each by its own thread: with two, the disk always has
@@ -58,7 +57,7 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     pool = BufferPool()
     stream = read_ahead(order, lambda t: None if pruned.is_file_copy(t) else pruned.read(t, pool),
                         depth=READ_AHEAD_DEPTH)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="hf", disable=not options.progress) as bar:
+    with progress_bar(options.progress, total=total, unit="B", unit_scale=True, desc="hf") as bar:
         for name, shard in zip(names, shards):
             declared = [DeclaredTensor(t.name, t.dtype, t.shape) for t in shard]
             with ShardWriter(out_dir / name, declared) as writer:

@@ -9,13 +9,14 @@ layer's total that the kept channels hold, and the sorted importance curve for t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from converter.plan import PrunePlan
-from converter.score.planner import METHODS, channel_scores, coverage
-from converter.score.scores import Scores
+
+if TYPE_CHECKING:
+    from converter.score.scores import Scores
 
 CURVE_POINTS = 2000
 HEATMAP_COLUMNS = 512
@@ -52,6 +53,8 @@ def coverage_section(scores: Scores, plan: PrunePlan) -> tuple[dict[str, Any], C
     if total == 0:
         section["reason"] = "the scores counted no calibration tokens"
         return section, None
+    from converter.score.planner import coverage  # the planner pulls in the tokenizer: only with scores
+
     cumulative = np.cumsum(np.sort(counts)[::-1]) / total
     kept = coverage(counts, plan.kept_token_ids)
     size = plan.vocab_size
@@ -68,6 +71,8 @@ def coverage_section(scores: Scores, plan: PrunePlan) -> tuple[dict[str, Any], C
 
 
 def importance_section(scores: Scores, plan: PrunePlan) -> tuple[dict[str, Any], ImportanceMap | None]:
+    from converter.score.planner import METHODS, channel_scores
+
     meta = plan.metadata
     method = meta.get("method") if meta.get("method") in METHODS else "compact"
     kept_ids = None if plan.keeps_all_tokens(scores.vocab) else plan.kept_token_ids
