@@ -8,8 +8,10 @@ and it is validated against the checkpoint headers before a byte of output is wr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,7 +121,13 @@ class PrunePlan:
         layers = raw.get("kept_ffn_channels")
         if not isinstance(layers, list) or not layers:
             raise ConvertError("kept_ffn_channels must be a non-empty list with one list of channels per layer", path)
-        channels = tuple(tuple(sorted(_int_list(c, f"kept_ffn_channels[{i}]", path))) for i, c in enumerate(layers))
+        # Every layer lists mostly the same channel indices; as separate objects an 80-layer plan would
+        # hold 80 copies of each (28 bytes apiece) for the whole rewrite, so peak memory would grow
+        # with depth. Shared through one dict (looked up by map, in C), a layer costs one pointer per
+        # kept channel; json's parse_int hook would do the same with a Python call per number.
+        shared: dict[int, int] = {}
+        channels = tuple(_sorted_shared(_int_list(c, f"kept_ffn_channels[{i}]", path), shared)
+                         for i, c in enumerate(layers))
         fingerprint = raw.get("source_fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise ConvertError("source_fingerprint must be a string", path)
@@ -135,23 +143,7 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path: Path) -> PrunePlan:
-        return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan", parse_int=_shared_ints()), path)
-
-
-def _shared_ints() -> Callable[[str], int]:
-    """A json int hook that returns one object per distinct value.
-
-    Every layer lists mostly the same channel indices; as separate objects an 80-layer plan would
-    hold 80 copies of each (28 bytes apiece) for the whole rewrite, so peak memory would grow with
-    depth. Shared, a layer costs one pointer per kept channel.
-    """
-    seen: dict[int, int] = {}
-
-    def shared(literal: str) -> int:
-        value = int(literal)
-        return seen.setdefault(value, value)
-
-    return shared
+        return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan"), path)
 
 
 def _pretty(obj: dict[str, Any]) -> str:
@@ -168,8 +160,13 @@ def _pretty(obj: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
+def _sorted_shared(ids: list[int], shared: dict[int, int]) -> tuple[int, ...]:
+    """`ids` sorted, each value replaced by the first object seen with that value."""
+    return tuple(sorted(map(shared.setdefault, ids, ids)))
+
+
 def _int_list(value: object, key: str, path: Path | str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or not set(map(type, value)) <= {int}:  # not bool: its type is bool
         raise ConvertError(f"{key} must be a list of integers", path)
     return value
 
@@ -180,6 +177,6 @@ def _check_ids(ids: Sequence[int], limit: int, key: str, what: str, path: Path |
     if ids[0] < 0 or ids[-1] >= limit:
         bad = ids[0] if ids[0] < 0 else ids[-1]
         raise ConvertError(f"{key} contains {bad}, outside 0..{limit - 1} (the model's {what})", path)
-    for a, b in zip(ids, ids[1:]):
-        if a == b:
-            raise ConvertError(f"{key} lists {a} twice", path)
+    if any(map(operator.eq, ids, islice(ids, 1, None))):  # sorted: a repeat sits next to itself
+        twice = next(a for a, b in zip(ids, ids[1:]) if a == b)
+        raise ConvertError(f"{key} lists {twice} twice", path)

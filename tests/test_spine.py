@@ -194,6 +194,32 @@ def test_a_loaded_plan_shares_one_int_per_channel_index_across_layers(tmp_path: 
     assert all(a is b for layer in plan.kept_ffn_channels[1:] for a, b in zip(first, layer))
 
 
+@pytest.mark.parametrize("bad", [True, 2.0, "3", None])
+@pytest.mark.parametrize("key", ["kept_token_ids", "kept_ffn_channels"])
+def test_a_plan_listing_anything_but_integers_is_refused(key: str, bad: object) -> None:
+    """JSON true, 2.0, "3" or null among the ids is refused, not read as 1, 2 or 3."""
+    from converter.errors import ConvertError
+
+    raw = {"format_version": 1, "kept_token_ids": [0, 1, 4], "kept_ffn_channels": [[0, 1], [0, 1]]}
+    target = raw["kept_token_ids"] if key == "kept_token_ids" else raw["kept_ffn_channels"][1]  # type: ignore[index]
+    target.append(bad)  # type: ignore[union-attr]
+    with pytest.raises(ConvertError, match=r"kept_\w+(\[1\])? must be a list of integers"):
+        PrunePlan.from_json(raw, "p.json")
+
+
+def test_a_repeated_id_is_named_in_the_error(tmp_path: Path) -> None:
+    from converter.arch import load_arch
+    from converter.errors import ConvertError
+
+    folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "m")
+    spec = load_arch(folder)
+    channels = [0, 1, 2, 7, 7, 9]
+    plan = PrunePlan.from_json({"format_version": 1, "kept_token_ids": [0, 1, 2],
+                                "kept_ffn_channels": [channels] * spec.dims.layers}, "p.json")
+    with pytest.raises(ConvertError, match=r"kept_ffn_channels\[0\] lists 7 twice"):
+        plan.validate(spec, None)
+
+
 def test_scattered_rows_read_in_place_across_iov_batches_and_short_reads(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Kept rows separated by gaps are read by preadv straight into their place; the reads are split

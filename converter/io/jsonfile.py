@@ -7,23 +7,18 @@ non-UTF-8, malformed or deeply nested files, and an object (not a list or a numb
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from converter.errors import ConvertError
 
 
-def read_json_object(path: Path, max_bytes: int, what: str, missing: str = "does not exist",
-                     parse_int: Callable[[str], Any] | None = None) -> dict[str, Any]:
-    """Parse `path` as a JSON object of at most `max_bytes`, or raise ConvertError naming it.
-
-    `parse_int` is json's hook for integer literals (see `PrunePlan.load`).
-    """
+def read_json_object(path: Path, max_bytes: int, what: str, missing: str = "does not exist") -> dict[str, Any]:
+    """Parse `path` as a JSON object of at most `max_bytes`, or raise ConvertError naming it."""
     try:
         if path.stat().st_size > max_bytes:
             raise ConvertError(f"is implausibly large for {what} ({path.stat().st_size:,} bytes)", path)
-        raw = json.loads(path.read_text(encoding="utf-8"), parse_int=parse_int)
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConvertError(missing, path) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
