@@ -16,11 +16,11 @@ from typing import Any
 
 from converter.io.buffers import BufferPool
 from converter.io.writer import DeclaredTensor, ShardWriter
+from converter.progress import progress_bar
 from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
 from exporters.companions import write_companions
 from exporters.options import ExportOptions
-from exporters.progress import progress_bar
 
 INDEX_NAME = "model.safetensors.index.json"
 # Tensors read (and gathered) ahead of the writer, each by its own thread: with two, the disk always has

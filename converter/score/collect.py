@@ -25,6 +25,7 @@ import torch
 
 from converter.errors import ConvertError
 from converter.pipeline import Source
+from converter.progress import progress_bar
 from converter.score.buckets import BINS_PER_OCTAVE, BucketLayout
 from converter.score.corpus import Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
@@ -281,15 +282,13 @@ def weight_magnitude(source: Source) -> np.ndarray:
 def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions(),
           layout: BucketLayout | None = None) -> Scores:
     """Score `source` on `corpus`: token counts, bucketed act², act², magnitude, held-out text."""
-    from tqdm import tqdm
-
     rank, _ = dist_info()
     dims = source.spec.dims
     if options.gram:
         check_gram_size(dims.layers, dims.ffn)
     tokenizer = load_tokenizer(source.folder)
     show = options.progress and rank == 0
-    with tqdm(desc="count", unit="doc", disable=not show) as bar:
+    with progress_bar(show, desc="count", unit="doc") as bar:
         state = _reduce(count_pass(source, corpus, tokenizer, options, bar.update), options)
     if layout is None:
         layout = BucketLayout.from_ranking(token_ranking(source.folder, state.counts), options.bins_per_octave)
@@ -308,7 +307,7 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions()
         probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=options.gram)
         stride = options.predict_stride
         predictor = PredictedCounts(runner, [mask for _, mask in batches], stride) if stride else None
-        with tqdm(total=len(batches), desc="score", unit="batch", disable=not show) as bar:
+        with progress_bar(show, total=len(batches), desc="score", unit="batch") as bar:
             runner.run([ids for ids, _ in batches], probe, on_output=predictor, progress=bar.update)
         sums = probe.sums[:, :layout.buckets].cpu().numpy()
         if predictor is not None:

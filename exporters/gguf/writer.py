@@ -16,8 +16,8 @@ from typing import IO, Any
 
 import numpy as np
 from gguf import GGUFWriter
-from tqdm import tqdm
 
+from converter.progress import progress_bar
 from converter.prune import PrunedCheckpoint
 from exporters.gguf.hparams import Kv
 from exporters.gguf.tensors import GgufTensor, tensor_chunks
@@ -69,7 +69,7 @@ class _ChunkedData:
     as they arrive instead of concatenating them first.
     """
 
-    def __init__(self, tensor: GgufTensor, chunks: Iterator[np.ndarray], bar: tqdm) -> None:
+    def __init__(self, tensor: GgufTensor, chunks: Iterator[np.ndarray], bar: Any) -> None:
         self.nbytes = tensor.nbytes
         self._tensor = tensor
         self._chunks = chunks
@@ -102,8 +102,8 @@ def write_gguf(path: Path, arch: str, kvs: Sequence[Kv], tensors: Sequence[GgufT
         writer.write_ti_data_to_file()
         chunks = prefetched(chunk for t in tensors for chunk in tensor_chunks(pruned, t))
         try:
-            with tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc="gguf",
-                      disable=not progress) as bar:
+            with progress_bar(progress, total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True,
+                              desc="gguf") as bar:
                 for t in tensors:
                     writer.write_tensor_data(_ChunkedData(t, chunks, bar))  # type: ignore[arg-type]
         finally:

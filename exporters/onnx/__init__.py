@@ -21,8 +21,8 @@ from typing import Any
 import onnx  # noqa: F401  (a missing package is reported by name before any work)
 import onnxruntime  # noqa: F401
 import onnxscript  # noqa: F401
-from tqdm import tqdm
 
+from converter.progress import progress_bar
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
 from exporters.onnx.assemble import DATA_NAME, MODEL_NAME, assemble
@@ -47,7 +47,7 @@ def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: Exp
     """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
     outtype = check(pruned, options)
     family = pruned.spec.family
-    with tqdm(total=4, desc="onnx", unit="step", disable=not options.progress) as bar:
+    with progress_bar(options.progress, total=4, desc="onnx", unit="step") as bar:
         bar.set_postfix_str("trace")
         built = build_model(pruned, template_layers(hf_config(pruned), family))
         traced = trace(built, family)

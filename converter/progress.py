@@ -1,7 +1,8 @@
 """Progress bars that cost nothing when switched off.
 
 tqdm's import reads package metadata (tens of milliseconds, a few percent of a one-gigabyte
-rewrite); with `--no-progress`, as in scripted pipelines, the exporter should not pay it.
+rewrite); with `--no-progress`, as in scripted pipelines, no stage should pay it. Scoring and
+every exporter take their bars from here.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 
 class NoBar:
-    """The part of tqdm's interface the exporters use, doing nothing."""
+    """The part of tqdm's interface the stages use, doing nothing."""
 
     def __enter__(self) -> NoBar:
         return self
