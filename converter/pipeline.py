@@ -6,76 +6,17 @@ staging folder is created.
 """
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from converter.arch import ArchSpec, check_against, load_arch
 from converter.errors import ConvertError
-from converter.io import Checkpoint
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.report import ReportContext
+from converter.settle import settle_plan
+from converter.source import Source
 from exporters.options import ExportOptions
+from exporters.registry import exporter_for
 from exporters.staging import StagedOutput, check_output_location
-
-EXPORTERS = {"hf": "exporters.hf", "gguf": "exporters.gguf", "onnx": "exporters.onnx"}
-
-
-@dataclass(frozen=True)
-class Source:
-    """An opened, header-checked input model."""
-
-    folder: Path
-    checkpoint: Checkpoint
-    spec: ArchSpec
-
-
-def open_source(folder: Path) -> Source:
-    """Open a model folder and prove its headers agree with its config.json."""
-    if not folder.is_dir():
-        raise ConvertError("is not a folder", folder)
-    spec = load_arch(folder)
-    ckpt = Checkpoint.open(folder)
-    check_against(spec, ckpt)
-    return Source(folder, ckpt, spec)
-
-
-def settle_plan(source: Source, plan: PrunePlan, keep_reserved: bool = False) -> tuple[PrunePlan, Any]:
-    """Validate the plan, then grow its keep set by the tokenizer's rules when it drops tokens.
-
-    Returns the final plan (what the embedding keeps and prune_plan.json records) and the
-    TokenizerRewrite, or None when every token is kept.
-    """
-    fingerprint = source.checkpoint.fingerprint() if plan.source_fingerprint else None
-    plan.validate(source.spec, fingerprint)
-    if plan.keeps_all_tokens(source.spec.dims.vocab):
-        return plan, None
-    if not (source.folder / "tokenizer.json").is_file():
-        raise ConvertError("the plan drops tokens but the model has no tokenizer.json to rewrite; keep every token "
-                           "or add the tokenizer", source.folder)
-    from converter.tokenizer import plan_tokenizer
-
-    rewrite = plan_tokenizer(source.folder, plan.kept_token_ids, vocab_size=source.spec.dims.vocab,
-                             keep_reserved=keep_reserved)
-    added = {k: v for k, v in rewrite.added_by_rules.items() if v}
-    final = plan.with_tokens(rewrite.kept_ids, tokens_requested=len(plan.kept_token_ids), tokens_added_by_rules=added)
-    final.validate(source.spec, fingerprint)
-    return final, rewrite
-
-
-def exporter_for(fmt: str) -> Callable[..., list[Path]]:
-    try:
-        module = importlib.import_module(EXPORTERS[fmt])
-    except KeyError:
-        raise ConvertError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORTERS)}") from None
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("exporters."):
-            raise ConvertError(f"format {fmt!r} is not available in this version of compact-convert") from None
-        raise ConvertError(f"format {fmt!r} needs the Python package '{exc.name}'; install it with pip") from None
-    return module.export
 
 
 def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", options: ExportOptions | None = None,

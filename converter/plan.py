@@ -20,7 +20,7 @@ from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
 
 if TYPE_CHECKING:
-    from converter.refit import FfnRefit
+    from converter.ffn_refit import FfnRefit
 
 FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 512 * 1024 * 1024
@@ -92,10 +92,10 @@ class PrunePlan:
         return out
 
     def save(self, path: Path) -> Path:
-        """Write the JSON, and the refit's weights beside it (see converter.refit) when the plan has one."""
+        """Write the JSON, and the refit's weights beside it (see converter.ffn_refit) when the plan has one."""
         obj = self.to_json()
         if self.refit is not None:
-            from converter.refit import refit_path
+            from converter.ffn_refit import refit_path
 
             side = refit_path(path)
             obj["ffn_refit"] = {"file": side.name, "sha256": self.refit.save(side), "ridge": self.refit.ridge}
@@ -107,7 +107,7 @@ class PrunePlan:
         """Every file `save(path)` writes."""
         if self.refit is None:
             return [path]
-        from converter.refit import refit_path
+        from converter.ffn_refit import refit_path
 
         return [path, refit_path(path)]
 
@@ -136,7 +136,7 @@ class PrunePlan:
             raise ConvertError("metadata must be an object", path)
         refit = None
         if raw.get("ffn_refit") is not None:
-            from converter.refit import FfnRefit
+            from converter.ffn_refit import FfnRefit
 
             refit = FfnRefit.load(Path(path), raw["ffn_refit"])
         return cls(tuple(sorted(tokens)), channels, fingerprint, metadata, str(path), refit)

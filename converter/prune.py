@@ -2,8 +2,8 @@
 
 Nothing is materialised up front. `planned()` lists every output tensor with its final shape
 (so writers can lay out headers first); `raw_tensors()` then yields each tensor's bytes, reading
-only the kept rows of row-pruned tensors and passing untouched tensors through as zero-copy views
-of the memory map. Bytes are sliced without reinterpretation, so every dtype (bf16 included)
+only the kept rows of row-pruned tensors with pread/preadv at offsets taken from the headers
+(the HF exporter copies whole runs of kept rows file to file instead, see `is_file_copy`). Bytes are sliced without reinterpretation, so every dtype (bf16 included)
 survives bit for bit.
 """
 from __future__ import annotations
@@ -22,17 +22,13 @@ from converter.errors import ConvertError
 from converter.io import Checkpoint, TensorInfo
 from converter.io.buffers import BufferPool
 from converter.io.checkpoint import row_runs
+from converter.io.dtypes import raw_to_torch
 from converter.plan import PrunePlan
 from converter.readahead import read_ahead
 
 if TYPE_CHECKING:
     import torch
 
-TORCH_DTYPE_NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
-    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-}
 CONFIG_KEYS_DROPPED = ("auto_map", "quantization_config", "_name_or_path")
 # A row-pruned tensor whose kept rows form runs of at least this many bytes on average is copied
 # run by run by the kernel; shorter runs are read whole and gathered in memory (see is_file_copy).
@@ -62,18 +58,6 @@ class PlannedTensor:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-
-def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Reinterpret raw little-endian bytes as a torch tensor (copies, so the result is writable).
-
-    torch is imported here, not at module level: the byte-streaming HF path never needs it, and
-    importing it costs a second of start-up.
-    """
-    import torch
-
-    flat = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(-1))
-    return flat.view(getattr(torch, TORCH_DTYPE_NAMES[dtype])).reshape(shape)
 
 
 class PrunedCheckpoint:
@@ -123,7 +107,7 @@ class PrunedCheckpoint:
         return out
 
     def _check_refit_dtypes(self) -> None:
-        from converter.refit import ROUNDABLE
+        from converter.ffn_refit import ROUNDABLE
 
         for planned in self._planned:
             if planned.refit and planned.dtype not in ROUNDABLE:

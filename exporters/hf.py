@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.io.buffers import BufferPool
-from converter.io.writer import DeclaredTensor, ShardWriter
+from converter.io.safetensors_writer import DeclaredTensor, ShardWriter
 from converter.progress import progress_bar
 from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_tokenizers import train_byte_level_bpe, train_sentencepiece_bpe
+from tests.support.tiny_tokenizers import train_byte_level_bpe, train_sentencepiece_bpe
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 

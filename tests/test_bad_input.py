@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from converter.cli import main
-from converter.pipeline import open_source
+from converter.source import open_source
 from converter.plan import PrunePlan
-from tests.refusal import Breaker, Case, assert_refused, edit_json, run_cli
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.refusal import Breaker, Case, assert_refused, edit_json, run_cli
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 
 def _first_shard(model: Path) -> Path:

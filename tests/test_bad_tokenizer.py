@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference_prune import random_plan
-from tests.refusal import Breaker, Case, assert_refused, edit_json, run_cli
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.reference_prune import random_plan
+from tests.support.refusal import Breaker, Case, assert_refused, edit_json, run_cli
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 
 def _set_config(**values: object) -> Breaker:

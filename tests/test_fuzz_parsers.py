@@ -19,7 +19,7 @@ from converter.errors import ConvertError
 from converter.io.checkpoint import Checkpoint
 from converter.io.header import read_header
 from converter.plan import PrunePlan
-from tests.tiny_models import tiny_config
+from tests.support.tiny_models import tiny_config
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), database=None)

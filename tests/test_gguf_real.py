@@ -19,10 +19,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from exporters.options import ExportOptions
-from tests.gguf_plans import frequency_plan
-from tests.gguf_runtime import (
+from tests.support.gguf_plans import frequency_plan
+from tests.support.gguf_runtime import (
     detokenize,
     hf_greedy,
     leading_agreement,
@@ -143,7 +144,7 @@ def test_gemma3_long_space_runs_follow_sentencepiece_in_llama_cpp(exports) -> No
     piece whole, as llama.cpp does; transformers' tokenizer.json splits the run 16 + 16."""
     import sentencepiece as spm
 
-    from tests.real_tokenizers import gemma3_tokenizer_dir
+    from tests.support.real_tokenizers import gemma3_tokenizer_dir
 
     src, original, hf_dir, ggufs, _ = exports("gemma3")
     sp = spm.SentencePieceProcessor(model_file=str(gemma3_tokenizer_dir() / "tokenizer.model"))

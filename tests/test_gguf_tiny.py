@@ -17,9 +17,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from exporters.options import ExportOptions
-from tests.gguf_runtime import (
+from tests.support.gguf_runtime import (
     detokenize,
     hf_greedy,
     leading_agreement,
@@ -33,9 +34,9 @@ from tests.gguf_runtime import (
     train_gemma_style_spm,
     train_qwen2_style_bpe,
 )
-from tests.reference_prune import random_plan
-from tests.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
-from tests.tiny_tokenizers import train_byte_level_bpe
+from tests.support.reference_prune import random_plan
+from tests.support.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
+from tests.support.tiny_tokenizers import train_byte_level_bpe
 from tools.make_varied_corpus import read_corpus
 
 TOKENIZER_OF = {"llama": "gpt2", "mistral": "gpt2", "qwen2": "qwen2", "qwen3": "qwen2", "gemma": "gemma",

@@ -23,13 +23,13 @@ from converter.arch.families import FAMILIES as ARCH_FAMILIES
 from converter.arch.gguf_names import GGUF_FAMILIES, TENSOR_NAMES
 from converter.cli import main
 from converter.plan import PrunePlan
-from exporters.gguf.pretokenizer import identify_pre
+from exporters.gguf.pre_tokenizer_choice import identify_pre
 from exporters.gguf.tensors import llama_permutation
 from exporters.gguf.vocab import read_tokenizer_json
-from tests.gguf_runtime import load_llama, tokenize, train_qwen2_style_bpe
-from tests.reference_prune import random_plan
-from tests.tiny_models import build_tiny_model, save_tiny_model
-from tests.tiny_tokenizers import train_byte_level_bpe
+from tests.support.gguf_runtime import load_llama, tokenize, train_qwen2_style_bpe
+from tests.support.reference_prune import random_plan
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.tiny_tokenizers import train_byte_level_bpe
 from tools import smollm2_hf
 
 FIXTURES = Path(__file__).parent / ".fixtures"

@@ -17,8 +17,8 @@ import pytest
 
 from converter.plan import PrunePlan
 from exporters.staging import current_umask
-from tests.cli_process import cli_command, digest, limit_file_size, staging_dirs
-from tools.bench_rewrite import write_synthetic
+from tests.support.cli_process import cli_command, digest, limit_file_size, staging_dirs
+from tests.support.synthetic_llama import write_synthetic
 
 LAYERS, HIDDEN, FFN, VOCAB = 6, 1024, 4096, 32000
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from tests.cli_process import cli_command, contents, digest, interrupt, limit_file_size, run_timed, staging_dirs
-from tests.reference_prune import random_plan
-from tools.bench_rewrite import write_synthetic
+from tests.support.cli_process import cli_command, contents, digest, interrupt, limit_file_size, run_timed, staging_dirs
+from tests.support.reference_prune import random_plan
+from tests.support.synthetic_llama import write_synthetic
 
 LAYERS, HIDDEN, FFN, VOCAB = 4, 1024, 4096, 2000
 KEPT_TOKENS, KEPT_CHANNELS = 1500, 3072

@@ -13,12 +13,12 @@ import pytest
 
 from converter.cli import main
 from converter.errors import ConvertError
-from converter.pipeline import open_source
+from converter.source import open_source
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from exporters.onnx import export as onnx_export
 from exporters.options import ExportOptions
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 
 def _tiny(tmp_path: Path, family: str = "llama", **overrides: object) -> Path:

@@ -23,10 +23,11 @@ import onnx
 import pytest
 from transformers import PreTrainedModel
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 from exporters.options import ExportOptions
-from tests.onnx_runner import (
+from tests.support.onnx_runner import (
     OnnxDecoder,
     genai_greedy,
     greedy,
@@ -36,8 +37,8 @@ from tests.onnx_runner import (
     reference_logits,
     teacher_forced,
 )
-from tests.reference_prune import random_plan
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.reference_prune import random_plan
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 CASES: dict[str, dict[str, object]] = {
     "llama": {"tied": False},

@@ -20,13 +20,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from exporters.onnx.assemble import DATA_NAME, MODEL_NAME
 from exporters.onnx.precision import convert
 from exporters.options import ExportOptions
-from tests.onnx_runner import OnnxDecoder, max_rel_error, pruned_hf_model, reference_logits, teacher_forced
-from tests.reference_prune import random_plan
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.onnx_runner import OnnxDecoder, max_rel_error, pruned_hf_model, reference_logits, teacher_forced
+from tests.support.reference_prune import random_plan
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 GEMMA3 = {"query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]}
 

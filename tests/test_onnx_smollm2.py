@@ -19,12 +19,13 @@ import onnx
 import pytest
 from transformers import AutoTokenizer, PreTrainedModel
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 from exporters.onnx.assemble import DATA_NAME, MODEL_NAME
 from exporters.onnx.precision import convert
 from exporters.options import ExportOptions
-from tests.onnx_runner import (
+from tests.support.onnx_runner import (
     OnnxDecoder,
     genai_greedy,
     greedy,
@@ -35,7 +36,7 @@ from tests.onnx_runner import (
     reference_logits,
     teacher_forced,
 )
-from tools.bench_onnx import PROMPT, smollm2_plan
+from tests.support.smollm2_plans import PROMPT, smollm2_plan
 from tools.smollm2_hf import cached_smollm2_hf
 
 STEPS = 16

@@ -22,15 +22,16 @@ import torch
 from safetensors import safe_open
 
 from converter.cli import main
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 from converter.score.autosplit import Budget, SplitEvaluator, make_plan
 from converter.score.bpb import text_bytes
-from converter.score.collect import score
+from converter.score.scorer import score
 from converter.score.corpus import open_corpus
-from converter.score.refit import refit_map
+from converter.score.refit_solver import refit_map
 from converter.score.scores import Scores
-from tests.score_fixtures import ALL_WINDOWS, hf_bits, tiny_model_dir, write_corpus
+from tests.support.score_fixtures import ALL_WINDOWS, hf_bits, tiny_model_dir, write_corpus
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, gram=True)
 KEEP = 64
@@ -188,7 +189,7 @@ def test_refit_bad_input(tmp_path: Path, scored: tuple[Path, Scores, Path], corp
 
 def test_gram_statistics_too_large_are_refused_before_any_work() -> None:
     from converter.errors import ConvertError
-    from converter.score.collect import check_gram_size
+    from converter.score.scorer import check_gram_size
 
     check_gram_size(30, 1536)
     with pytest.raises(ConvertError, match=r"--refit needs 250\.0 GiB .*prune without --refit"):

@@ -22,14 +22,14 @@ from PIL import Image
 from safetensors import safe_open
 
 from converter.cli import main
-from converter.pipeline import open_source
+from converter.source import open_source
 from converter.plan import PrunePlan
-from converter.score.collect import score
+from converter.score.scorer import score
 from converter.score.corpus import open_corpus
 from converter.score.planner import channel_scores, coverage
 from converter.score.scores import Scores
-from tests.reference_prune import random_plan
-from tests.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.reference_prune import random_plan
+from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 
 PNG_NAMES = {"parameters": "report_parameters.png", "coverage": "report_coverage.png",
              "ffn_importance": "report_ffn_importance.png", "auto_split": "report_auto_split.png"}

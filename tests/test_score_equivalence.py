@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from converter.cli import main
-from converter.pipeline import open_source
-from converter.score.collect import score
+from converter.source import open_source
+from converter.score.scorer import score
 from converter.score.corpus import open_corpus
 from converter.score.scores import Scores
-from tests.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_merge_refuses_other_model_or_layout(tmp_path: Path, llama_dir: Path, by
 def test_act2_probe_scatter_equals_one_hot_matmul() -> None:
     import torch
 
-    from converter.score.collect import Act2Probe
+    from converter.score.scorer import Act2Probe
 
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 9, (40,), generator=g), torch.randint(0, 9, (24,), generator=g)]
@@ -174,7 +174,7 @@ def test_predicted_counts_equal_transformers_probabilities(tmp_path: Path, byte_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from converter.score.collect import count_pass, pad_batches
+    from converter.score.scorer import count_pass, pad_batches
     from converter.score.tokens import load_tokenizer
 
     folder = tiny_model_dir(tmp_path / "gemma", byte_level_tokenizer_dir, "gemma3_text",

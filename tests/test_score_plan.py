@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 
 from converter.cli import main
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.score.autosplit import Budget, SplitEvaluator, make_plan
 from converter.score.bpb import text_bytes
 from converter.score.budget import ParamModel, budget_for, candidate_splits, param_model
-from converter.score.collect import score
+from converter.score.scorer import score
 from converter.score.corpus import open_corpus
 from converter.score.planner import VocabFitter, channel_scores
 from converter.score.scores import Scores
-from tests.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, tiny_model_dir, write_corpus
+from tests.support.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, tiny_model_dir, write_corpus
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024)
 

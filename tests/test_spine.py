@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
-from tests.reference_prune import prune_state_dict, random_plan
-from tests.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
+from tests.support.reference_prune import prune_state_dict, random_plan
+from tests.support.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
 
 
 def load_folder_tensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
-from tests.reference_prune import prune_state_dict, random_plan
+from tests.support.reference_prune import prune_state_dict, random_plan
 from tools.smollm2_hf import cached_smollm2_hf
 
 

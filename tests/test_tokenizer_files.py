@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, processors
 from transformers import AutoTokenizer
 
 from converter.tokenizer import TokenizerError, plan_tokenizer, remap_special_ids, write_tokenizer
-from tests.tiny_tokenizers import corpus_lines
+from tests.support.tiny_tokenizers import corpus_lines
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from converter.tokenizer import TokenizerError, TokenizerPlanner, TokenizerRewrite, plan_tokenizer, write_tokenizer
-from tests.tiny_tokenizers import SPECIAL_TOKENS, corpus_lines
+from tests.support.tiny_tokenizers import SPECIAL_TOKENS, corpus_lines
 
 
 def _copy(src: Path, dst: Path) -> Path:

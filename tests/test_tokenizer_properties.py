@@ -22,8 +22,8 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from converter.tokenizer import plan_tokenizer, write_tokenizer
-from tests.tiny_tokenizers import corpus_lines, train_byte_level_bpe, train_sentencepiece_bpe
-from tests.tokenizer_invariants import (EXTRA_LINES, RawEncoder, SentencePieceEncoder, check_equivalence,
+from tests.support.tiny_tokenizers import corpus_lines, train_byte_level_bpe, train_sentencepiece_bpe
+from tests.support.tokenizer_invariants import (EXTRA_LINES, RawEncoder, SentencePieceEncoder, check_equivalence,
                                         check_lossless)
 from tools.make_varied_corpus import read_corpus
 

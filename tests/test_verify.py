@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from converter.cli import main
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.verify.probe import PROBE_SNIPPETS
 from exporters.options import ExportOptions
-from tests.reference_prune import random_plan
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.reference_prune import random_plan
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 FORMATS = [("hf", None), ("gguf", "f32"), ("gguf", "f16"), ("onnx", "fp32")]
 
@@ -163,7 +164,7 @@ def test_bad_input_exits_2_with_one_line(tiny: Path, tmp_path: Path, capsys: pyt
 @pytest.fixture(scope="module")
 def smollm2(fixtures_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The real SmolLM2-135M source and a folder with its pruned hf, GGUF f32 and ONNX fp32 exports."""
-    from tools.bench_onnx import smollm2_plan
+    from tests.support.smollm2_plans import smollm2_plan
     from tools.smollm2_hf import cached_smollm2_hf
 
     src = cached_smollm2_hf(fixtures_root)

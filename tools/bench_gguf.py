@@ -61,7 +61,7 @@ def qwen_tokenizer() -> Path:
     llama.cpp's converter loads it with AutoTokenizer, which for a qwen2 model rebuilds Qwen2's own
     pre-tokenizer, so only a real Qwen2 tokenizer hashes to a name it knows.
     """
-    from tests.real_tokenizers import qwen_tokenizer_dir
+    from tests.support.real_tokenizers import qwen_tokenizer_dir
 
     return qwen_tokenizer_dir()
 
@@ -71,7 +71,7 @@ def write_synthetic(out: Path, tokenizer_from: Path) -> Path:
     import torch
 
     from converter.arch import resolve_arch
-    from converter.io.writer import DeclaredTensor, ShardWriter
+    from converter.io.safetensors_writer import DeclaredTensor, ShardWriter
 
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(QWEN_1_5B, indent=2))

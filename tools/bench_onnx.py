@@ -22,30 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converter.pipeline import Source, open_source
-from converter.plan import PrunePlan
+from converter.source import Source, open_source
+from tests.support.smollm2_plans import PROMPT, smollm2_plan
 from tools.smollm2_hf import cached_smollm2_hf
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / ".fixtures"
-VARIED = Path(__file__).resolve().parent.parent / "tests" / "data" / "varied.txt"
-KEEP_CHANNELS = 1344
-PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def smollm2_plan(source: Source, vocab: bool = True) -> PrunePlan:
-    """Random FFN plan (seeded), plus (with `vocab`) the tokens the varied corpus and the prompt use."""
-    dims = source.spec.dims
-    generator = torch.Generator().manual_seed(0)
-    channels = tuple(tuple(sorted(torch.randperm(dims.ffn, generator=generator)[:KEEP_CHANNELS].tolist()))
-                     for _ in range(dims.layers))
-    tokens: tuple[int, ...] = tuple(range(dims.vocab))
-    if vocab:
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(source.folder / "tokenizer.json"))
-        text = VARIED.read_text(encoding="utf-8") + "\n" + PROMPT
-        tokens = tuple(sorted(set(tokenizer.encode(text).ids) | {0, 1, 2}))
-    return PrunePlan(tokens, channels, None, {"method": "random-test"})
 
 
 def peak_rss() -> int:
@@ -83,7 +64,7 @@ def _child(*args: str) -> dict[str, float]:
 
 
 def _agreement(onnx_dir: Path, reference, prompt: list[int]) -> dict[str, float]:
-    from tests.onnx_runner import (
+    from tests.support.onnx_runner import (
         OnnxDecoder,
         genai_greedy,
         greedy,
@@ -119,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from tests.onnx_runner import pruned_hf_model
+    from tests.support.onnx_runner import pruned_hf_model
 
     src = cached_smollm2_hf(FIXTURES)
     source = open_source(src)

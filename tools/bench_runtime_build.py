@@ -112,7 +112,7 @@ def scores_for(spec: ModelSpec, src: Path, folder: Path) -> Path:
 
 def proportional_sizes(src: Path, ratio: float) -> tuple[int, int]:
     """(vocab target, FFN size) keeping the same fraction of tokens and channels, within the budget."""
-    from converter.pipeline import open_source
+    from converter.source import open_source
     from converter.score.budget import budget_for, param_model
 
     model = param_model(open_source(src))
@@ -127,7 +127,7 @@ def plan_for(spec: ModelSpec, src: Path, folder: Path, ratio: float) -> Path:
     if path.is_file():
         return path
     if ratio == 0:
-        from converter.pipeline import open_source
+        from converter.source import open_source
         from converter.plan import PrunePlan
 
         source = open_source(src)
@@ -141,7 +141,7 @@ def plan_for(spec: ModelSpec, src: Path, folder: Path, ratio: float) -> Path:
 
 
 def variant(spec: ModelSpec, src: Path, work: Path, ratio: float) -> Variant:
-    from converter.pipeline import open_source
+    from converter.source import open_source
     from converter.score.budget import param_model
 
     folder = work / spec.key

@@ -15,7 +15,7 @@ from tools.bench_runtime_build import Variant
 
 def breakdown_variants(src: Path, work: Path, full: Variant) -> list[tuple[str, Variant]]:
     """[("vocab-only", ...), ("ffn-only", ...)] for the plan of `full`."""
-    from converter.pipeline import open_source
+    from converter.source import open_source
     from converter.score.budget import param_model
 
     source = open_source(src)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converter.pipeline import open_source
+from converter.source import open_source
 from converter.score.buckets import BucketLayout
-from converter.score.collect import Act2Probe, PredictedCounts, ScoreOptions, pad_batches
+from converter.score.scorer import Act2Probe, PredictedCounts, ScoreOptions, pad_batches
 from converter.score.corpus import open_corpus
 from converter.score.engine import ModelRunner, compute_dtype, pick_device
 from converter.score.tokens import encode, load_tokenizer, rank_tokens, token_prior

@@ -44,15 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 from converter.score.autosplit import Budget, make_plan
 from converter.score.bpb import eval_windows, start_id, text_bytes
 from converter.score.budget import budget_for, param_model
-from converter.score.collect import ScoreOptions, pad_batches, score
+from converter.score.scorer import ScoreOptions, pad_batches, score
 from converter.score.corpus import open_corpus
 from converter.score.planner import VocabFitter, build_plan
-from converter.score.refit import fit_refit
+from converter.score.refit_solver import fit_refit
 from converter.score.scores import Scores
 from converter.score.tokens import load_tokenizer
 from exporters.options import ExportOptions

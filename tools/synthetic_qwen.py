@@ -40,7 +40,7 @@ def write_synthetic_qwen(out: Path, tokenizer_from: Path, seed: int = 0) -> Path
     import torch
 
     from converter.arch import resolve_arch
-    from converter.io.writer import DeclaredTensor, ShardWriter
+    from converter.io.safetensors_writer import DeclaredTensor, ShardWriter
 
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(QWEN_0_5B, indent=2))
@@ -62,7 +62,7 @@ def write_synthetic_qwen(out: Path, tokenizer_from: Path, seed: int = 0) -> Path
 
 def cached_synthetic_qwen(root: Path) -> Path:
     """root/qwen2.5-0.5b-shaped, written once (race-safe)."""
-    from tests.real_tokenizers import qwen_tokenizer_dir
+    from tests.support.real_tokenizers import qwen_tokenizer_dir
 
     tokenizer = qwen_tokenizer_dir()
     return cached_folder(root / "qwen2.5-0.5b-shaped", lambda path: write_synthetic_qwen(path, tokenizer),
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
-    from tests.real_tokenizers import qwen_tokenizer_dir
+    from tests.support.real_tokenizers import qwen_tokenizer_dir
 
     write_synthetic_qwen(args.out, qwen_tokenizer_dir())
     print(f"wrote {args.out}")

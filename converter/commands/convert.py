@@ -1,7 +1,7 @@
 """`compact-convert IN OUT`: the whole job (score, plan, export) as one command.
 
 With `--plan` it exports that plan; without one it scores the model on the calibration text and
-derives a plan from the budget flags (converter.score.oneshot). `compact-convert export` is the
+derives a plan from the budget flags (converter.oneshot). `compact-convert export` is the
 same command, for symmetry with the other stage subcommands.
 """
 from __future__ import annotations
@@ -13,7 +13,10 @@ from pathlib import Path
 
 from converter import __version__
 from converter.errors import ConvertError
-from converter.pipeline import EXPORTERS, Source, export, open_source, settle_plan
+from converter.pipeline import export
+from converter.settle import settle_plan
+from converter.source import Source, open_source
+from exporters.registry import EXPORTERS
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.report import ReportContext
@@ -92,12 +95,12 @@ def _plan(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportCo
         if args.refit:
             if context.scores is None:
                 raise ConvertError("--refit with --plan needs --scores (made with `compact-convert score --refit`)")
-            from converter.score.refit import fit_refit
+            from converter.score.refit_solver import fit_refit
 
             plan = fit_refit(source, context.scores, plan, scores_path=str(args.scores))
         return plan, context
     try:
-        from converter.score.oneshot import plan_from_args
+        from converter.oneshot import plan_from_args
     except ModuleNotFoundError:
         raise ConvertError("no --plan given; pass a prune_plan.json") from None
     return plan_from_args(args, source)

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.commands.score import check_output_file
+from converter.commands.output_file import check_output_file
 from converter.score.scores import merge
 
 

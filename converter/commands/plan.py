@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.commands.score import check_output_file
+from converter.commands.output_file import check_output_file
 from converter.errors import ConvertError
-from converter.pipeline import open_source
+from converter.source import open_source
 from converter.score.autosplit import Budget, make_plan
 from converter.score.budget import param_model
 from converter.score.planner import METHODS, report

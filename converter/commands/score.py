@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from converter.commands.output_file import check_output_file
 from converter.errors import ConvertError
-from converter.pipeline import open_source
-from converter.score.collect import ScoreOptions, dist_info, score
+from converter.source import open_source
+from converter.score.scorer import ScoreOptions, dist_info, score
 from converter.score.corpus import open_corpus
-from converter.score.oneshot import warn_default_corpus
+from converter.oneshot import warn_default_corpus
 from converter.score.scores import Scores
 
 
@@ -53,16 +54,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False, help="replace an existing file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
     return p
-
-
-def check_output_file(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise ConvertError("exists; pass --force to replace it", path)
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise ConvertError("the folder for the output does not exist", parent)
-    if not os.access(parent, os.W_OK):
-        raise ConvertError("cannot write here (permission denied)", parent)
 
 
 def _init_distributed(device: str) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from converter.prune import PrunedCheckpoint
-from converter.report.collect import Collected, collect, finish_sizes
+from converter.report.contents import Collected, collect, finish_sizes
 from converter.report.context import ReportContext
 from exporters.options import ExportOptions
 

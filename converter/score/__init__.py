@@ -5,7 +5,7 @@ channel importance (act² at the input of each down_proj, per bucket of token-fr
 on a sample, on GPU or CPU, whole or layer by layer, under torch.distributed or not; the result
 is an additive `Scores` file. `make_plan(source, scores, budget)` turns scores and a budget
 (exact sizes or a target ratio with an automatically chosen split) into a PrunePlan, with
-`budget.refit` also refitting the kept down_proj columns by least squares (converter.score.refit).
+`budget.refit` also refitting the kept down_proj columns by least squares (converter.score.refit_solver).
 """
 from __future__ import annotations
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import ConvertError
-from converter.pipeline import Source
+from converter.source import Source
 from converter.plan import PrunePlan
 from converter.score.bpb import eval_windows, start_id, text_bytes, total_nll_bits
 from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, check_ratio, param_model
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.planner import METHODS, VocabChoice, VocabFitter, build_plan
-from converter.score.refit import DEFAULT_RIDGE, fit_refit, refit_map, require_gram
+from converter.score.refit_solver import DEFAULT_RIDGE, fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
 from converter.score.tokens import load_tokenizer
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from converter.score.collect import pad_batches
+from converter.score.scorer import pad_batches
 from converter.score.engine import ModelRunner
 
 LOGIT_BYTES = 1 << 28
@@ -72,7 +72,7 @@ class RefitProbe:
     """Replaces the input of down_proj by the refit's full-width map of the kept channels.
 
     Through the dense down_proj that equals the refitted down_proj on the kept channels alone
-    (see converter.score.refit), so a refitted candidate is simulated without building it.
+    (see converter.score.refit_solver), so a refitted candidate is simulated without building it.
     """
 
     def __init__(self, kept: Sequence[torch.Tensor], maps: Sequence[torch.Tensor]) -> None:
@@ -93,7 +93,7 @@ def total_nll_bits(runner: ModelRunner, windows: list[np.ndarray], rows: Sequenc
 
     With `rows`, window ids index the kept rows (new ids) and inputs are rows[id] in the original
     model; `kept_channels` keeps only those FFN channels per layer, refitted when `ffn_maps` gives
-    each layer's refit map (converter.score.refit.refit_map).
+    each layer's refit map (converter.score.refit_solver.refit_map).
     """
     row_ids = torch.as_tensor(np.asarray(rows, dtype=np.int64)) if rows is not None else None
     out = runner.output_rows(None if rows is None else list(rows))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from converter.arch import is_ignored_tensor
 from converter.errors import ConvertError
-from converter.pipeline import Source
+from converter.source import Source
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from converter.errors import ConvertError
-from converter.pipeline import Source
-from converter.prune import TORCH_DTYPE_NAMES, raw_to_torch
+from converter.source import Source
+from converter.io.dtypes import TORCH_DTYPE_NAMES, raw_to_torch
 
 FIT_FRACTION = 0.6
 

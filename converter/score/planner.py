@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from converter.errors import ConvertError
-from converter.pipeline import Source
+from converter.source import Source
 from converter.plan import PrunePlan
 from converter.score.buckets import bucket_weights
 from converter.score.budget import ParamModel

@@ -6,7 +6,7 @@ baseline), weight magnitude [layers, ffn], the bucket layout, and a little held-
 text for choosing a split; metadata names the model (Checkpoint.fingerprint()), the corpus and
 the tokens seen. Scored with `--refit` it also holds each layer's Gram matrix of down_proj
 inputs [layers, ffn, ffn] (float32), what the least-squares refit solves with (see
-converter.score.refit). Scored with activations it holds the model's predicted counts [vocab]
+converter.score.refit_solver). Scored with activations it holds the model's predicted counts [vocab]
 (float64: the sum of its next-token probabilities over a sample of positions), which rank the
 tokens the corpus never showed (see converter.score.tokens); files from before they existed load
 without them. Every statistic is a sum, so files scored on disjoint corpus shards merge by
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from converter.errors import ConvertError
-from converter.io.writer import save_whole_file
+from converter.io.safetensors_writer import save_whole_file
 from converter.score.buckets import BucketLayout
 
 FORMAT = "compact-convert-scores"

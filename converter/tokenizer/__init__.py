@@ -14,7 +14,7 @@ from __future__ import annotations
 from converter.tokenizer.errors import TokenizerError
 from converter.tokenizer.keepset import TokenizerPlanner, TokenizerRewrite, plan_tokenizer
 from converter.tokenizer.special_ids import remap_special_ids
-from converter.tokenizer.writer import write_tokenizer
+from converter.tokenizer.file_rewrite import write_tokenizer
 
 __all__ = ["TokenizerError", "TokenizerPlanner", "TokenizerRewrite", "plan_tokenizer", "remap_special_ids",
            "write_tokenizer"]

@@ -1,7 +1,7 @@
 """The pruned Hugging Face model every runtime is compared with, and where it comes from.
 
 With `--reference IN` it is rebuilt from the source folder and OUT's prune_plan.json through the
-real pipeline (open_source, settle_plan, the HF exporter) into a temporary folder that is removed
+same steps an export takes (open_source, settle_plan, the HF exporter; no report) into a temporary folder that is removed
 afterwards: OUT's own files are never trusted to judge OUT. Without it, an hf OUT is its own
 reference (tokenizer self-consistency only; its logits have nothing to be compared with) and a
 GGUF or ONNX OUT offers only the tokenizer files it carries.
@@ -41,16 +41,22 @@ def pruned_reference(out: Output, source: Path | None) -> Iterator[Reference]:
     if not plan_path.is_file():
         raise ConvertError(f"is missing; --reference rebuilds the pruned model from IN and the {PLAN_NAME} every "
                            "export writes beside the model", plan_path)
-    from converter.pipeline import export, open_source
     from converter.plan import PrunePlan
+    from converter.prune import PrunedCheckpoint
+    from converter.settle import settle_plan
+    from converter.source import open_source
+    from exporters.hf import export
     from exporters.options import ExportOptions
+    from exporters.staging import StagedOutput
 
-    plan = PrunePlan.load(plan_path)
     opened = open_source(source)
+    final, tokenizer = settle_plan(opened, PrunePlan.load(plan_path))
     scratch = Path(tempfile.mkdtemp(prefix="compact-convert-verify-"))
     try:
         folder = scratch / "reference"
-        export(opened, plan, folder, "hf", ExportOptions(progress=False))
+        with StagedOutput(folder) as staged:
+            export(PrunedCheckpoint(opened.checkpoint, opened.spec, final), tokenizer, staged,
+                   ExportOptions(progress=False))
         yield Reference(folder, True, f"{source} pruned by {plan_path.name}", source)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -16,12 +16,12 @@ from typing import Any
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
 from exporters.gguf.hparams import family_table, hyperparameters, rope_freqs
-from exporters.gguf.pretokenizer import identify_pre
+from exporters.gguf.pre_tokenizer_choice import identify_pre
 from exporters.gguf.provenance import file_stem, provenance
 from exporters.gguf.quant import intermediate, quantize_with_llama_cpp, resolve_outtype
 from exporters.gguf.tensors import plan_tensors
 from exporters.gguf.vocab import read_tokenizer_json, tokenizer_model, vocabulary
-from exporters.gguf.writer import write_gguf
+from exporters.gguf.gguf_file import write_gguf
 from exporters.options import ExportOptions
 
 __all__ = ["export"]

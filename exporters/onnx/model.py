@@ -24,7 +24,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from converter.prune import PlannedTensor, PrunedCheckpoint, raw_to_torch
+from converter.io.dtypes import raw_to_torch
+from converter.prune import PlannedTensor, PrunedCheckpoint
 
 Holders = list[tuple[nn.Module, str]]  # (module, attribute) pairs that hold one tensor
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from exporters.gguf.pre_tokenizers import QWEN2_REGEX
-from tests.tiny_tokenizers import CHAT_TEMPLATE, SPECIAL_TOKENS, corpus_lines
+from exporters.gguf.pre_tokenizer_table import QWEN2_REGEX
+from tests.support.tiny_tokenizers import CHAT_TEMPLATE, SPECIAL_TOKENS, corpus_lines
 
 GGML_TYPE_F32 = 0
 

@@ -15,7 +15,8 @@ import onnxruntime as ort
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from converter.pipeline import export, open_source
+from converter.pipeline import export
+from converter.source import open_source
 from converter.plan import PrunePlan
 
 

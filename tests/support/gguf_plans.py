@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from converter.plan import PrunePlan
-from tests.tiny_tokenizers import corpus_lines
+from tests.support.tiny_tokenizers import corpus_lines
 
-FIXTURES = Path(__file__).parent / ".fixtures"
+FIXTURES = Path(__file__).parent.parent / ".fixtures"
 PLAN_VERSION = 1
 
 

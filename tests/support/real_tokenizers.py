@@ -23,10 +23,10 @@ from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
-from tests.tiny_tokenizers import corpus_lines
+from tests.support.tiny_tokenizers import corpus_lines
 from tools.fixture_cache import cached_folder
 
-FIXTURES = Path(__file__).parent / ".fixtures"
+FIXTURES = Path(__file__).parent.parent / ".fixtures"
 QWEN_VERSION = "qwen2.5-tokenizer-v1"
 GEMMA_VERSION = "gemma3-tokenizer-v2"
 

@@ -58,7 +58,7 @@ def _source_section(pruned: PrunedCheckpoint) -> dict[str, Any]:
 
 def _candidate_params(pruned: PrunedCheckpoint) -> Callable[[int, int], int]:
     """params(vocab, ffn) of this model, to show each auto-split candidate's size."""
-    from converter.pipeline import Source
+    from converter.source import Source
     from converter.score.budget import param_model
 
     return param_model(Source(pruned.source.folder, pruned.source, pruned.spec)).params

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from converter.pipeline import Source
+from converter.source import Source
 from converter.plan import PrunePlan
 from converter.report import ReportContext
 from converter.score.autosplit import Budget, make_plan
-from converter.score.collect import ScoreOptions, score
+from converter.score.scorer import ScoreOptions, score
 from converter.score.corpus import DEFAULT_WARNING, open_corpus
 from converter.score.planner import report
 from converter.score.scores import Scores

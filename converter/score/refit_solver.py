@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from converter.errors import ConvertError
-from converter.pipeline import Source
+from converter.source import Source
 from converter.plan import PrunePlan
-from converter.refit import FfnRefit
+from converter.ffn_refit import FfnRefit
 from converter.score.scores import Scores
 
 DEFAULT_RIDGE = 1e-3
@@ -58,7 +58,7 @@ def fit_refit(source: Source, scores: Scores, plan: PrunePlan, ridge: float = DE
     """`plan` with refitted down_proj weights for its kept channels, from the source and the Gram."""
     import torch
 
-    from converter.prune import raw_to_torch
+    from converter.io.dtypes import raw_to_torch
 
     gram = require_gram(scores, scores_path)
     ckpt = source.checkpoint

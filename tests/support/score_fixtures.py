@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from converter.score.collect import ScoreOptions
-from tests.tiny_models import build_tiny_model, save_tiny_model
+from converter.score.scorer import ScoreOptions
+from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 ALL_WINDOWS = ScoreOptions(calib_tokens=1 << 20, seq_len=64, batch_tokens=2048, heldout_tokens=1 << 20,
                            device="cpu")
@@ -47,7 +47,7 @@ def hf_bits(folder: Path, texts: list[str], seq_len: int) -> float:
     from transformers import AutoModelForCausalLM
 
     from converter.score.bpb import eval_windows, start_id
-    from converter.score.collect import pad_batches
+    from converter.score.scorer import pad_batches
     from converter.score.tokens import load_tokenizer
 
     tok = load_tokenizer(folder)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from converter.errors import ConvertError
-from converter.pipeline import Source
+from converter.source import Source
 from converter.progress import progress_bar
 from converter.score.buckets import BINS_PER_OCTAVE, BucketLayout
 from converter.score.corpus import Corpus, Document
@@ -264,7 +264,7 @@ def pad_batches(windows: list[np.ndarray], seq_len: int, batch_tokens: int,
 
 def weight_magnitude(source: Source) -> np.ndarray:
     """L2 norm of each channel's weights (gate row, up row, down column), per layer."""
-    from converter.prune import raw_to_torch
+    from converter.io.dtypes import raw_to_torch
 
     ckpt = source.checkpoint
     dims = source.spec.dims

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from converter.io.header import DTYPE_SIZES
+from converter.io.dtypes import DTYPE_SIZES
 
 
 @dataclass(frozen=True)

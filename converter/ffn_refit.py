@@ -1,7 +1,7 @@
 """FfnRefit: refitted down_proj weights that travel beside a plan, in their own safetensors file.
 
 Cutting FFN channels removes their share of every down_proj output. A least-squares refit of
-the kept columns (converter.score.refit) recovers much of it without training, but its result
+the kept columns (converter.score.refit_solver) recovers much of it without training, but its result
 is weights, not indices, so it cannot live in the editable JSON: the plan names a file beside
 itself (`<plan>.refit`, a safetensors file of float32 [hidden, kept] per layer) with its sha256,
 and the surgery takes down_proj from it instead of slicing the source. The name deliberately does
@@ -46,7 +46,7 @@ class FfnRefit:
 
     def save(self, path: Path) -> str:
         """Write the weights to `path`; returns the file's sha256 for the plan to record."""
-        from converter.io.writer import save_whole_file
+        from converter.io.safetensors_writer import save_whole_file
 
         save_whole_file(path, {f"layer.{i}": np.ascontiguousarray(w) for i, w in enumerate(self.weights)},
                         {"ridge": repr(self.ridge)})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.errors import ConvertError
-from exporters.gguf.pre_tokenizers import CHKTXT, DEFINITIONS, KNOWN_HASHES, PRE_NAMES
+from exporters.gguf.pre_tokenizer_table import CHKTXT, DEFINITIONS, KNOWN_HASHES, PRE_NAMES
 
 ID_FIELDS = ("type", "pretokenizers", "pattern", "behavior", "invert", "individual_digits", "use_regex",
              "add_prefix_space", "String", "Regex")

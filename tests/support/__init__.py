@@ -1,0 +1,1 @@
+"""Helpers the tests share: tiny models and tokenizers, real-model fixtures, runtimes, CLI processes."""
