@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from converter.source import Source, open_source
+from converter.plan import PrunePlan
+from converter.source import open_source
 from tests.support.smollm2_plans import PROMPT, smollm2_plan
 from tools.smollm2_hf import cached_smollm2_hf
 

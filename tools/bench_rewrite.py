@@ -17,7 +17,6 @@ ratios without it. The tool's bytecode is compiled first, as a regular pip insta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.synthetic_llama import FFN, VOCAB, write_synthetic
+from tests.support.synthetic_llama import FFN, HIDDEN, VOCAB, write_synthetic
 
 LAYERS_FOR_GB = {1: 8, 2: 19, 4: 41}
 

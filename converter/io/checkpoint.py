@@ -22,7 +22,7 @@ import numpy as np
 from converter.errors import ConvertError
 from converter.io.buffers import BufferPool
 from converter.io.jsonfile import read_json_object
-from converter.io.header import DTYPE_SIZES, HeaderEntry, read_header
+from converter.io.header import DTYPE_SIZES, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
