@@ -64,6 +64,23 @@ def _symlink_escape(model: Path, plan: Path) -> None:
     shard.symlink_to(outside)
 
 
+def _config_symlink_escape(model: Path, plan: Path) -> None:
+    outside = model.parent / "elsewhere-config.json"
+    (model / "config.json").rename(outside)
+    (model / "config.json").symlink_to(outside)
+
+
+def _symlink_loop(model: Path, plan: Path) -> None:
+    shard = _first_shard(model)
+    shard.unlink()
+    shard.symlink_to(shard.name)
+
+
+def _stale_single_file(model: Path, plan: Path) -> None:
+    """A model.safetensors beside the shards that the index does not list (e.g. left by an older upload)."""
+    (model / "model.safetensors").write_bytes(_first_shard(model).read_bytes())
+
+
 def _duplicate_across_shards(model: Path, plan: Path) -> None:
     shards = sorted(model.glob("model-*.safetensors"))
     victim = json.loads(shards[0].read_bytes()[8:8 + struct.unpack("<Q", shards[0].read_bytes()[:8])[0]])
@@ -157,7 +174,10 @@ CASES = [
          "model.safetensors.index.json"),
     Case("index-absolute-path", _point_first_tensor_at("/etc/passwd.safetensors"), "outside the model folder",
          "model.safetensors.index.json"),
-    Case("index-symlink-escape", _symlink_escape, "outside the model folder", "model.safetensors.index.json"),
+    Case("shard-symlink-escape", _symlink_escape, "outside the model folder", "model-00001-of-"),
+    Case("config-symlink-escape", _config_symlink_escape, "outside the model folder", "config.json"),
+    Case("shard-symlink-loop", _symlink_loop, "symlink loop", "model-00001-of-"),
+    Case("single-file-beside-index", _stale_single_file, "ambiguous", "model.safetensors.index.json"),
     Case("index-missing-shard", _point_first_tensor_at("model-00099-of-00099.safetensors"), "does not exist",
          "model.safetensors.index.json"),
     Case("index-not-safetensors", _point_first_tensor_at("model.bin"), "not a .safetensors file",
@@ -173,6 +193,12 @@ CASES = [
          "not a JSON object", "safetensors"),
     Case("header-bad-metadata", lambda m, p: _rewrite_header(_first_shard(m), lambda h: h.update(
         __metadata__={"format": 1})), "__metadata__", "safetensors"),
+    Case("header-metadata-not-object", lambda m, p: _rewrite_header(_first_shard(m), lambda h: h.update(
+        __metadata__=["format", "pt"])), "__metadata__ must map strings to strings but is a JSON array",
+         "model-00001-of-"),
+    Case("config-dtype-contradicts-weights", _set_config(dtype="float16"), "silently cast", "config.json"),
+    Case("config-torch-dtype-contradicts-weights", _set_config(dtype=None, torch_dtype="bfloat16"),
+         "torch_dtype 'bfloat16' but the weights are stored as F32", "config.json"),
     Case("index-not-json", lambda m, p: (m / "model.safetensors.index.json").write_text("{"), "cannot be parsed",
          "model.safetensors.index.json"),
     Case("index-without-weight-map", lambda m, p: (m / "model.safetensors.index.json").write_text("{}"),
@@ -272,7 +298,7 @@ def test_failure_mid_export_leaves_nothing(sharded_model: tuple[Path, Path], tmp
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash while writing (here: a disk error on the 5th tensor) removes the staging folder."""
-    from converter.io import writer
+    from converter.io import safetensors_writer as writer
 
     model, plan = sharded_model
     real_expect = writer.ShardWriter._expect  # every tensor passes here, written or kernel-copied

@@ -1,13 +1,14 @@
 """Cross-check a checkpoint's headers against the ArchSpec its config.json implies."""
 from __future__ import annotations
 
+from converter.arch.config_dtype import check_config_dtype
 from converter.arch.spec import ArchSpec, is_ignored_tensor
 from converter.errors import ConvertError
 from converter.io import Checkpoint
 
 
 def check_against(spec: ArchSpec, ckpt: Checkpoint) -> None:
-    """Every required tensor present with the configured shape, nothing unknown; else ConvertError."""
+    """Every required tensor present with the configured shape and dtype, nothing unknown; else ConvertError."""
     for slot in spec.slots:
         info = ckpt.tensors.get(slot.name)
         if info is None:
@@ -24,3 +25,4 @@ def check_against(spec: ArchSpec, ckpt: Checkpoint) -> None:
         if spec.slot(info.name) is None and not is_ignored_tensor(info.name):
             raise ConvertError(f"tensor '{info.name}' is not part of the {spec.architecture} architecture; "
                                "compact-convert will not guess how to prune it", info.file)
+    check_config_dtype(spec.config, ckpt)

@@ -23,6 +23,7 @@ from converter.errors import ConvertError
 from converter.io.buffers import BufferPool
 from converter.io.jsonfile import read_json_object
 from converter.io.header import DTYPE_SIZES, read_header
+from converter.io.model_folder import LinkRefused, check_links, resolve_inside
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -62,10 +63,10 @@ def _inside(folder: Path, name: object, index_path: Path) -> Path:
     if not name.endswith(".safetensors"):
         raise ConvertError(f"weight_map names '{name}', which is not a .safetensors file", index_path)
     candidate = folder / name
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(folder.resolve()):
-        raise ConvertError(f"weight_map file '{name}' is a link that leads outside the model folder; refusing to read it",
-                           index_path)
+    try:
+        resolved = resolve_inside(candidate, folder)
+    except LinkRefused as exc:
+        raise ConvertError(f"weight_map file '{name}' {exc.problem}", index_path) from None
     if not resolved.is_file():
         raise ConvertError(f"weight_map names shard '{name}', which does not exist", index_path)
     return candidate
@@ -88,17 +89,25 @@ def _read_index(folder: Path, index_path: Path) -> dict[str, Path]:
 
 
 def find_weight_files(folder: Path) -> tuple[list[Path], Path | None]:
-    """The safetensors files of a model folder and its index (if sharded), or a clear error."""
+    """The safetensors files of a model folder and its index (if sharded), or a clear error.
+
+    With an index, its weight_map names the files; a `model.safetensors` beside it that the index
+    does not list is refused, since transformers would load that file and this tool the shards.
+    """
     index_path = folder / INDEX_NAME
-    if index_path.is_file():
-        mapping = _read_index(folder, index_path)
-        return sorted(set(mapping.values())), index_path
     single = folder / SINGLE_NAME
+    if index_path.is_file():
+        files = sorted(set(_read_index(folder, index_path).values()))
+        if (single.is_file() or single.is_symlink()) and single not in files:
+            raise ConvertError(
+                f"holds both {SINGLE_NAME} and {INDEX_NAME}, whose weight_map does not list {SINGLE_NAME}, so which "
+                f"weights are meant is ambiguous (a stock loader reads {SINGLE_NAME}, the index names "
+                f"{len(files)} other shard(s)); delete whichever of the two is stale", folder)
+        return files, index_path
     files = [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
     files = [f for f in files if f.is_file() or f.is_symlink()]
     for f in files:
-        if not f.resolve().is_relative_to(folder.resolve()):
-            raise ConvertError("is a link that leads outside the model folder; refusing to read it", f)
+        resolve_inside(f, folder)
     if files:
         return files, None
     if any(folder.glob("pytorch_model*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
@@ -127,6 +136,7 @@ class Checkpoint:
         folder = Path(folder)
         if not folder.is_dir():
             raise ConvertError("is not a folder", folder)
+        check_links(folder)
         files, index_path = find_weight_files(folder)
         tensors: dict[str, TensorInfo] = {}
         for file in files:

@@ -91,6 +91,26 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _metadata(path: Path, value: object) -> dict[str, str]:
+    """The free-form `__metadata__`: absent or null, or an object of strings (as the reference reader requires)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        found = f"a JSON {_json_type(value)}"
+    else:
+        bad = next((k for k, v in value.items() if not isinstance(v, str)), None)
+        if bad is None:
+            return dict(value)
+        found = f"an object whose '{bad}' is a JSON {_json_type(value[bad])}"
+    raise ConvertError(f"safetensors __metadata__ must map strings to strings but is {found}; the file is corrupt "
+                       "(re-save it with safetensors' save_file and string metadata)", path)
+
+
 def read_header(path: Path) -> SafetensorsHeader:
     """Read and validate the header of one safetensors file (the data is not touched)."""
     try:
@@ -117,9 +137,7 @@ def read_header(path: Path) -> SafetensorsHeader:
         raise ConvertError("safetensors header is not a JSON object; the file is corrupt", path)
     data_start = 8 + n
     data_len = size - data_start
-    metadata = raw.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise ConvertError("safetensors __metadata__ must map strings to strings", path)
+    metadata = _metadata(path, raw.pop("__metadata__", None))
     entries = sorted((_entry(path, name, value, data_start, data_len) for name, value in raw.items()),
                      key=lambda e: (e.start, e.end))
     cursor = data_start
@@ -131,4 +149,4 @@ def read_header(path: Path) -> SafetensorsHeader:
     if cursor != size:
         raise ConvertError(
             f"tensor data ends at byte {cursor} but the file has {size} bytes; the safetensors file is corrupt", path)
-    return SafetensorsHeader(path, tuple(entries), dict(metadata), data_start)
+    return SafetensorsHeader(path, tuple(entries), metadata, data_start)

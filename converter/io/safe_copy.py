@@ -9,11 +9,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from converter.errors import ConvertError
+from converter.io.model_folder import resolve_inside
 
 
 def copy_inside(src: Path, folder: Path, dest: Path) -> Path:
-    """Copy `src` to `dest`, refusing a source that resolves outside `folder`."""
-    if not src.resolve().is_relative_to(folder.resolve()):
-        raise ConvertError("is a link that leads outside the model folder; refusing to read it", src)
+    """Copy `src` to `dest`, refusing a source that resolves where `folder`'s files may not (see model_folder)."""
+    resolve_inside(src, folder)
     return Path(shutil.copyfile(src, dest))

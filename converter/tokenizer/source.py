@@ -13,6 +13,7 @@ from typing import Any
 
 from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
+from converter.io.model_folder import check_links
 from converter.tokenizer.errors import TokenizerError
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -29,6 +30,14 @@ MAX_CONFIG_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
+class ChatTemplate:
+    """One chat template's source text and the file it came from (for messages about it)."""
+
+    path: Path
+    text: str
+
+
+@dataclass(frozen=True)
 class TokenizerSource:
     """A model folder's tokenizer files, parsed; absent optional files are empty dicts."""
 
@@ -38,7 +47,7 @@ class TokenizerSource:
     special_tokens_map: dict[str, Any]
     added_tokens: dict[str, Any]
     model_configs: dict[str, dict[str, Any]]
-    chat_templates: tuple[str, ...]
+    chat_templates: tuple[ChatTemplate, ...]
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -68,34 +77,36 @@ def _read_text(path: Path) -> str:
         raise TokenizerError(f"cannot be read ({type(exc).__name__}: {exc})", path) from exc
 
 
-def _config_templates(value: object, path: Path) -> list[str]:
+def _config_templates(value: object, path: Path) -> list[ChatTemplate]:
     """tokenizer_config.json's chat_template: a string or a list of {name, template}."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
+        return [ChatTemplate(path, value)]
     if isinstance(value, list) and all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in value):
-        return [t["template"] for t in value]
+        return [ChatTemplate(path, t["template"]) for t in value]
     raise TokenizerError("chat_template is neither a string nor a list of {name, template} objects", path)
 
 
-def _chat_templates(root: Path, tokenizer_config: dict[str, Any]) -> tuple[str, ...]:
+def read_chat_templates(root: Path, tokenizer_config: dict[str, Any]) -> tuple[ChatTemplate, ...]:
+    """Every chat template of the folder, wherever it is kept; refuses one that is not text."""
     templates = _config_templates(tokenizer_config.get("chat_template"), root / TOKENIZER_CONFIG)
     if (root / CHAT_TEMPLATE_JINJA).is_file():
-        templates.append(_read_text(root / CHAT_TEMPLATE_JINJA))
+        templates.append(ChatTemplate(root / CHAT_TEMPLATE_JINJA, _read_text(root / CHAT_TEMPLATE_JINJA)))
     if (root / CHAT_TEMPLATE_JSON).is_file():
         templates += _config_templates(read_json(root / CHAT_TEMPLATE_JSON).get("chat_template"),
                                        root / CHAT_TEMPLATE_JSON)
     if (root / CHAT_TEMPLATE_DIR).is_dir():
-        templates += [_read_text(p) for p in sorted((root / CHAT_TEMPLATE_DIR).glob("*.jinja"))]
+        templates += [ChatTemplate(p, _read_text(p)) for p in sorted((root / CHAT_TEMPLATE_DIR).glob("*.jinja"))]
     return tuple(templates)
 
 
 def read_source(src_dir: Path) -> TokenizerSource:
-    """Parse the folder's tokenizer files; only tokenizer.json is required."""
+    """Parse the folder's tokenizer files; only tokenizer.json is required, and none may link out of the folder."""
     root = Path(src_dir)
     if not root.is_dir():
         raise TokenizerError("is not a folder", root)
+    check_links(root)
     tokenizer_config = read_json(root / TOKENIZER_CONFIG)
     return TokenizerSource(
         root=root,
@@ -104,5 +115,5 @@ def read_source(src_dir: Path) -> TokenizerSource:
         special_tokens_map=read_json(root / SPECIAL_TOKENS_MAP),
         added_tokens=read_json(root / ADDED_TOKENS),
         model_configs={name: read_json(root / name) for name in MODEL_CONFIGS},
-        chat_templates=_chat_templates(root, tokenizer_config),
+        chat_templates=read_chat_templates(root, tokenizer_config),
     )
