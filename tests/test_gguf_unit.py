@@ -19,8 +19,8 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 
-from converter.arch.families import FAMILIES as ARCH_FAMILIES
-from converter.arch.gguf_names import GGUF_FAMILIES, TENSOR_NAMES
+from converter.arch.families import FAMILIES
+from converter.arch.gguf_names import TENSOR_NAMES
 from converter.cli import main
 from converter.plan import PrunePlan
 from exporters.gguf.pre_tokenizer_choice import identify_pre
@@ -57,27 +57,19 @@ def _fields(path: Path) -> dict[str, object]:
     return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-@pytest.mark.parametrize("family", sorted(GGUF_FAMILIES))
+@pytest.mark.parametrize("family", sorted(name for name, f in FAMILIES.items() if f.gguf is not None))
 def test_names_agree_with_gguf_py_tensor_map(family: str) -> None:
-    arch = next(a for a in gguf.MODEL_ARCH if gguf.MODEL_ARCH_NAMES[a] == GGUF_FAMILIES[family]["arch"])
+    record = FAMILIES[family]
+    assert record.gguf is not None
+    arch = next(a for a in gguf.MODEL_ARCH if gguf.MODEL_ARCH_NAMES[a] == record.gguf.arch)
     mapping = gguf.get_tensor_name_map(arch, 2)
-    tables = ARCH_FAMILIES[family]
-    for template, role, _ in list(tables["tensors"]) + list(tables["optional_tensors"]):
-        hf_name = template.format(layer=1)
+    for tensor in record.tensors:
+        hf_name = tensor.name.format(layer=1)
         expected = mapping.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if role == "lm_head" and GGUF_FAMILIES[family]["lm_head"] == "absent":
+        if tensor.role == "lm_head" and record.gguf.lm_head == "absent":
             assert expected is None
             continue
-        assert TENSOR_NAMES[role].format(layer=1) == expected, (family, role)
-
-
-def test_table_agrees_with_the_family_quirks() -> None:
-    assert set(GGUF_FAMILIES) == set(ARCH_FAMILIES)
-    for family, table in GGUF_FAMILIES.items():
-        quirks = set(ARCH_FAMILIES[family]["quirks"])
-        assert (table["norm_offset"] == 1.0) == ("norm_plus_one" in quirks), family
-        assert bool(table["softcapping"]) == ("softcapping" in quirks), family
-        assert (table["sliding_window"] == "per_layer") == ("sliding_window" in quirks), family
+        assert TENSOR_NAMES[tensor.role].format(layer=1) == expected, (family, tensor.role)
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (9, 3), (8, 1)])

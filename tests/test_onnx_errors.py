@@ -75,7 +75,8 @@ def test_untraceable_config_is_refused_naming_the_limit(tmp_path: Path, capsys: 
 def test_family_without_onnx_recipe_is_refused_before_writing(tmp_path: Path) -> None:
     src = _tiny(tmp_path)
     source = open_source(src)
-    spec = dataclasses.replace(source.spec, family="phi3", architecture="Phi3ForCausalLM")
+    without_recipe = dataclasses.replace(source.spec.family_record, name="phi3", onnx=False)
+    spec = dataclasses.replace(source.spec, family_record=without_recipe, architecture="Phi3ForCausalLM")
     pruned = PrunedCheckpoint(source.checkpoint, spec, PrunePlan.identity(source.spec))
     out = tmp_path / "staging"
     out.mkdir()

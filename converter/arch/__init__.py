@@ -1,4 +1,4 @@
-"""Architecture knowledge as data: family tables and their resolution against a config.
+"""Architecture knowledge as data: family records and their resolution against a config.
 
 `load_arch(folder)` gives an `ArchSpec` naming every tensor's role, shape and pruned axes;
 `check_against` proves a checkpoint's headers agree with it before any output is written.

@@ -1,93 +1,181 @@
-"""Family tables: every tensor of each supported architecture, as data.
+"""Family records: every supported architecture as one typed, frozen record.
 
-A tensor is a name template (with `{layer}`), a role and its shape written in named dimensions.
-Dimensions named `vocab` are cut by the vocabulary keep set and dimensions named `ffn` by the
-kept FFN channels, so the coupling of axes (embedding rows with lm_head rows, gate/up rows with
-down_proj columns) follows from the shapes alone. Compare mergekit's architecture JSON files and
-gguf-py's tensor_mapping.py. Quirks are named flags that exporters look up.
+A family states its tensors and its conventions once. A tensor is a name template (with
+`{layer}`), a role and its shape written in named dimensions. Dimensions named `vocab` are cut
+by the vocabulary keep set and dimensions named `ffn` by the kept FFN channels, so the coupling
+of axes (embedding rows with lm_head rows, gate/up rows with down_proj columns) follows from the
+shapes alone. The conventions are the facts exporters and checks read (norm offset, embedding
+scale, soft-capping, sliding windows, attention scale) and, in `gguf`, what llama.cpp's graph
+for the family computes. A family that differs from another in a few facts is written as
+`dataclasses.replace` of it, naming only those. Compare mergekit's architecture JSON files and
+gguf-py's tensor_mapping.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from converter.arch.gguf_names import SOFTCAPPING_KEYS, GgufConventions
+
 LAYER = "model.layers.{layer}."
 
-_ATTENTION = [
-    (LAYER + "self_attn.q_proj.weight", "attn_q", ("q_dim", "hidden")),
-    (LAYER + "self_attn.k_proj.weight", "attn_k", ("kv_dim", "hidden")),
-    (LAYER + "self_attn.v_proj.weight", "attn_v", ("kv_dim", "hidden")),
-    (LAYER + "self_attn.o_proj.weight", "attn_output", ("hidden", "q_dim")),
-]
-_ATTENTION_BIAS = [
-    (LAYER + "self_attn.q_proj.bias", "attn_q_bias", ("q_dim",)),
-    (LAYER + "self_attn.k_proj.bias", "attn_k_bias", ("kv_dim",)),
-    (LAYER + "self_attn.v_proj.bias", "attn_v_bias", ("kv_dim",)),
-]
-_QK_NORM = [
-    (LAYER + "self_attn.q_norm.weight", "attn_q_norm", ("head_dim",)),
-    (LAYER + "self_attn.k_norm.weight", "attn_k_norm", ("head_dim",)),
-]
-_MLP = [
-    (LAYER + "mlp.gate_proj.weight", "ffn_gate", ("ffn", "hidden")),
-    (LAYER + "mlp.up_proj.weight", "ffn_up", ("ffn", "hidden")),
-    (LAYER + "mlp.down_proj.weight", "ffn_down", ("hidden", "ffn")),
-]
-_NORMS = [
-    (LAYER + "input_layernorm.weight", "attn_norm", ("hidden",)),
-    (LAYER + "post_attention_layernorm.weight", "ffn_norm", ("hidden",)),
-]
-_SANDWICH_NORMS = [
-    (LAYER + "input_layernorm.weight", "attn_norm", ("hidden",)),
-    (LAYER + "post_attention_layernorm.weight", "post_attention_norm", ("hidden",)),
-    (LAYER + "pre_feedforward_layernorm.weight", "ffn_norm", ("hidden",)),
-    (LAYER + "post_feedforward_layernorm.weight", "post_ffw_norm", ("hidden",)),
-]
-_GLOBAL = [
-    ("model.embed_tokens.weight", "embed", ("vocab", "hidden")),
-    ("model.norm.weight", "output_norm", ("hidden",)),
-    ("lm_head.weight", "lm_head", ("vocab", "hidden")),
-]
 
-# Each family: the `architectures` names and `model_type`s it covers, its tensors, and quirks.
-FAMILIES: dict[str, dict[str, object]] = {
-    "llama": {
-        "architectures": ["LlamaForCausalLM", "MistralForCausalLM"],
-        "model_types": ["llama", "mistral"],
-        "tensors": _GLOBAL + _ATTENTION + _MLP + _NORMS,
-        "optional_tensors": _ATTENTION_BIAS,
-        "quirks": [],
-    },
-    "qwen2": {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_types": ["qwen2"],
-        "tensors": _GLOBAL + _ATTENTION + _ATTENTION_BIAS + _MLP + _NORMS,
-        "optional_tensors": [],
-        "quirks": [],
-    },
-    "qwen3": {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_types": ["qwen3"],
-        "tensors": _GLOBAL + _ATTENTION + _QK_NORM + _MLP + _NORMS,
-        "optional_tensors": _ATTENTION_BIAS,
-        "quirks": [],
-    },
-    "gemma": {
-        "architectures": ["GemmaForCausalLM"],
-        "model_types": ["gemma"],
-        "tensors": _GLOBAL + _ATTENTION + _MLP + _NORMS,
-        "optional_tensors": [],
-        "quirks": ["norm_plus_one", "embed_scale_sqrt_hidden"],
-    },
-    "gemma2": {
-        "architectures": ["Gemma2ForCausalLM"],
-        "model_types": ["gemma2"],
-        "tensors": _GLOBAL + _ATTENTION + _MLP + _SANDWICH_NORMS,
-        "optional_tensors": [],
-        "quirks": ["norm_plus_one", "embed_scale_sqrt_hidden", "softcapping", "sliding_window"],
-    },
-    "gemma3": {
-        "architectures": ["Gemma3ForCausalLM"],
-        "model_types": ["gemma3_text"],
-        "tensors": _GLOBAL + _ATTENTION + _QK_NORM + _MLP + _SANDWICH_NORMS,
-        "optional_tensors": [],
-        "quirks": ["norm_plus_one", "embed_scale_sqrt_hidden", "softcapping", "sliding_window"],
-    },
-}
+@dataclass(frozen=True)
+class TensorTemplate:
+    """One tensor of a family: name template, role, shape in named dimensions, and whether it must exist."""
+
+    name: str
+    role: str
+    shape: tuple[str, ...]
+    required: bool = True
+
+    @property
+    def per_layer(self) -> bool:
+        return "{layer}" in self.name
+
+
+@dataclass(frozen=True)
+class AttentionScale:
+    """Attention scores scaled by 1/sqrt(config[key]) (`default` when unset) instead of 1/sqrt(head_dim)."""
+
+    key: str
+    default: float
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported architecture: which configs it covers, its tensors, and its conventions."""
+
+    name: str
+    # config `architectures[0]` values it covers; `model_types` are matched when that is absent.
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    tensors: tuple[TensorTemplate, ...]
+    # Whether the lm_head reuses the embedding when config.json has no `tie_word_embeddings`.
+    tied_embeddings: bool = False
+    # RMSNorm multiplies by (norm_offset + w): Gemma's (1 + w), where llama.cpp multiplies by w.
+    norm_offset: float = 0.0
+    # Whether the embedding output is multiplied by sqrt(hidden) (Gemma); transformers keeps the
+    # factor on the embedding module as `embed_scale`.
+    embed_scale_sqrt_hidden: bool = False
+    # The soft-capping config keys the transformers model applies when they are set.
+    softcapping: tuple[str, ...] = ()
+    # Where a layer's sliding window comes from: "config" (a config `sliding_window`, if any,
+    # applies to every layer: Mistral) or "layer_types" (config `layer_types` marks sliding layers).
+    sliding_window: Literal["config", "layer_types"] = "config"
+    # Without `layer_types` or `sliding_window_pattern` in the config, every n-th layer has full
+    # attention and the others slide (transformers' default for the family; 1: none slides).
+    sliding_window_pattern: int = 1
+    # The rotary embedding has one table per layer type (local and global rope bases: Gemma 3).
+    rope_per_layer_type: bool = False
+    attention_scale: AttentionScale | None = None
+    # Whether the ONNX exporter has a recipe for the family (its decoder layers trace faithfully).
+    onnx: bool = True
+    # llama.cpp's conventions for the family; None when llama.cpp has no graph for it.
+    gguf: GgufConventions | None = None
+
+
+def optional(*tensors: TensorTemplate) -> tuple[TensorTemplate, ...]:
+    """The same tensors, allowed to be absent (checkpoints that do or do not carry them)."""
+    return tuple(replace(t, required=False) for t in tensors)
+
+
+_ATTENTION = (
+    TensorTemplate(LAYER + "self_attn.q_proj.weight", "attn_q", ("q_dim", "hidden")),
+    TensorTemplate(LAYER + "self_attn.k_proj.weight", "attn_k", ("kv_dim", "hidden")),
+    TensorTemplate(LAYER + "self_attn.v_proj.weight", "attn_v", ("kv_dim", "hidden")),
+    TensorTemplate(LAYER + "self_attn.o_proj.weight", "attn_output", ("hidden", "q_dim")),
+)
+_ATTENTION_BIAS = (
+    TensorTemplate(LAYER + "self_attn.q_proj.bias", "attn_q_bias", ("q_dim",)),
+    TensorTemplate(LAYER + "self_attn.k_proj.bias", "attn_k_bias", ("kv_dim",)),
+    TensorTemplate(LAYER + "self_attn.v_proj.bias", "attn_v_bias", ("kv_dim",)),
+)
+_QK_NORM = (
+    TensorTemplate(LAYER + "self_attn.q_norm.weight", "attn_q_norm", ("head_dim",)),
+    TensorTemplate(LAYER + "self_attn.k_norm.weight", "attn_k_norm", ("head_dim",)),
+)
+_MLP = (
+    TensorTemplate(LAYER + "mlp.gate_proj.weight", "ffn_gate", ("ffn", "hidden")),
+    TensorTemplate(LAYER + "mlp.up_proj.weight", "ffn_up", ("ffn", "hidden")),
+    TensorTemplate(LAYER + "mlp.down_proj.weight", "ffn_down", ("hidden", "ffn")),
+)
+_NORMS = (
+    TensorTemplate(LAYER + "input_layernorm.weight", "attn_norm", ("hidden",)),
+    TensorTemplate(LAYER + "post_attention_layernorm.weight", "ffn_norm", ("hidden",)),
+)
+_SANDWICH_NORMS = (
+    TensorTemplate(LAYER + "input_layernorm.weight", "attn_norm", ("hidden",)),
+    TensorTemplate(LAYER + "post_attention_layernorm.weight", "post_attention_norm", ("hidden",)),
+    TensorTemplate(LAYER + "pre_feedforward_layernorm.weight", "ffn_norm", ("hidden",)),
+    TensorTemplate(LAYER + "post_feedforward_layernorm.weight", "post_ffw_norm", ("hidden",)),
+)
+_GLOBAL = (
+    TensorTemplate("model.embed_tokens.weight", "embed", ("vocab", "hidden")),
+    TensorTemplate("model.norm.weight", "output_norm", ("hidden",)),
+    TensorTemplate("lm_head.weight", "lm_head", ("vocab", "hidden")),
+)
+
+LLAMA = Family(
+    name="llama",
+    architectures=("LlamaForCausalLM", "MistralForCausalLM"),
+    model_types=("llama", "mistral"),
+    tensors=(*_GLOBAL, *_ATTENTION, *_MLP, *_NORMS, *optional(*_ATTENTION_BIAS)),
+    gguf=GgufConventions(arch="llama", permute_qk=True, sliding_window="cap_context",
+                         rope_scaling=("default", "linear", "yarn", "llama3")),
+)
+QWEN2 = replace(
+    LLAMA, name="qwen2", architectures=("Qwen2ForCausalLM",), model_types=("qwen2",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_ATTENTION_BIAS, *_MLP, *_NORMS),
+    sliding_window="layer_types",
+    gguf=GgufConventions(arch="qwen2"),
+)
+QWEN3 = replace(
+    QWEN2, name="qwen3", architectures=("Qwen3ForCausalLM",), model_types=("qwen3",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_QK_NORM, *_MLP, *_NORMS, *optional(*_ATTENTION_BIAS)),
+    gguf=GgufConventions(arch="qwen3"),
+)
+
+_GEMMA_GGUF = GgufConventions(arch="gemma", activations=("gelu_pytorch_tanh", "gelu"), lm_head="absent",
+                              rope_scaling=("default",))
+_GEMMA2_GGUF = replace(
+    _GEMMA_GGUF, arch="gemma2", activation_key="hidden_activation", activations=("gelu_pytorch_tanh",),
+    sliding_window="per_layer",
+    softcapping=(("attn_logit_softcapping", "{arch}.attn_logit_softcapping"),
+                 ("final_logit_softcapping", "{arch}.final_logit_softcapping")),
+    softcapping_always=True, unsupported_keys=(), per_head_scale_layers=(46,),
+)
+_GEMMA3_GGUF = replace(
+    _GEMMA2_GGUF, arch="gemma3", lm_head="output", rope_scaling=("default", "linear"),
+    softcapping=(("final_logit_softcapping", "{arch}.final_logit_softcapping"),),
+    softcapping_always=False, unsupported_keys=("attn_logit_softcapping",), per_head_scale_layers=(62,),
+    rope_base_swa=True,
+)
+
+GEMMA = replace(
+    LLAMA, name="gemma", architectures=("GemmaForCausalLM",), model_types=("gemma",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_MLP, *_NORMS),
+    tied_embeddings=True, norm_offset=1.0, embed_scale_sqrt_hidden=True,
+    gguf=_GEMMA_GGUF,
+)
+GEMMA2 = replace(
+    GEMMA, name="gemma2", architectures=("Gemma2ForCausalLM",), model_types=("gemma2",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_MLP, *_SANDWICH_NORMS),
+    softcapping=SOFTCAPPING_KEYS, sliding_window="layer_types", sliding_window_pattern=2,
+    attention_scale=AttentionScale("query_pre_attn_scalar", 256),
+    gguf=_GEMMA2_GGUF,
+)
+GEMMA3 = replace(
+    GEMMA2, name="gemma3", architectures=("Gemma3ForCausalLM",), model_types=("gemma3_text",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_QK_NORM, *_MLP, *_SANDWICH_NORMS),
+    sliding_window_pattern=6, rope_per_layer_type=True,
+    gguf=_GEMMA3_GGUF,
+)
+
+# Every family, by name, in the order error messages list them.
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3)}
+
+
+def gguf_conventions_of(arch: str) -> GgufConventions | None:
+    """The conventions of the family whose GGUF `general.architecture` is `arch`, if any."""
+    return next((f.gguf for f in FAMILIES.values() if f.gguf is not None and f.gguf.arch == arch), None)

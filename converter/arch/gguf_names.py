@@ -1,31 +1,14 @@
-"""llama.cpp's conventions for each family, as data: GGUF architecture, tensor names, transforms.
+"""llama.cpp's conventions, as data: tensor names by role, and the record of what its graph for a family computes.
 
-The roles are those of the family tables in families.py; this table says what llama.cpp calls
-each role and which llama.cpp-specific rewrites apply, following llama.cpp's own converter
-(convert_hf_to_gguf.py and gguf-py's tensor_mapping.py / constants.py):
-
-- `permute_qk`: the llama architecture stores q/k rows with each head's two rotary halves
-  interleaved (LlamaModel.permute in the converter); `(heads, 2, head_dim/2)` becomes
-  `(heads, head_dim/2, 2)`, for weights and biases alike.
-- `activation`: the config key naming the FFN activation and the values llama.cpp's graph
-  computes for the family (the first is the default when the key is absent).
-- `norm_offset`: Gemma's RMSNorm multiplies by (1 + w); llama.cpp multiplies by w, so the
-  converter adds 1 to every tensor whose role ends in "norm".
-- `lm_head`: "output" when llama.cpp's graph loads an untied `output` tensor, "absent" when it
-  always reuses the embedding (gemma, gemma2), so an untied head cannot be expressed.
-- `sliding_window`: "none" (a sliding window is an error), "cap_context" (llama.cpp's llama
-  graph has no window: the context length is capped at the window, below which the two agree),
-  "per_layer" (window size plus a per-layer pattern from config `layer_types`).
-- `rope_scaling`: the HF `rope_type`s the GGUF can express for the (full-attention) rope.
-- `softcapping`: config keys written as GGUF softcapping keys when set; `unsupported_keys` are
-  config keys that must be unset (null) because llama.cpp's graph for the family ignores them;
-  `softcapping_always` when llama.cpp soft-caps even without the key (then it must be set).
-- `attention_scale`: "query_pre_attn_scalar" when llama.cpp hard-codes the Gemma attention scale
-  (1/sqrt(head_dim), or 1/sqrt(hidden/heads) for `per_head_scale_layers` layer counts), so a
-  config whose query_pre_attn_scalar says otherwise cannot be expressed.
-- `rope_base_swa`: the sliding layers' rope base comes from rope_parameters["sliding_attention"].
+The roles are those of the family tables in families.py; `TENSOR_NAMES` says what llama.cpp
+calls each role, and a family's `GgufConventions` (its `gguf` field) which llama.cpp-specific
+rewrites and refusals apply. Both follow llama.cpp's own converter (convert_hf_to_gguf.py and
+gguf-py's tensor_mapping.py / constants.py).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 TENSOR_NAMES: dict[str, str] = {
     "embed": "token_embd.weight",
@@ -56,90 +39,48 @@ ROPE_FREQS_NAME = "rope_freqs.weight"
 PERMUTED_ROLES: dict[str, str] = {"attn_q": "heads", "attn_q_bias": "heads", "attn_k": "kv_heads",
                                   "attn_k_bias": "kv_heads"}
 
-GGUF_FAMILIES: dict[str, dict[str, object]] = {
-    "llama": {
-        "arch": "llama",
-        "activation": ("hidden_act", ["silu"]),
-        "permute_qk": True,
-        "norm_offset": 0.0,
-        "lm_head": "output",
-        "sliding_window": "cap_context",
-        "rope_scaling": ["default", "linear", "yarn", "llama3"],
-        "softcapping": {},
-        "unsupported_keys": ["attn_logit_softcapping", "final_logit_softcapping"],
-        "softcapping_always": False,
-        "attention_scale": None,
-        "rope_base_swa": False,
-    },
-    "qwen2": {
-        "arch": "qwen2",
-        "activation": ("hidden_act", ["silu"]),
-        "permute_qk": False,
-        "norm_offset": 0.0,
-        "lm_head": "output",
-        "sliding_window": "none",
-        "rope_scaling": ["default", "linear", "yarn"],
-        "softcapping": {},
-        "unsupported_keys": ["attn_logit_softcapping", "final_logit_softcapping"],
-        "softcapping_always": False,
-        "attention_scale": None,
-        "rope_base_swa": False,
-    },
-    "qwen3": {
-        "arch": "qwen3",
-        "activation": ("hidden_act", ["silu"]),
-        "permute_qk": False,
-        "norm_offset": 0.0,
-        "lm_head": "output",
-        "sliding_window": "none",
-        "rope_scaling": ["default", "linear", "yarn"],
-        "softcapping": {},
-        "unsupported_keys": ["attn_logit_softcapping", "final_logit_softcapping"],
-        "softcapping_always": False,
-        "attention_scale": None,
-        "rope_base_swa": False,
-    },
-    "gemma": {
-        "arch": "gemma",
-        "activation": ("hidden_act", ["gelu_pytorch_tanh", "gelu"]),
-        "permute_qk": False,
-        "norm_offset": 1.0,
-        "lm_head": "absent",
-        "sliding_window": "none",
-        "rope_scaling": ["default"],
-        "softcapping": {},
-        "unsupported_keys": ["attn_logit_softcapping", "final_logit_softcapping"],
-        "softcapping_always": False,
-        "attention_scale": None,
-        "rope_base_swa": False,
-    },
-    "gemma2": {
-        "arch": "gemma2",
-        "activation": ("hidden_activation", ["gelu_pytorch_tanh"]),
-        "permute_qk": False,
-        "norm_offset": 1.0,
-        "lm_head": "absent",
-        "sliding_window": "per_layer",
-        "rope_scaling": ["default"],
-        "softcapping": {"attn_logit_softcapping": "{arch}.attn_logit_softcapping",
-                        "final_logit_softcapping": "{arch}.final_logit_softcapping"},
-        "unsupported_keys": [],
-        "softcapping_always": True,
-        "attention_scale": {"key": "query_pre_attn_scalar", "default": 256, "per_head_scale_layers": [46]},
-        "rope_base_swa": False,
-    },
-    "gemma3": {
-        "arch": "gemma3",
-        "activation": ("hidden_activation", ["gelu_pytorch_tanh"]),
-        "permute_qk": False,
-        "norm_offset": 1.0,
-        "lm_head": "output",
-        "sliding_window": "per_layer",
-        "rope_scaling": ["default", "linear"],
-        "softcapping": {"final_logit_softcapping": "{arch}.final_logit_softcapping"},
-        "unsupported_keys": ["attn_logit_softcapping"],
-        "softcapping_always": False,
-        "attention_scale": {"key": "query_pre_attn_scalar", "default": 256, "per_head_scale_layers": [62]},
-        "rope_base_swa": True,
-    },
-}
+SOFTCAPPING_KEYS = ("attn_logit_softcapping", "final_logit_softcapping")
+
+
+@dataclass(frozen=True)
+class GgufConventions:
+    """What llama.cpp's graph for one family computes, and so what a GGUF of it can and cannot say.
+
+    The defaults describe llama.cpp's plain decoder (Qwen2's): a family states where it differs.
+    """
+
+    # The GGUF `general.architecture`, which also prefixes every `{arch}.*` key.
+    arch: str
+    # The config key naming the FFN activation and the values llama.cpp's graph computes for the
+    # family; the first is the default when the key is absent.
+    activation_key: str = "hidden_act"
+    activations: tuple[str, ...] = ("silu",)
+    # "output" when llama.cpp's graph loads an untied `output` tensor, "absent" when it always
+    # reuses the embedding (gemma, gemma2), so an untied head cannot be expressed.
+    lm_head: Literal["output", "absent"] = "output"
+    # The llama architecture stores q/k rows with each head's two rotary halves interleaved
+    # (LlamaModel.permute in the converter): `(heads, 2, head_dim/2)` becomes
+    # `(heads, head_dim/2, 2)`, for weights and biases alike (the roles in PERMUTED_ROLES).
+    permute_qk: bool = False
+    # "none": a sliding window is an error; "cap_context": llama.cpp's graph has no window, so the
+    # context length is capped at the window, below which the two agree; "per_layer": window size
+    # plus a per-layer pattern from config `layer_types`.
+    sliding_window: Literal["none", "cap_context", "per_layer"] = "none"
+    # The HF `rope_type`s the GGUF can express for the (full-attention) rope.
+    rope_scaling: tuple[str, ...] = ("default", "linear", "yarn")
+    # (config key, GGUF key template) pairs written as GGUF softcapping keys when the key is set.
+    softcapping: tuple[tuple[str, str], ...] = ()
+    # When llama.cpp soft-caps even without the key, so every key of `softcapping` must be set.
+    softcapping_always: bool = False
+    # Config keys that must be unset (null) because llama.cpp's graph for the family ignores them.
+    unsupported_keys: tuple[str, ...] = SOFTCAPPING_KEYS
+    # Layer counts for which llama.cpp hard-codes the attention scale 1/sqrt(hidden/heads) rather
+    # than 1/sqrt(head_dim) (the 27B Gemmas), which a family's configurable scale must then equal.
+    per_head_scale_layers: tuple[int, ...] = ()
+    # The sliding layers' rope base comes from rope_parameters["sliding_attention"] (`rope.freq_base_swa`).
+    rope_base_swa: bool = False
+
+    @property
+    def computes_gelu(self) -> bool:
+        """ggml's CPU GELU reads an fp16 table, so such a graph carries ~1e-4 relative error."""
+        return any(a.startswith("gelu") for a in self.activations)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converter.arch.families import FAMILIES
+from converter.arch.families import FAMILIES, Family
 from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
 
@@ -59,16 +59,20 @@ class TensorSlot:
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """A supported model as data: family, dimensions, tied embeddings, expected tensors, quirks."""
+    """A supported model as data: its family record, dimensions, tied embeddings, expected tensors."""
 
-    family: str
+    family_record: Family
     architecture: str
     model_type: str
     dims: ModelDims
     tied_embeddings: bool
     slots: tuple[TensorSlot, ...]
-    quirks: frozenset[str]
     config: Mapping[str, Any] = field(repr=False, hash=False, compare=False)
+
+    @property
+    def family(self) -> str:
+        """The family's name: llama, qwen2, gemma3, ..."""
+        return self.family_record.name
 
     def slot(self, name: str) -> TensorSlot | None:
         return self._by_name().get(name)
@@ -80,12 +84,9 @@ class ArchSpec:
             object.__setattr__(self, "_slot_cache", cache)
         return cache
 
-    def has_quirk(self, quirk: str) -> bool:
-        return quirk in self.quirks
-
 
 def supported_architectures() -> list[str]:
-    return sorted(a for fam in FAMILIES.values() for a in fam["architectures"])  # type: ignore[attr-defined]
+    return sorted(a for family in FAMILIES.values() for a in family.architectures)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -94,16 +95,16 @@ def read_config(folder: Path) -> dict[str, Any]:
                             missing="is missing; a Hugging Face model folder needs its config.json")
 
 
-def _family_of(config: Mapping[str, Any], path: Path) -> tuple[str, str]:
+def _family_of(config: Mapping[str, Any], path: Path) -> tuple[Family, str]:
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
     model_type = config.get("model_type")
-    for name, fam in FAMILIES.items():
-        if arch in fam["architectures"]:  # type: ignore[operator]
-            return name, arch
-    for name, fam in FAMILIES.items():
-        if arch is None and model_type in fam["model_types"]:  # type: ignore[operator]
-            return name, fam["architectures"][0]  # type: ignore[index]
+    for family in FAMILIES.values():
+        if arch in family.architectures:
+            return family, arch
+    for family in FAMILIES.values():
+        if arch is None and model_type in family.model_types:
+            return family, family.architectures[0]
     shown = arch or model_type or "no 'architectures' or 'model_type'"
     raise ConvertError(f"architecture {shown!r} is not supported; supported: {', '.join(supported_architectures())}",
                        path)
@@ -135,30 +136,28 @@ def dims_from_config(config: Mapping[str, Any], path: Path) -> ModelDims:
     )
 
 
-def _slots(family: Mapping[str, Any], dims: ModelDims, tied: bool) -> tuple[TensorSlot, ...]:
+def _slots(family: Family, dims: ModelDims, tied: bool) -> tuple[TensorSlot, ...]:
+    """Required tensors first, then optional ones, each in table order, per layer."""
     slots: list[TensorSlot] = []
-    for templates, required in ((family["tensors"], True), (family["optional_tensors"], False)):
-        for template, role, shape in templates:
-            layers = range(dims.layers) if "{layer}" in template else [None]
-            for layer in layers:
-                name = template.format(layer=layer) if layer is not None else template
-                slots.append(TensorSlot(name, role, tuple(shape), layer, required and not (tied and role == "lm_head")))
+    for required in (True, False):
+        for t in (t for t in family.tensors if t.required == required):
+            for layer in range(dims.layers) if t.per_layer else [None]:
+                name = t.name.format(layer=layer) if layer is not None else t.name
+                slots.append(TensorSlot(name, t.role, t.shape, layer, required and not (tied and t.role == "lm_head")))
     return tuple(slots)
 
 
 def resolve_arch(config: Mapping[str, Any], path: Path) -> ArchSpec:
     """Turn a parsed config.json into an ArchSpec, or raise a ConvertError naming the problem."""
-    family_name, arch = _family_of(config, path)
-    family = FAMILIES[family_name]
+    family, arch = _family_of(config, path)
     dims = dims_from_config(config, path)
-    tied = config.get("tie_word_embeddings", family_name.startswith("gemma"))
+    tied = config.get("tie_word_embeddings", family.tied_embeddings)
     if not isinstance(tied, bool):
         raise ConvertError(f"'tie_word_embeddings' must be true or false, got {tied!r}", path)
     params = sum(math.prod(s.shape(dims)) for s in _slots(family, dims, tied))
     if params > 10**13:
         raise ConvertError(f"describes {params:.3g} parameters, which is absurd; the config is corrupt", path)
-    return ArchSpec(family_name, arch, str(config.get("model_type", "")), dims, tied,
-                    _slots(family, dims, tied), frozenset(family["quirks"]), config)  # type: ignore[arg-type]
+    return ArchSpec(family, arch, str(config.get("model_type", "")), dims, tied, _slots(family, dims, tied), config)
 
 
 def load_arch(folder: Path) -> ArchSpec:

@@ -227,9 +227,10 @@ class ModelRunner:
         return self.weight(name, rows)
 
     def logits(self, hidden: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:
-        """Logits over the given output rows, in float32, with Gemma 2/3 final soft-capping."""
+        """Logits over the given output rows, in float32, with the final soft-capping of families that apply it."""
         logits = (hidden @ out_rows.T).float()
-        cap = getattr(self.config, "final_logit_softcapping", None)
+        applied = "final_logit_softcapping" in self.source.spec.family_record.softcapping
+        cap = getattr(self.config, "final_logit_softcapping", None) if applied else None
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from converter.arch.families import gguf_conventions_of
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -40,7 +42,6 @@ BY_OUTTYPE = {
     "bf16": BFLOAT, "bfloat16": BFLOAT,
     "q8_0": EIGHT_BIT,
 }
-GELU_FAMILIES = ("gemma",)
 
 
 def tolerance_for(fmt: str, outtype: str, architecture: str) -> Tolerance:
@@ -50,6 +51,7 @@ def tolerance_for(fmt: str, outtype: str, architecture: str) -> Tolerance:
     if fmt == "onnx" and outtype == "int8":
         return LOW_BIT
     found = BY_OUTTYPE.get(outtype.lower(), LOW_BIT)
-    if found is FLOAT32 and fmt == "gguf" and architecture.startswith(GELU_FAMILIES):
+    llama_cpp = gguf_conventions_of(architecture) if fmt == "gguf" else None
+    if found is FLOAT32 and llama_cpp is not None and llama_cpp.computes_gelu:
         return GELU_TABLE
     return found

@@ -15,7 +15,7 @@ from typing import Any
 
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
-from exporters.gguf.hparams import family_table, hyperparameters, rope_freqs
+from exporters.gguf.hparams import gguf_conventions, hyperparameters, rope_freqs
 from exporters.gguf.pre_tokenizer_choice import identify_pre
 from exporters.gguf.provenance import file_stem, provenance
 from exporters.gguf.quant import intermediate, quantize_with_llama_cpp, resolve_outtype
@@ -46,13 +46,13 @@ def _source_tokenizer(pruned: PrunedCheckpoint, options: ExportOptions) -> tuple
 
 def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
     """Write `<name>.gguf` and the companion files into out_dir; return the paths written."""
-    table = family_table(pruned)
-    arch = str(table["arch"])
+    llama_cpp = gguf_conventions(pruned)
+    arch = llama_cpp.arch
     outtype = resolve_outtype(options.outtype, _source_dtype(pruned))
     written_type = intermediate(outtype, _source_dtype(pruned))
     kvs = hyperparameters(pruned)
     freqs = rope_freqs(pruned.spec.config, pruned.spec.dims.head_dim, pruned.source.folder / "config.json")
-    tensors = plan_tensors(pruned, table, written_type, freqs)
+    tensors = plan_tensors(pruned, llama_cpp, written_type, freqs)
     source_tokenizer, model, pre = _source_tokenizer(pruned, options)
 
     written = write_companions(pruned, tokenizer, out_dir)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from gguf import GGUFValueType, Keys, RopeScalingType
 
-from converter.arch.gguf_names import GGUF_FAMILIES
+from converter.arch.families import FAMILIES, Family
+from converter.arch.gguf_names import GgufConventions
 from converter.errors import ConvertError
 from converter.prune import PrunedCheckpoint
 
@@ -48,13 +49,14 @@ def boolean(key: str, value: bool) -> Kv:
     return Kv(key, bool(value), GGUFValueType.BOOL)
 
 
-def family_table(pruned: PrunedCheckpoint) -> Mapping[str, Any]:
-    """The GGUF row for the checkpoint's family, or a ConvertError if llama.cpp has none."""
-    table = GGUF_FAMILIES.get(pruned.spec.family)
-    if table is None:
+def gguf_conventions(pruned: PrunedCheckpoint) -> GgufConventions:
+    """llama.cpp's conventions for the checkpoint's family, or a ConvertError if llama.cpp has none."""
+    llama_cpp = pruned.spec.family_record.gguf
+    if llama_cpp is None:
+        supported = sorted(name for name, family in FAMILIES.items() if family.gguf is not None)
         raise ConvertError(f"family {pruned.spec.family!r} has no GGUF mapping; GGUF export supports "
-                           f"{', '.join(sorted(GGUF_FAMILIES))}", _config_path(pruned))
-    return table
+                           f"{', '.join(supported)}", _config_path(pruned))
+    return llama_cpp
 
 
 def _config_path(pruned: PrunedCheckpoint) -> Path:
@@ -83,26 +85,26 @@ def rope_parameters(config: Mapping[str, Any], where: Path) -> tuple[dict[str, A
     return full, (dict(sliding) if isinstance(sliding, Mapping) else None)
 
 
-def _rope_kvs(arch: str, table: Mapping[str, Any], config: Mapping[str, Any], where: Path) -> list[Kv]:
+def _rope_kvs(arch: str, llama_cpp: GgufConventions, config: Mapping[str, Any], where: Path) -> list[Kv]:
     full, sliding = rope_parameters(config, where)
     kvs = [f32(Keys.Rope.FREQ_BASE.format(arch=arch), _number(full, "rope_theta", where))]
     kind = full["rope_type"]
-    if kind not in table["rope_scaling"]:
+    if kind not in llama_cpp.rope_scaling:
         raise ConvertError(f"rope_type {kind!r} cannot be expressed in llama.cpp's {arch} GGUF (it handles "
-                           f"{', '.join(table['rope_scaling'])})", where)
+                           f"{', '.join(llama_cpp.rope_scaling)})", where)
     if kind in ("linear", "yarn"):
         kvs.append(Kv(Keys.Rope.SCALING_TYPE.format(arch=arch), RopeScalingType(kind).value, GGUFValueType.STRING))
         kvs.append(f32(Keys.Rope.SCALING_FACTOR.format(arch=arch), _number(full, "factor", where)))
     if kind == "yarn":
         kvs.append(u32(Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch),
-                       _number(full, "original_max_position_embeddings", where)))
+                       int(_number(full, "original_max_position_embeddings", where))))
         for source, key in (("extrapolation_factor", Keys.Rope.SCALING_YARN_EXT_FACTOR),
                             ("attention_factor", Keys.Rope.SCALING_YARN_ATTN_FACTOR),
                             ("beta_fast", Keys.Rope.SCALING_YARN_BETA_FAST),
                             ("beta_slow", Keys.Rope.SCALING_YARN_BETA_SLOW)):
             if full.get(source) is not None:
                 kvs.append(f32(key.format(arch=arch), _number(full, source, where)))
-    if table["rope_base_swa"] and sliding is not None:
+    if llama_cpp.rope_base_swa and sliding is not None:
         if sliding.get("rope_type", "default") != "default":
             raise ConvertError(f"sliding-attention rope_type {sliding.get('rope_type')!r} cannot be expressed in "
                                "llama.cpp's GGUF (its sliding layers use an unscaled rope)", where)
@@ -130,7 +132,7 @@ def rope_freqs(config: Mapping[str, Any], head_dim: int, where: Path) -> np.ndar
     return factors.astype(np.float32)
 
 
-def _layer_is_sliding(config: Mapping[str, Any], family: str, layers: int, where: Path) -> list[bool]:
+def _layer_is_sliding(config: Mapping[str, Any], family: Family, layers: int, where: Path) -> list[bool]:
     types = config.get("layer_types")
     if types is not None:
         if not isinstance(types, list) or len(types) != layers or not set(types) <= {"sliding_attention",
@@ -138,16 +140,16 @@ def _layer_is_sliding(config: Mapping[str, Any], family: str, layers: int, where
             raise ConvertError(f"'layer_types' must list 'sliding_attention'/'full_attention' for each of the "
                                f"{layers} layers", where)
         return [t == "sliding_attention" for t in types]
-    pattern = int(config.get("sliding_window_pattern") or (2 if family == "gemma2" else 6))
+    pattern = int(config.get("sliding_window_pattern") or family.sliding_window_pattern)
     return [(i + 1) % pattern != 0 for i in range(layers)]
 
 
-def _window_kvs(arch: str, table: Mapping[str, Any], pruned: PrunedCheckpoint, where: Path) -> tuple[list[Kv], int]:
+def _window_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> tuple[list[Kv], int]:
     """Sliding-window keys and the context length to declare."""
     config = pruned.spec.config
     context = int(_number(config, "max_position_embeddings", where))
     window = config.get("sliding_window")
-    mode = table["sliding_window"]
+    mode = llama_cpp.sliding_window
     if mode == "none":
         sliding = config.get("use_sliding_window") is True or "sliding_attention" in (config.get("layer_types") or [])
         if sliding:
@@ -158,45 +160,45 @@ def _window_kvs(arch: str, table: Mapping[str, Any], pruned: PrunedCheckpoint, w
             return [], context
         return [], min(context, int(_number(config, "sliding_window", where)))
     window = int(_number(config, "sliding_window", where))
-    pattern = _layer_is_sliding(config, pruned.spec.family, pruned.spec.dims.layers, where)
+    pattern = _layer_is_sliding(config, pruned.spec.family_record, pruned.spec.dims.layers, where)
     return [u32(Keys.Attention.SLIDING_WINDOW.format(arch=arch), window),
             Kv(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), pattern, GGUFValueType.ARRAY,
                GGUFValueType.BOOL)], context
 
 
-def _check_unexpressible(arch: str, table: Mapping[str, Any], pruned: PrunedCheckpoint, where: Path) -> None:
+def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> None:
     config = pruned.spec.config
-    key, allowed = table["activation"]
+    key, allowed = llama_cpp.activation_key, llama_cpp.activations
     activation = config.get(key) or allowed[0]
     if activation not in allowed:
         raise ConvertError(f"'{key}' is {activation!r}, but llama.cpp's {arch} graph computes "
                            f"{' / '.join(allowed)}", where)
-    for key in table["unsupported_keys"]:
+    for key in llama_cpp.unsupported_keys:
         if config.get(key) is not None:
             raise ConvertError(f"'{key}' is set ({config[key]!r}), which llama.cpp's {arch} graph ignores", where)
     partial = config.get("partial_rotary_factor")
     if partial is not None and partial != 1:
         raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
-    scale = table["attention_scale"]
+    scale = pruned.spec.family_record.attention_scale
     if scale is not None:
         dims = pruned.spec.dims
-        expected = dims.hidden / dims.heads if dims.layers in scale["per_head_scale_layers"] else dims.head_dim
-        actual = _number(config, scale["key"], where, scale["default"])
+        expected = dims.hidden / dims.heads if dims.layers in llama_cpp.per_head_scale_layers else dims.head_dim
+        actual = _number(config, scale.key, where, scale.default)
         if not math.isclose(actual, expected, rel_tol=1e-6):
-            raise ConvertError(f"'{scale['key']}' is {actual:g}, but llama.cpp's {arch} graph scales attention by "
+            raise ConvertError(f"'{scale.key}' is {actual:g}, but llama.cpp's {arch} graph scales attention by "
                                f"1/sqrt({expected:g}) for this model", where)
 
 
 def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
     """Every `{arch}.*` key for the pruned model; raises ConvertError for anything llama.cpp cannot express."""
-    table = family_table(pruned)
-    arch = str(table["arch"])
+    llama_cpp = gguf_conventions(pruned)
+    arch = llama_cpp.arch
     where = _config_path(pruned)
     config = pruned.spec.config
     dims = pruned.dims
-    _check_unexpressible(arch, table, pruned, where)
-    window, context = _window_kvs(arch, table, pruned, where)
+    _check_unexpressible(arch, llama_cpp, pruned, where)
+    window, context = _window_kvs(arch, llama_cpp, pruned, where)
     kvs = [
         u32(Keys.LLM.VOCAB_SIZE.format(arch=arch), dims.vocab),
         u32(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), context),
@@ -210,11 +212,11 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
         u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), dims.head_dim),
         f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
     ]
-    kvs += _rope_kvs(arch, table, config, where)
+    kvs += _rope_kvs(arch, llama_cpp, config, where)
     kvs += window
-    for source, key in table["softcapping"].items():
+    for source, key in llama_cpp.softcapping:
         if config.get(source) is not None:
             kvs.append(f32(key.format(arch=arch), _number(config, source, where)))
-        elif table["softcapping_always"]:
+        elif llama_cpp.softcapping_always:
             raise ConvertError(f"'{source}' is unset, but llama.cpp's {arch} graph always soft-caps", where)
     return kvs

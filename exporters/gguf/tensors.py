@@ -1,6 +1,6 @@
 """GGUF tensors of a pruned checkpoint: llama.cpp names, transforms, types, and their bytes.
 
-`plan_tensors` turns every PlannedTensor into a GgufTensor (name from the family table, final
+`plan_tensors` turns every PlannedTensor into a GgufTensor (name from the role table, final
 shape and GGML type) before anything is written, refusing tensors llama.cpp has no place for.
 `tensor_chunks` then produces one tensor's GGUF bytes in order: tensors whose kept rows can be
 read directly (the embedding, the head, every unpermuted weight) are read and converted a block
@@ -11,15 +11,14 @@ float32 as llama.cpp's converter does them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from converter.arch.gguf_names import PERMUTED_ROLES, ROPE_FREQS_NAME, TENSOR_NAMES
+from converter.arch.gguf_names import PERMUTED_ROLES, ROPE_FREQS_NAME, TENSOR_NAMES, GgufConventions
 from converter.errors import ConvertError
 from converter.prune import PlannedTensor, PrunedCheckpoint
 from exporters.gguf.quant import OutType, byte_shape, encode, tensor_type, to_float
@@ -56,41 +55,42 @@ def llama_permutation(rows: int, heads: int) -> tuple[int, ...]:
     return tuple(np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(-1).tolist())
 
 
-def _gguf_name(pruned: PrunedCheckpoint, planned: PlannedTensor, table: Mapping[str, Any]) -> str | None:
+def _gguf_name(pruned: PrunedCheckpoint, planned: PlannedTensor, llama_cpp: GgufConventions) -> str | None:
     """The llama.cpp name, None for a tied head (llama.cpp reuses token_embd), or a ConvertError."""
     where = pruned.source.folder
     role = planned.role
     if role is None or role not in TENSOR_NAMES:
-        raise ConvertError(f"tensor '{planned.name}' has no counterpart in llama.cpp's {table['arch']} "
+        raise ConvertError(f"tensor '{planned.name}' has no counterpart in llama.cpp's {llama_cpp.arch} "
                            "architecture; GGUF export cannot carry it", where)
     if role == "lm_head":
         if pruned.spec.tied_embeddings:
             return None
-        if table["lm_head"] == "absent":
-            raise ConvertError(f"the model has an untied lm_head, but llama.cpp's {table['arch']} graph always "
+        if llama_cpp.lm_head == "absent":
+            raise ConvertError(f"the model has an untied lm_head, but llama.cpp's {llama_cpp.arch} graph always "
                                "reuses the embedding as the output layer", where)
     slot = pruned.spec.slot(planned.name)
     layer = slot.layer if slot is not None else None
     return TENSOR_NAMES[role].format(layer=layer)
 
 
-def plan_tensors(pruned: PrunedCheckpoint, table: Mapping[str, Any], outtype: OutType,
+def plan_tensors(pruned: PrunedCheckpoint, llama_cpp: GgufConventions, outtype: OutType,
                  rope_freqs: np.ndarray | None = None) -> list[GgufTensor]:
     """Every tensor of the GGUF, in source order, checked before a byte is written."""
     dims = pruned.spec.dims
+    norm_offset = pruned.spec.family_record.norm_offset
     out: list[GgufTensor] = []
     for planned in pruned.planned():
         if planned.dtype not in ("F32", "F16", "BF16"):
             raise ConvertError(f"tensor '{planned.name}' is {planned.dtype}; GGUF export reads F32, F16 or BF16",
                                pruned.source.folder)
-        name = _gguf_name(pruned, planned, table)
+        name = _gguf_name(pruned, planned, llama_cpp)
         if name is None:
             continue
         role = planned.role or ""
         order = None
-        if table["permute_qk"] and role in PERMUTED_ROLES:
+        if llama_cpp.permute_qk and role in PERMUTED_ROLES:
             order = llama_permutation(planned.shape[0], getattr(dims, PERMUTED_ROLES[role]))
-        offset = float(table["norm_offset"]) if role.endswith("norm") else 0.0
+        offset = norm_offset if role.endswith("norm") else 0.0
         qtype = tensor_type(outtype, name, planned.shape, role in ("embed", "lm_head"))
         out.append(GgufTensor(name, planned.shape, qtype, planned, order, offset))
     if rope_freqs is not None:

@@ -46,7 +46,7 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
 def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
     """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
     outtype = check(pruned, options)
-    family = pruned.spec.family
+    family = pruned.spec.family_record
     with progress_bar(options.progress, total=4, desc="onnx", unit="step") as bar:
         bar.set_postfix_str("trace")
         built = build_model(pruned, template_layers(hf_config(pruned), family))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
+from converter.arch.families import Family
 from exporters.onnx.model import ExportModel
 from exporters.onnx.wrapper import Epilogue, LayerKind, LayerStep, Prologue, layer_kinds
 
@@ -53,7 +54,7 @@ class TracedModel:
     kinds: tuple[LayerKind, ...]
 
 
-def template_layers(config: object, family: str) -> set[int]:
+def template_layers(config: object, family: Family) -> set[int]:
     """The first layer of each kind: the only layers the trace needs weights for."""
     first: dict[LayerKind, int] = {}
     for index, kind in enumerate(layer_kinds(config, family)):
@@ -80,13 +81,15 @@ def _trace(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[str],
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), args, dynamo=True, input_names=inputs, output_names=outputs,
                                     dynamic_shapes=shapes, opset_version=OPSET, optimize=False, verbose=False)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program for a dynamo trace")
     params = dict(module.named_parameters())
     for name in params:
         program.model.graph.initializers.pop(name, None)
     return TracedPart(ir.serde.serialize_model(program.model), params)
 
 
-def trace(built: ExportModel, family: str) -> TracedModel:
+def trace(built: ExportModel, family: Family) -> TracedModel:
     """Trace the three kinds of part of the pruned model."""
     model = built.model
     cfg = model.config
@@ -115,6 +118,6 @@ def trace(built: ExportModel, family: str) -> TracedModel:
         step = LayerStep(model.model.layers[index], index)
         templates[kind] = (index, _trace(step, args, list(LayerStep.INPUTS), list(LayerStep.OUTPUTS), shapes))
 
-    epilogue = _trace(Epilogue(model), (torch.randn(b, s, cfg.hidden_size),), ["hidden"], ["logits"],
+    epilogue = _trace(Epilogue(model, family), (torch.randn(b, s, cfg.hidden_size),), ["hidden"], ["logits"],
                       ({0: batch, 1: seq},))
     return TracedModel(traced_prologue, tuple(prologue.output_names()), templates, epilogue, tuple(kinds))

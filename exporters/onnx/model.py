@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def parameters_on_meta() -> Iterator[None]:
         if param is not None and param.device.type != "meta":
             module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=False)
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    nn.Module.register_parameter = register  # type: ignore[method-assign, assignment]
     try:
         yield
     finally:
@@ -118,8 +119,11 @@ def _meta_param(shape: torch.Size | tuple[int, ...]) -> nn.Parameter:
     return nn.Parameter(torch.empty(tuple(shape), device="meta"), requires_grad=False)
 
 
-def _to_matmul_layout(model: PreTrainedModel, tied: bool) -> dict[str, tuple[Holders, bool]]:
-    """Swap Linear (and, when tied, the embedding) for MatMul-layout modules; map checkpoint names to holders."""
+def _to_matmul_layout(model: PreTrainedModel, tied: bool, scaled: bool) -> dict[str, tuple[Holders, bool]]:
+    """Swap Linear (and, when tied, the embedding) for MatMul-layout modules; map checkpoint names to holders.
+
+    `scaled`: the family multiplies embeddings by sqrt(hidden), a factor transformers keeps as the
+    embedding module's `embed_scale`, which the shared-matrix lookup then applies too."""
     slots: dict[str, tuple[Holders, bool]] = {}
     for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]:
         if tied and name == "lm_head":
@@ -133,7 +137,8 @@ def _to_matmul_layout(model: PreTrainedModel, tied: bool) -> dict[str, tuple[Hol
     embed_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
     if tied:
         embed = model.get_input_embeddings()
-        column = ColumnEmbedding(_meta_param(embed.weight.shape[::-1]), getattr(embed, "embed_scale", None))
+        scale = cast(torch.Tensor, embed.embed_scale) if scaled else None
+        column = ColumnEmbedding(_meta_param(embed.weight.shape[::-1]), scale)
         head = MatMulLinear(column.weight_t, None)
         _set_module(model, embed_name, column)
         _set_module(model, "lm_head", head)
@@ -159,7 +164,7 @@ def build_model(pruned: PrunedCheckpoint, template_layers: set[int]) -> ExportMo
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(hf_config(pruned), dtype=torch.float32)
     tied = pruned.spec.tied_embeddings
-    raw_slots = _to_matmul_layout(model, tied)
+    raw_slots = _to_matmul_layout(model, tied, pruned.spec.family_record.embed_scale_sqrt_hidden)
     slots: dict[str, Slot] = {}
     for planned in pruned.planned():
         if tied and planned.name == "lm_head.weight":

@@ -30,20 +30,9 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from converter.arch import ArchSpec
+from converter.arch.families import FAMILIES, Family
 from converter.errors import ConvertError
 
-# family -> where a layer's sliding window comes from: "layer_types" (config.layer_types marks
-# sliding layers) or "config" (a config sliding_window, if any, applies to every layer: Mistral).
-WINDOW_SOURCE: dict[str, str] = {
-    "llama": "config",
-    "gemma": "config",
-    "qwen2": "layer_types",
-    "qwen3": "layer_types",
-    "gemma2": "layer_types",
-    "gemma3": "layer_types",
-}
-# Families whose rotary embedding has one table per layer type (local and global RoPE bases).
-ROPE_PER_LAYER_TYPE = frozenset({"gemma3"})
 # RoPE variants whose frequencies change with the sequence length at run time (a data-dependent
 # branch that a traced graph would freeze at the example length).
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
@@ -63,9 +52,10 @@ def _rope_types(config: Mapping[str, Any]) -> set[str]:
 
 def check_supported(spec: ArchSpec, path: Path) -> None:
     """Refuse, before anything is written, a model this exporter cannot trace faithfully."""
-    if spec.family not in WINDOW_SOURCE:
+    if not spec.family_record.onnx:
+        supported = [name for name, family in FAMILIES.items() if family.onnx]
         raise ConvertError(f"the ONNX exporter does not support the {spec.architecture} ({spec.family}) family; "
-                           f"supported families: {', '.join(WINDOW_SOURCE)}", path)
+                           f"supported families: {', '.join(supported)}", path)
     dynamic = sorted(_rope_types(spec.config) & set(LENGTH_DEPENDENT_ROPE))
     if dynamic:
         raise ConvertError(f"rope type {dynamic[0]!r} rescales positions by the sequence length at run time, which "
@@ -88,17 +78,17 @@ class LayerKind:
         return "attn_mask.full" if self.window is None else f"attn_mask.window{self.window}"
 
 
-def layer_kinds(config: Any, family: str) -> list[LayerKind]:
+def layer_kinds(config: Any, family: Family) -> list[LayerKind]:
     """The kind of every decoder layer, in order."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     kinds = []
     for layer_type in types[: config.num_hidden_layers]:
-        if WINDOW_SOURCE[family] == "config":
+        if family.sliding_window == "config":
             layer_window = window
         else:
             layer_window = window if layer_type == "sliding_attention" else None
-        kinds.append(LayerKind(layer_window, layer_type if family in ROPE_PER_LAYER_TYPE else DEFAULT_ROPE))
+        kinds.append(LayerKind(layer_window, layer_type if family.rope_per_layer_type else DEFAULT_ROPE))
     return kinds
 
 
@@ -152,17 +142,19 @@ class LayerStep(nn.Module):
         out = self.layer(hidden, attention_mask=mask, position_embeddings=(cos, sin), position_ids=None, cache=cache,
                          use_cache=True)
         hidden = out[0] if isinstance(out, tuple) else out
-        return hidden, cache.layers[self.index].keys, cache.layers[self.index].values
+        layer_cache: Any = cache.layers[self.index]  # a full-attention DynamicLayer: it has keys and values
+        return hidden, layer_cache.keys, layer_cache.values
 
 
 class Epilogue(nn.Module):
     """hidden -> logits: final norm, lm_head, and the final soft-capping some families apply."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, family: Family) -> None:
         super().__init__()
         self.norm = model.model.norm
         self.lm_head = model.lm_head
-        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        applied = "final_logit_softcapping" in family.softcapping
+        self.softcap = getattr(model.config, "final_logit_softcapping", None) if applied else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(self.norm(hidden))

@@ -1,0 +1,65 @@
+"""The family records against transformers and against each other.
+
+Each fact of a family is stated once, in its record; these tests check that the facts agree with
+the transformers classes they describe (tied default, embedding scale, soft-capping keys, the
+default sliding pattern, the model type) and that a record's llama.cpp conventions fit its own
+conventions wherever the GGUF exporter combines the two.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+
+from converter.arch import resolve_arch, supported_architectures
+from converter.arch.families import FAMILIES, Family, gguf_conventions_of
+from converter.arch.gguf_names import SOFTCAPPING_KEYS
+from tests.support.tiny_models import FAMILIES as MODEL_TYPES
+from tests.support.tiny_models import build_tiny_model
+
+
+def _family(model_type: str) -> Family:
+    return next(f for f in FAMILIES.values() if model_type in f.model_types)
+
+
+def test_every_model_type_and_architecture_belongs_to_one_family() -> None:
+    model_types = [t for f in FAMILIES.values() for t in f.model_types]
+    architectures = [a for f in FAMILIES.values() for a in f.architectures]
+    assert len(set(model_types)) == len(model_types) and len(set(architectures)) == len(architectures)
+    assert supported_architectures() == sorted(architectures)
+    assert sorted(model_types) == sorted(MODEL_TYPES)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_record_agrees_with_transformers(model_type: str) -> None:
+    family = _family(model_type)
+    config = AutoConfig.for_model(model_type, num_hidden_layers=12)
+    assert config.tie_word_embeddings == family.tied_embeddings
+    for key in SOFTCAPPING_KEYS:
+        assert hasattr(config, key) == (key in family.softcapping), key
+    if family.sliding_window == "layer_types" and family.sliding_window_pattern > 1:
+        n = family.sliding_window_pattern
+        assert config.layer_types == ["full_attention" if (i + 1) % n == 0 else "sliding_attention" for i in range(12)]
+    model = build_tiny_model(model_type)
+    scale = getattr(model.model.embed_tokens, "embed_scale", None)
+    assert (scale is not None) == family.embed_scale_sqrt_hidden
+    if scale is not None:
+        assert math.isclose(float(scale), math.sqrt(model.config.hidden_size), rel_tol=1e-6)
+    spec = resolve_arch(model.config.to_dict(), Path("config.json"))
+    assert spec.family_record is family and spec.family == family.name
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_llama_cpp_conventions_fit_the_family(family: Family) -> None:
+    llama_cpp = family.gguf
+    assert llama_cpp is not None and gguf_conventions_of(llama_cpp.arch) is llama_cpp
+    written = {key for key, _ in llama_cpp.softcapping}
+    # A key the family's model applies is written into the GGUF or refused, never dropped.
+    assert set(family.softcapping) <= written | set(llama_cpp.unsupported_keys)
+    assert written <= set(family.softcapping)
+    # Per-layer windows without config layer_types fall back on the family's default pattern.
+    assert llama_cpp.sliding_window != "per_layer" or family.sliding_window_pattern > 1
+    # llama.cpp hard-codes the scale that the family's config may change.
+    assert bool(llama_cpp.per_head_scale_layers) == (family.attention_scale is not None)
