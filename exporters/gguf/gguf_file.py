@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,7 +26,7 @@ PREFETCH = 2
 _DONE = object()
 
 
-def prefetched(items: Iterable[Any], depth: int = PREFETCH) -> Iterator[Any]:
+def prefetched(items: Iterable[Any], depth: int = PREFETCH) -> Generator[Any, None, None]:
     """Iterate `items` in a worker thread, `depth` ahead; its exceptions re-raise here."""
     box: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -206,9 +206,9 @@ def vocabulary(folder: Path, model: str, pre: str | None, rows: int, data: dict[
     unk = data["model"].get("unk_token")
     if model == "llama" and unk in vocab:
         types[vocab[unk]] = int(TokenType.UNKNOWN)
-    for a in added:
-        content, i = a["content"], a["id"]
-        special = bool(a.get("special")) or looks_special(content)
+    for entry in added:
+        content, i = entry["content"], entry["id"]
+        special = bool(entry.get("special")) or looks_special(content)
         tokens[i] = content if special else content.replace(SPIECE_SPACE, " ")
         types[i] = int(TokenType.CONTROL if special else TokenType.USER_DEFINED)
         scores[i] = ADDED_SCORE
@@ -224,8 +224,9 @@ def vocabulary(folder: Path, model: str, pre: str | None, rows: int, data: dict[
     model_config = read_json(folder / "config.json") or {}
     special_ids = {kind: _special_id(kind, config, model_config, ids) for kind in SPECIAL_KINDS}
     for kind, key in SPECIAL_KINDS.items():
-        if special_ids[kind] is not None and 0 <= special_ids[kind] < rows:
-            kvs.append(u32(key, special_ids[kind]))
+        special_id = special_ids[kind]
+        if special_id is not None and 0 <= special_id < rows:
+            kvs.append(u32(key, special_id))
     names = {i: t for t, i in ids.items()}
     add_bos, add_eos = _added_flags(config, data, names.get(special_ids["bos"]), names.get(special_ids["eos"]))
     kvs += [boolean(Keys.Tokenizer.ADD_BOS, add_bos), boolean(Keys.Tokenizer.ADD_EOS, add_eos)]
