@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenizers import Tokenizer
+
 from converter.tokenizer.bpe_json import byte_alphabet, single_characters, whitespace_markers
 from converter.tokenizer.chat_template import rendered_scaffolds, spelled_out
 from converter.tokenizer.errors import TokenizerError
@@ -66,12 +68,11 @@ def _optional_special(tok: ParsedTokenizer) -> set[int]:
     return ids
 
 
-def _chat_template(tok: ParsedTokenizer) -> set[int]:
+def _chat_template(tok: ParsedTokenizer, encoder: Tokenizer) -> set[int]:
     templates = tok.source.chat_templates
-    ids = spelled_out(templates, tok.vocabulary.added)
+    ids = spelled_out((t.text for t in templates), tok.vocabulary.added)
     scaffolds = rendered_scaffolds(templates, tok.source.tokenizer_config)
     if scaffolds:
-        encoder = load_tokenizer(tok.json_path)
         for encoding in encoder.encode_batch(scaffolds, add_special_tokens=False):
             ids.update(encoding.ids)
     return ids
@@ -88,12 +89,19 @@ def _bytes(tok: ParsedTokenizer) -> tuple[str, set[int]]:
 
 
 def standing_rules(tok: ParsedTokenizer) -> StandingRules:
-    """Evaluate every request-independent rule once."""
+    """Evaluate every request-independent rule once.
+
+    The tokenizers library loads the source here whether or not a chat template needs encoding, so a
+    file it refuses is refused before anything is written rather than when the rewrite is checked
+    (after this package's own checks, whose messages say more).
+    """
     byte_rule, byte_ids = _bytes(tok)
+    required, optional = _required_special(tok), _optional_special(tok)
+    encoder = load_tokenizer(tok.json_path)
     return StandingRules(
-        required_special=frozenset(_required_special(tok)),
-        optional_special=frozenset(_optional_special(tok)),
-        chat_template=frozenset(_chat_template(tok)),
+        required_special=frozenset(required),
+        optional_special=frozenset(optional),
+        chat_template=frozenset(_chat_template(tok, encoder)),
         byte_rule=byte_rule,
         byte=frozenset(byte_ids),
     )
