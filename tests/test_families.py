@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from converter.arch import resolve_arch, supported_architectures
+from converter.arch import ModelDims, resolve_arch, supported_architectures
 from converter.arch.families import FAMILIES, Family, gguf_conventions_of
 from converter.arch.gguf_names import SOFTCAPPING_KEYS
 from tests.support.tiny_models import FAMILIES as MODEL_TYPES
@@ -49,6 +49,12 @@ def test_record_agrees_with_transformers(model_type: str) -> None:
         assert math.isclose(float(scale), math.sqrt(model.config.hidden_size), rel_tol=1e-6)
     spec = resolve_arch(model.config.to_dict(), Path("config.json"))
     assert spec.family_record is family and spec.family == family.name
+
+
+def test_fused_shapes_are_sums_of_multiples_of_named_dimensions() -> None:
+    dims = ModelDims(vocab=100, hidden=64, ffn=160, layers=2, heads=4, kv_heads=2, head_dim=16)
+    assert dims.size("2*ffn") == 320 and dims.size("q_dim+2*kv_dim") == 64 + 2 * 32
+    assert [dims.size(d) for d in ("vocab", "q_dim", "kv_dim", "head_dim")] == [100, 64, 32, 16]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))

@@ -24,7 +24,7 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The named dimensions that shapes in the family tables refer to."""
+    """The named dimensions that shapes in the family records refer to."""
 
     vocab: int
     hidden: int
@@ -35,8 +35,13 @@ class ModelDims:
     head_dim: int
 
     def size(self, dim: str) -> int:
+        """A named dimension, a derived one (q_dim, kv_dim), or a sum of multiples of them, the
+        shape of a fused tensor: "2*ffn" (gate and up rows), "q_dim+2*kv_dim" (q, k and v rows)."""
+        if "+" in dim or "*" in dim:
+            return sum(int(count or 1) * self.size(name) for count, _, name in
+                       (term.strip().rpartition("*") for term in dim.split("+")))
         derived = {"q_dim": self.heads * self.head_dim, "kv_dim": self.kv_heads * self.head_dim}
-        return derived[dim] if dim in derived else getattr(self, dim)
+        return derived[dim] if dim in derived else int(getattr(self, dim))
 
 
 @dataclass(frozen=True)
