@@ -4,7 +4,9 @@ Every case starts from a tiny model with a real trained tokenizer (byte-level BP
 template in tokenizer_config.json, or SentencePiece BPE with tokenizer.model and
 chat_template.jinja) and a plan that drops 40% of the tokens, so the tokenizer is actually
 rewritten; the `gguf-` cases export GGUF with every token kept, where the GGUF exporter reads the
-source tokenizer files itself. Chat templates the sandbox stops are not an error: they are copied.
+source tokenizer files itself. The unchanged-file cases keep every token (an identity plan and an
+FFN-only one, both formats), so the files would be copied as they are: they must be refused just
+the same. Chat templates the sandbox stops are not an error: they are copied.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -156,8 +159,8 @@ TOKENIZER_CASES = [
     Case("gguf-tokenizer-vocab-id-past-embedding", _edit_tokenizer(lambda t: t["model"]["vocab"].update(zzq=5000)),
          "has token id 5000, but the embedding has only 2000 rows", "in/tokenizer.json", ("--format", "gguf"),
          tokenizer="bpe", drops_tokens=False),
-    Case("gguf-added-id-not-integer", _added_token("7"), "malformed added token", TJ, ("--format", "gguf"),
-         tokenizer="spm", drops_tokens=False),
+    Case("gguf-added-id-not-integer", _added_token("7"), "cannot be loaded by the tokenizers library", TJ,
+         ("--format", "gguf"), tokenizer="spm", drops_tokens=False),
     Case("gguf-chat-template-not-text", _edit_tokenizer_config(chat_template=5), "chat_template is neither", TC,
          ("--format", "gguf"), tokenizer="bpe", drops_tokens=False),
     Case("gguf-chat-template-not-utf8", _write("chat_template.jinja", b"\xff\xfe{{"), "cannot be read",
@@ -165,38 +168,108 @@ TOKENIZER_CASES = [
 ]
 
 
+# Files an export that keeps every token copies unchanged, broken the ways the rewrite path refuses.
+UNCHANGED_CASES = [
+    Case("tokenizer-json-not-json", _write(TJ, "{oops"), "cannot be parsed", TJ, tokenizer="bpe"),
+    Case("tokenizer-json-not-object", _write(TJ, "[1, 2]"), "not a JSON object", TJ, tokenizer="bpe"),
+    Case("tokenizer-json-unknown-pre-tokenizer", _edit_tokenizer(lambda t: t.update(pre_tokenizer={"type": "Evil"})),
+         "cannot be loaded by the tokenizers library", TJ, tokenizer="bpe"),
+    Case("tokenizer-model-random-bytes", _write(SPM, bytes(range(256)) * 20), "not a valid SentencePiece model",
+         SPM, tokenizer="spm"),
+    Case("tokenizer-model-tiktoken", _write(SPM, "IQ== 0\nIg== 1\n"), "is not a SentencePiece model", SPM,
+         tokenizer="spm"),
+    Case("tokenizer-config-not-json", _write(TC, "{oops"), "cannot be parsed", TC, tokenizer="bpe"),
+    Case("tokenizer-config-role-not-a-token", _edit_tokenizer_config(eos_token=5), "eos_token is 5", TC,
+         tokenizer="spm"),
+    Case("tokenizer-config-decoder-contradicts", _contradicting_decoder, "describe different tokenizers", TC,
+         tokenizer="bpe"),
+]
+UNCHANGED_OTHER_FILES = [
+    Case("special-tokens-map-not-json", _write("special_tokens_map.json", "{oops"), "cannot be parsed",
+         "special_tokens_map.json", tokenizer="spm"),
+    Case("added-tokens-json-id-not-integer", _write("added_tokens.json", '{"<x>": "1"}'), "not an integer",
+         "added_tokens.json", tokenizer="bpe"),
+    Case("chat-template-not-utf8", _write("chat_template.jinja", b"\xff\xfe{{"), "cannot be read",
+         "chat_template.jinja", tokenizer="spm"),
+    Case("tokenizer-config-chat-template-not-text", _edit_tokenizer_config(chat_template=5),
+         "chat_template is neither", TC, tokenizer="bpe"),
+]
+
+
 @pytest.fixture()
 def tokenized_model(tmp_path: Path, byte_level_tokenizer_dir: Path,
-                    spm_dir: Path) -> Callable[[Case], tuple[Path, Path]]:
-    """A builder: the tiny model with the case's tokenizer, and a plan that drops 40% of the tokens (or none)."""
-    def build(case: Case) -> tuple[Path, Path]:
+                    spm_dir: Path) -> Callable[..., tuple[Path, Path]]:
+    """A builder: the tiny model with the case's tokenizer, and a plan that drops 40% of the tokens (or none)
+    and keeps `channels` of the 160 FFN channels (all of them and every token: the identity plan)."""
+    def build(case: Case, channels: int = 64) -> tuple[Path, Path]:
         tokenizer = byte_level_tokenizer_dir if case.tokenizer == "bpe" else spm_dir
         data = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))
         vocab = 1 + max([*data["model"]["vocab"].values(), *(a["id"] for a in data["added_tokens"])])
         folder = save_tiny_model(build_tiny_model("llama", vocab_size=vocab), tmp_path / "in")
         for f in tokenizer.iterdir():
             shutil.copyfile(f, folder / f.name)
-        plan = random_plan(vocab, 160, 2, int(vocab * 0.6) if case.drops_tokens else None, 64, seed=1)
+        plan = random_plan(vocab, 160, 2, int(vocab * 0.6) if case.drops_tokens else None, channels, seed=1)
         return folder, plan.save(tmp_path / "my-plan.json")
     return build
 
 
 @pytest.mark.parametrize("case", TOKENIZER_CASES, ids=[c.id for c in TOKENIZER_CASES])
-def test_bad_tokenizer_is_refused_cleanly(case: Case, tokenized_model: Callable[[Case], tuple[Path, Path]],
+def test_bad_tokenizer_is_refused_cleanly(case: Case, tokenized_model: Callable[..., tuple[Path, Path]],
                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_refused(case, *tokenized_model(case), tmp_path, capsys)
 
 
-@pytest.mark.parametrize("template", [
-    "{% for i in range(10**9) %}x{% endfor %}",  # the sandbox refuses the range (OverflowError)
-    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",  # endless recursion
-    "{% for %}",  # does not compile
+@pytest.mark.parametrize("fmt", ["hf", "gguf"])
+@pytest.mark.parametrize("channels", [160, 64], ids=["identity", "ffn-only"])
+@pytest.mark.parametrize("case", UNCHANGED_CASES, ids=[c.id for c in UNCHANGED_CASES])
+def test_unchanged_tokenizer_file_is_refused_cleanly(case: Case, channels: int, fmt: str,
+                                                     tokenized_model: Callable[..., tuple[Path, Path]],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Keeping every token copies the tokenizer files; a corrupt one is refused before anything is written."""
+    kept_all = replace(case, drops_tokens=False, extra_args=("--format", fmt))
+    assert_refused(kept_all, *tokenized_model(kept_all, channels), tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", UNCHANGED_OTHER_FILES, ids=[c.id for c in UNCHANGED_OTHER_FILES])
+def test_unchanged_companion_file_is_refused_cleanly(case: Case, tokenized_model: Callable[..., tuple[Path, Path]],
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kept_all = replace(case, drops_tokens=False)
+    assert_refused(kept_all, *tokenized_model(kept_all), tmp_path, capsys)
+
+
+def test_unchanged_check_runs_on_dry_runs_too(tokenized_model: Callable[..., tuple[Path, Path]], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    case = Case("dry-run", _write(TJ, "{oops"), "cannot be parsed", TJ, ("--dry-run",), tokenizer="bpe",
+                drops_tokens=False)
+    assert_refused(case, *tokenized_model(case, 160), tmp_path, capsys)
+
+
+def test_intact_unchanged_files_are_copied_byte_for_byte(tokenized_model: Callable[..., tuple[Path, Path]],
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, plan = tokenized_model(Case("intact", lambda m, p: None, "", "", tokenizer="spm", drops_tokens=False))
+    code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
+    assert code == 0, err
+    for name in (TJ, TC, SPM, "chat_template.jinja"):
+        assert (tmp_path / "out" / name).read_bytes() == (model / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(("template", "warning"), [
+    ("{% for i in range(10**9) %}x{% endfor %}", "items on range()"),  # past the sandbox's range cap
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion limit"),  # endless recursion
+    ("{% for %}", None),  # does not compile: not rendered, silently
 ])
-def test_hostile_chat_template_is_copied_not_fatal(template: str, tokenized_model: Callable[[Case], tuple[Path, Path]],
+def test_hostile_chat_template_is_copied_not_fatal(template: str, warning: str | None,
+                                                   tokenized_model: Callable[..., tuple[Path, Path]],
                                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A template that cannot render on empty conversations contributes only the tokens it spells out."""
+    """A template that cannot render on empty conversations contributes only the tokens it spells out; one
+    that a limit stopped says so in one warning line naming its file."""
     model, plan = tokenized_model(Case("template", lambda m, p: None, "", "", tokenizer="spm"))
     (model / "chat_template.jinja").write_text(template)
     code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
     assert code == 0, err
     assert (tmp_path / "out" / "chat_template.jinja").read_text() == template
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    if warning is None:
+        assert not warnings, err
+    else:
+        assert len(warnings) == 1 and "chat_template.jinja" in warnings[0] and warning in warnings[0], err

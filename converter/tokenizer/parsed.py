@@ -9,9 +9,9 @@ from pathlib import Path
 
 from converter.tokenizer.bpe_json import BpeModel, read_bpe
 from converter.tokenizer.sentencepiece_model import SentencePieceModel, check_agrees, read_sentencepiece
-from converter.tokenizer.source import (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON, TokenizerSource,
-                                        read_source)
-from converter.tokenizer.tokenizer_config import check_config
+from converter.tokenizer.source import (ADDED_TOKENS, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON,
+                                        TokenizerSource, read_source)
+from converter.tokenizer.tokenizer_config import check_added_tokens, check_config
 from converter.tokenizer.vocabulary import Vocabulary, read_vocabulary
 
 
@@ -37,6 +37,7 @@ def parse_tokenizer(src_dir: Path) -> ParsedTokenizer:
     vocabulary = read_vocabulary(source.tokenizer_json, bpe, path)
     check_config(source.tokenizer_config, vocabulary.tokens, source.path(TOKENIZER_CONFIG))
     check_config(source.special_tokens_map, vocabulary.tokens, source.path(SPECIAL_TOKENS_MAP))
+    check_added_tokens(source.added_tokens, source.path(ADDED_TOKENS))
     spm_path = source.sentencepiece_model
     spm = None
     if spm_path is not None:

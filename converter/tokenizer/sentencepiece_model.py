@@ -46,8 +46,9 @@ class SentencePieceModel:
         return [i for i, t in enumerate(self.types) if t in types]
 
 
-def read_sentencepiece(path: Path) -> SentencePieceModel:
-    """The parsed model, refused unless it is a BPE model with pieces."""
+def parse_sentencepiece(path: Path) -> Any:
+    """The `ModelProto` of `path`, refused unless it parses and has pieces and a trainer_spec (of any
+    model type: a tokenizer.model copied unchanged need not be BPE)."""
     schema = _schema()
     from google.protobuf.message import DecodeError
 
@@ -61,6 +62,12 @@ def read_sentencepiece(path: Path) -> SentencePieceModel:
     if not model.pieces or not model.HasField("trainer_spec"):
         raise TokenizerError("is not a SentencePiece model (no pieces or no trainer_spec); it may be a tiktoken "
                              "or other file under the same name", path)
+    return model
+
+
+def read_sentencepiece(path: Path) -> SentencePieceModel:
+    """The parsed model, refused unless it is a BPE model with pieces."""
+    model = parse_sentencepiece(path)
     kind = model.trainer_spec.model_type
     if kind != MODEL_TYPE_BPE:
         raise TokenizerError(f"is a SentencePiece {MODEL_TYPE_NAMES.get(kind, kind)} model; only BPE can be "

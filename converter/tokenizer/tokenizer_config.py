@@ -97,12 +97,18 @@ def rewrite_special_tokens_map(config: Mapping[str, Any], kept: set[str], known:
     return _filter_lists(config, kept, known)
 
 
-def rewrite_added_tokens(added: Mapping[str, Any], old_to_new: Mapping[int, int], path: Path) -> dict[str, int]:
-    """added_tokens.json (content -> id) renumbered, dropped tokens removed."""
-    out: dict[str, int] = {}
+def check_added_tokens(added: Mapping[str, Any], path: Path) -> None:
+    """added_tokens.json maps token contents to integer ids."""
     for content, old in added.items():
         if not isinstance(old, int) or isinstance(old, bool):
             raise TokenizerError(f"token {content!r} has id {old!r}, not an integer", path)
+
+
+def rewrite_added_tokens(added: Mapping[str, Any], old_to_new: Mapping[int, int], path: Path) -> dict[str, int]:
+    """added_tokens.json (content -> id) renumbered, dropped tokens removed."""
+    check_added_tokens(added, path)
+    out: dict[str, int] = {}
+    for content, old in added.items():
         if old in old_to_new:
             out[content] = old_to_new[old]
     return dict(sorted(out.items(), key=lambda item: item[1]))
