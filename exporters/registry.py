@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from exporters.options import ExportOptions
 
 EXPORTERS = {"hf": "exporters.hf", "gguf": "exporters.gguf", "onnx": "exporters.onnx"}
+EXTRAS = {"onnx": "onnx"}  # the pip extra of compact-convert that installs a format's packages
 
 
 class Exporter(Protocol):
@@ -38,6 +39,8 @@ def exporter_for(fmt: str) -> Exporter:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("exporters."):
             raise ConvertError(f"format {fmt!r} is not available in this version of compact-convert") from None
-        raise ConvertError(f"format {fmt!r} needs the Python package '{exc.name}'; install it with pip") from None
+        package = (exc.name or "?").split(".")[0]
+        how = f"pip install 'compact-convert[{EXTRAS[fmt]}]'" if fmt in EXTRAS else f"pip install {package}"
+        raise ConvertError(f"format {fmt!r} needs the Python package '{package}'; install it with: {how}") from None
     export: Exporter = module.export
     return export

