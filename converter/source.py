@@ -13,6 +13,7 @@ from pathlib import Path
 from converter.arch import ArchSpec, check_against, load_arch
 from converter.errors import ConvertError
 from converter.io import Checkpoint
+from converter.io.model_folder import check_links
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ def open_source(folder: Path) -> Source:
     """Open a model folder and prove its headers agree with its config.json."""
     if not folder.is_dir():
         raise ConvertError("is not a folder", folder)
+    check_links(folder)  # before config.json is parsed: a link out of the folder is refused as a link
     spec = load_arch(folder)
     ckpt = Checkpoint.open(folder)
     check_against(spec, ckpt)

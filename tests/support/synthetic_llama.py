@@ -29,7 +29,7 @@ def _tensors(layers: int, hidden: int, ffn: int, vocab: int) -> list[tuple[str, 
 def write_synthetic(folder: Path, layers: int, shard_bytes: int = 1 << 30, hidden: int = HIDDEN, ffn: int = FFN,
                     vocab: int = VOCAB) -> int:
     """A Llama-shaped bf16 checkpoint with random bytes, sharded like save_pretrained."""
-    from converter.io.writer import DeclaredTensor, ShardWriter
+    from converter.io.safetensors_writer import DeclaredTensor, ShardWriter
     from exporters.hf import INDEX_NAME, plan_shards, shard_names
 
     folder.mkdir(parents=True)
