@@ -3,8 +3,8 @@
 Nothing is materialised up front. `planned()` lists every output tensor with its final shape
 (so writers can lay out headers first); `raw_tensors()` then yields each tensor's bytes, reading
 only the kept rows of row-pruned tensors with pread/preadv at offsets taken from the headers
-(the HF exporter copies whole runs of kept rows file to file instead, see `is_file_copy`). Bytes are sliced without reinterpretation, so every dtype (bf16 included)
-survives bit for bit.
+(the HF exporter copies whole runs of kept rows file to file instead, see `is_file_copy`). Bytes are sliced without
+reinterpretation, so every dtype (bf16 included) survives bit for bit.
 """
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ class PrunedCheckpoint:
         if self.is_passthrough(planned):
             self.source.copy_range(planned.source.name, dest_fd)
         elif planned.axis == 0 and planned.keep is not None:
-            self.source.copy_rows(planned.source.name, planned.keep, dest_fd)  # type: ignore[arg-type]
+            self.source.copy_rows(planned.source.name, planned.keep, dest_fd)
         else:
             raise ValueError(f"{planned.name} is cut along axis {planned.axis}; read it instead of copying")
 

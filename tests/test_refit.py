@@ -114,7 +114,8 @@ def test_refit_export_loads_matches_the_simulation_and_verifies(tmp_path: Path, 
     assert main(["verify", str(out), "--reference", str(folder)]) == 0, capsys.readouterr().out
 
 
-def test_auto_split_with_refit_chooses_on_refitted_candidates(tmp_path: Path, scored: tuple[Path, Scores, Path]) -> None:
+def test_auto_split_with_refit_chooses_on_refitted_candidates(tmp_path: Path,
+                                                               scored: tuple[Path, Scores, Path]) -> None:
     folder, scores, _ = scored
     source = open_source(folder)
     plan = make_plan(source, scores, Budget(target_ratio=0.3, splits=3, refine_rounds=0, device="cpu",

@@ -26,8 +26,8 @@ from converter.tokenizer import TokenizerRewrite, plan_tokenizer, remap_special_
 from tests.support.real_tokenizers import (frequency_lines, gemma3_tokenizer_dir, most_frequent, qwen_tokenizer_dir,
                                    smollm2_tokenizer_dir, stdlib_lines, token_counts)
 from tests.support.tiny_tokenizers import corpus_lines
-from tests.support.tokenizer_invariants import (EXTRA_LINES, AutoEncoder, RawEncoder, SentencePieceEncoder, check_equivalence,
-                                        check_lossless)
+from tests.support.tokenizer_invariants import (EXTRA_LINES, AutoEncoder, RawEncoder, SentencePieceEncoder,
+                                                check_equivalence, check_lossless)
 from tools.make_varied_corpus import read_corpus
 
 REAL: dict[str, Callable[[], Path]] = {

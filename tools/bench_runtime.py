@@ -15,7 +15,8 @@ runs is reported.
 Numbers are on two clocks, wall and the run's own CPU time (--clock picks which the table uses;
 cpu by default with --threads 1, where it is what a dedicated core would take whatever the load; see
 tools/bench_runtime_child.py). `--jobs N` runs N measurements at once, in the same interleaved
-order; only sensible with --clock cpu. Prints a markdown table with speed-ups against the dense model of the same run, writes
+order; only sensible with --clock cpu. Prints a markdown table with speed-ups against the dense model of
+the same run, writes
 bench_runtime.json (every run's numbers) and bench_runtime.png to --out. `--breakdown
 smollm2:0.35` also times, in llama.cpp f16, that plan's vocabulary cut alone and its FFN cut
 alone, to show where the decode time goes.
@@ -77,7 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="where the JSON and PNG go (default: --work)")
     p.add_argument("--build-only", action="store_true", help="build the artefacts and stop")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
-                   help="only merge earlier runs' bench_runtime.json files (disjoint model/format sets) into one report")
+                   help="only merge earlier runs' bench_runtime.json files (disjoint model/format sets) into one "
+                   "report")
     args = p.parse_args(argv)
     args.clock_given = args.clock is not None
     if args.clock is None:

@@ -34,7 +34,7 @@ def summarise(runs: list[dict[str, Any]], clock: str = "cpu") -> list[dict[str, 
     for run in runs:
         groups.setdefault(tuple(run[k] for k in GROUP), []).append(run)
     rows = []
-    for key, group in groups.items():
+    for group in groups.values():
         first = group[0]
         row = {k: first[k] for k in (*GROUP, "label", "vocab", "ffn", "params", "dense_params", "file_bytes")}
         for metric in METRICS:

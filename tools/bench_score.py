@@ -1,7 +1,8 @@
 """Scoring throughput next to a plain forward pass over the same tokens, in the same run.
 
 Windows of calibration text (the built-in corpus, or --calib) are batched once; then, interleaved
-for --repeats rounds, the same batches run (rotating the order each round) through (1) stock transformers (`from_pretrained`,
+for --repeats rounds, the same batches run (rotating the order each round) through (1) stock
+transformers (`from_pretrained`,
 the base model's forward, no hooks), (2) the scoring engine without a probe, (3) the engine with
 the act² probe that scoring uses and the predicted counts (next-token probabilities at every 16th
 position, the product's default share), whole model, (4) the same layer by layer, and (5) the

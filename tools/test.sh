@@ -21,5 +21,9 @@ if ! python -c "import llama_cpp" 2>/dev/null; then
     python -m pip install -q "llama-cpp-python>=0.3.16"
 fi
 
+# Lint and type-check before the tests (configured in pyproject.toml); either failing fails the run.
+python -m ruff check converter exporters tests tools
+python -m mypy
+
 # Two workers, one test file each at a time (files share module-scoped fixtures such as ONNX traces).
 python -m pytest -q -n 2 --dist loadfile "$@"

@@ -2,7 +2,8 @@
 
 `Checkpoint` is a lazy view over a model folder (single file or sharded with an index): names,
 shapes and dtypes come from the headers alone, and tensor bytes are read with pread/preadv (or
-copied file to file by the kernel) at offsets taken from those headers, only the rows asked for. `ShardWriter` streams tensors back out in the same format.
+copied file to file by the kernel) at offsets taken from those headers, only the rows asked for.
+`ShardWriter` streams tensors back out in the same format.
 """
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ def read_header(path: Path) -> SafetensorsHeader:
         with path.open("rb") as f:
             prefix = f.read(8)
             if len(prefix) < 8:
-                raise ConvertError("file is shorter than a safetensors header; it is truncated or not safetensors", path)
+                raise ConvertError("file is shorter than a safetensors header; it is truncated or not safetensors",
+                                   path)
             (n,) = struct.unpack("<Q", prefix)
             if n > MAX_HEADER_BYTES or n > size - 8:
                 raise ConvertError(
@@ -130,7 +131,8 @@ def read_header(path: Path) -> SafetensorsHeader:
     try:
         raw = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ConvertError(f"safetensors header is not valid JSON ({type(exc).__name__}); the file is corrupt", path) from exc
+        raise ConvertError(f"safetensors header is not valid JSON ({type(exc).__name__}); the file is corrupt",
+                           path) from exc
     except _DuplicateKey as exc:
         raise ConvertError(f"tensor '{exc}' is listed twice in the safetensors header", path) from exc
     if not isinstance(raw, dict):
@@ -144,7 +146,8 @@ def read_header(path: Path) -> SafetensorsHeader:
     for e in entries:
         if e.start != cursor:
             problem = "overlap" if e.start < cursor else "leave a gap"
-            raise ConvertError(f"tensor data offsets {problem} at tensor '{e.name}'; the safetensors file is corrupt", path)
+            raise ConvertError(f"tensor data offsets {problem} at tensor '{e.name}'; the safetensors file is corrupt",
+                               path)
         cursor = e.end
     if cursor != size:
         raise ConvertError(

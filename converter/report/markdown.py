@@ -67,7 +67,8 @@ def _calibration(data: dict[str, Any]) -> list[str]:
     lines += [f"The kept vocabulary covers **{100 * c['kept_vocab_coverage']:.2f}%** of the "
               f"{c['tokens_counted']:,} calibration tokens counted ({c['distinct_tokens_seen']:,} distinct tokens "
               f"seen); the same number of the most frequent tokens would cover "
-              f"{100 * c['top_n_coverage_at_kept_size']:.2f}%{_why_less(c)}. Vocabulary needed for a coverage of {needed}.", "",
+              f"{100 * c['top_n_coverage_at_kept_size']:.2f}%{_why_less(c)}. "
+              f"Vocabulary needed for a coverage of {needed}.", "",
               f"Scores: {c.get('scores')}; corpus: {'; '.join(c['corpus'])}.", "",
               *_image(data, "coverage", "calibration coverage against vocabulary size")]
     return lines

@@ -94,7 +94,9 @@ class ModelRunner:
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
         self.config = config
-        self.base: nn.Module = model.model
+        # The decoder body (embed_tokens, layers, norm); typed Any because its submodules are
+        # reached by attribute, which nn.Module types as Tensor | Module.
+        self.base: Any = model.model
         self.layers: nn.ModuleList = model.model.layers
         self.embed_device = torch.device("cpu") if layerwise else device
         self._move_buffers(model)
@@ -138,7 +140,7 @@ class ModelRunner:
         return raw_to_torch(data, info.dtype, shape).to(device=self.device, dtype=self.dtype)
 
     def _load(self, module: nn.Module, prefix: str, device: torch.device) -> None:
-        for pname, param in list(module.named_parameters()):
+        for pname, _param in list(module.named_parameters()):
             owner_name, _, leaf = pname.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
             name = prefix + pname
@@ -161,7 +163,7 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batches: Sequence[torch.Tensor], probe: Probe | None = None,
             on_output: Callable[[int, torch.Tensor], None] | None = None,
-            progress: Callable[[int], None] | None = None) -> None:
+            progress: Callable[[float], None] | None = None) -> None:
         """Run every batch of ids [B, T] (right-padded); on_output gets the final normed hidden states."""
         self._probe = probe
         try:
@@ -181,7 +183,7 @@ class ModelRunner:
 
     def _run_layerwise(self, batches: Sequence[torch.Tensor], probe: Probe | None,
                        on_output: Callable[[int, torch.Tensor], None] | None,
-                       progress: Callable[[int], None] | None) -> None:
+                       progress: Callable[[float], None] | None) -> None:
         originals = list(self.layers)
         states: list[torch.Tensor] = []
         calls: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []

@@ -3,7 +3,8 @@
 Vocabulary: tokens ranked by count, ties broken by the model's predicted counts and then the
 tokenizer's prior (converter.score.tokens); the top of the ranking goes through the tokenizer
 keep-set rules (converter.tokenizer.plan_tokenizer), which add specials, bytes and the BPE merge
-closure, so fewer tokens are requested until the final set fits the vocabulary target (requested and final sizes are both reported). Channels, per layer:
+closure, so fewer tokens are requested until the final set fits the vocabulary target (requested
+and final sizes are both reported). Channels, per layer:
 `compact` sums the bucketed act² weighted by how much of each bucket's occurrences the final
 vocabulary keeps (and, with focus > 0, by how common its tokens are); `act2` is plain act²
 (Minitron-style), `magnitude` the weights' L2 norm, `random` a seeded draw. Every layer keeps
@@ -24,9 +25,9 @@ from converter.plan import PrunePlan
 from converter.score.buckets import bucket_weights
 from converter.score.budget import ParamModel
 from converter.score.scores import Scores
+from converter.score.stage_options import METHODS
 from converter.score.tokens import token_ranking
 
-METHODS = ("compact", "act2", "magnitude", "random")
 FIT_STEPS = 12
 
 

@@ -26,45 +26,16 @@ import torch
 from converter.errors import ConvertError
 from converter.source import Source
 from converter.progress import progress_bar
-from converter.score.buckets import BINS_PER_OCTAVE, BucketLayout
+from converter.score.buckets import BucketLayout
 from converter.score.corpus import Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.scores import Scores, pick_heldout
+from converter.score.stage_options import ScoreOptions
 from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, token_ranking
 
 HASH_MASK = (1 << 63) - 1
 GRAM_LIMIT_BYTES = 16 << 30
 PREDICT_CHUNK_BYTES = 1 << 28
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """How much text to score and where; defaults suit a laptop as well as a GPU box."""
-
-    calib_tokens: int = 128 * 512
-    seq_len: int = 512
-    batch_tokens: int = 8192
-    heldout_percent: int = 10
-    heldout_tokens: int = 8192
-    bins_per_octave: int = BINS_PER_OCTAVE
-    device: str = "auto"
-    layerwise: bool | None = None
-    counts_only: bool = False
-    progress: bool = False
-    gram: bool = False
-    predict_tokens: int = 4096
-
-    @property
-    def predict_stride(self) -> int:
-        """Every how many positions of a window the next-token probabilities are summed (0: none).
-
-        About predict_tokens of the calib_tokens sample, at least one position per full window. A
-        function of the options alone, not of how much text a rank or shard happened to get, so
-        sharded, merged and multi-rank scoring sum the same positions.
-        """
-        if self.predict_tokens <= 0:
-            return 0
-        return max(1, min(self.seq_len, self.calib_tokens // self.predict_tokens))
 
 
 def text_hash(text: str) -> int:
@@ -208,6 +179,7 @@ class Act2Probe:
         if self.onehot is not None:
             part = self.onehot @ (flat * flat)
         else:
+            assert self.ids is not None, "begin_batch sets the ids before any layer runs"
             part = torch.zeros(self.sums.shape[1:], dtype=torch.float32, device=flat.device)
             part.index_add_(0, self.ids, flat * flat)
         self.sums[layer] += part.to(torch.float64)
@@ -279,9 +251,10 @@ def weight_magnitude(source: Source) -> np.ndarray:
     return out
 
 
-def score(source: Source, corpus: Corpus, options: ScoreOptions = ScoreOptions(),
+def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
           layout: BucketLayout | None = None) -> Scores:
     """Score `source` on `corpus`: token counts, bucketed act², act², magnitude, held-out text."""
+    options = options or ScoreOptions()
     rank, _ = dist_info()
     dims = source.spec.dims
     if options.gram:

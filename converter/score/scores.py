@@ -81,7 +81,7 @@ class Scores:
         """Write atomically: a crash leaves no half-written scores file at `path`."""
         text = [t.encode("utf-8") for _, t, _ in self.heldout]
         offsets = np.cumsum([0, *[len(t) for t in text]]).astype(np.int64)
-        tensors = {
+        tensors: dict[str, np.ndarray] = {
             "counts": self.counts.astype(np.int64),
             "importance": self.importance.astype(np.float64),
             "act2": self.act2.astype(np.float64),

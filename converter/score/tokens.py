@@ -141,7 +141,7 @@ def _pieces(data: dict[str, Any], vocab: int) -> list[str]:
 
 def plausible_tokens(pieces: Sequence[str], counts: np.ndarray) -> np.ndarray:
     """Per id: True when its piece is made only of characters that the counted pieces contain."""
-    seen = set().union(*(pieces[i] for i in np.flatnonzero(counts > 0) if i < len(pieces)))
+    seen = set().union(*(pieces[int(i)] for i in np.flatnonzero(counts > 0) if i < len(pieces)))
     return np.fromiter((bool(p) and seen.issuperset(p) for p in pieces), dtype=bool, count=len(pieces))
 
 

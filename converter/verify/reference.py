@@ -1,8 +1,8 @@
 """The pruned Hugging Face model every runtime is compared with, and where it comes from.
 
 With `--reference IN` it is rebuilt from the source folder and OUT's prune_plan.json through the
-same steps an export takes (open_source, settle_plan, the HF exporter; no report) into a temporary folder that is removed
-afterwards: OUT's own files are never trusted to judge OUT. Without it, an hf OUT is its own
+same steps an export takes (open_source, settle_plan, the HF exporter; no report) into a temporary
+folder that is removed afterwards: OUT's own files are never trusted to judge OUT. Without it, an hf OUT is its own
 reference (tokenizer self-consistency only; its logits have nothing to be compared with) and a
 GGUF or ONNX OUT offers only the tokenizer files it carries.
 """
