@@ -1,22 +1,27 @@
 """Score and plan inside `compact-convert IN OUT` when no --plan is given.
 
-The budget is checked before any scoring so a missing or impossible budget fails in a second,
-not after minutes of forward passes; the built-in corpus is announced loudly because the
-calibration domain decides most of the quality of a vocabulary cut.
+Takes the same options models as the stage commands (Budget, ScoreOptions), built by the CLI from
+one set of flags or by library callers directly. The budget is checked before any scoring so a
+missing or impossible budget fails in a second, not after minutes of forward passes; the built-in
+corpus is announced loudly because the calibration domain decides most of the quality of a
+vocabulary cut.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from converter.source import Source
 from converter.plan import PrunePlan
 from converter.report import ReportContext
-from converter.score.autosplit import Budget, make_plan
-from converter.score.scorer import ScoreOptions, score
+from converter.score.autosplit import make_plan
+from converter.score.budget import param_model
 from converter.score.corpus import DEFAULT_WARNING, open_corpus
 from converter.score.planner import report
+from converter.score.scorer import score
 from converter.score.scores import Scores
+from converter.score.stage_options import Budget, ScoreOptions
 
 
 def warn_default_corpus() -> None:
@@ -24,39 +29,24 @@ def warn_default_corpus() -> None:
     print(f"{bar}\nWARNING: {DEFAULT_WARNING}\n{bar}", file=sys.stderr)
 
 
-def budget_from_args(args: argparse.Namespace) -> Budget:
-    return Budget(vocab_size=args.vocab_size, intermediate_size=args.intermediate_size,
-                  target_ratio=args.target_ratio, method=args.method,
-                  ffn_multiple=getattr(args, "ffn_multiple", 32), focus=getattr(args, "focus", 0.0),
-                  seed=getattr(args, "seed", 0), splits=getattr(args, "splits", 6),
-                  keep_reserved=getattr(args, "keep_reserved", False), device=args.device,
-                  layerwise=getattr(args, "layer_by_layer", None), refit=getattr(args, "refit", False))
-
-
-def scores_from_args(args: argparse.Namespace, source: Source) -> tuple[Scores, str]:
-    """Scores from --scores, or from scoring the model on --calib (or the built-in corpus) now."""
-    path = getattr(args, "scores", None)
-    if path is not None:
-        return Scores.load(path), str(path)
-    corpus = open_corpus(args.calib, getattr(args, "text_field", "text"))
+def scores_for(source: Source, options: ScoreOptions, scores: Path | None = None,
+               calib: Sequence[Path] | None = None, text_field: str = "text") -> tuple[Scores, str]:
+    """Scores read from `scores`, or from scoring the model on `calib` (or the built-in corpus) now."""
+    if scores is not None:
+        return Scores.load(scores), str(scores)
+    corpus = open_corpus(calib, text_field)
     if corpus.is_default:
         warn_default_corpus()
-    options = ScoreOptions(calib_tokens=getattr(args, "calib_tokens", ScoreOptions.calib_tokens),
-                           device=args.device, layerwise=getattr(args, "layer_by_layer", None),
-                           progress=getattr(args, "progress", True), gram=getattr(args, "refit", False),
-                           predict_tokens=getattr(args, "predict_tokens", ScoreOptions.predict_tokens))
     return score(source, corpus, options), "scores computed now"
 
 
-def plan_from_args(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportContext]:
+def one_shot_plan(source: Source, budget: Budget, options: ScoreOptions, scores: Path | None = None,
+                  calib: Sequence[Path] | None = None, text_field: str = "text") -> tuple[PrunePlan, ReportContext]:
     """The plan `compact-convert IN OUT --target-ratio R [--calib ...]` exports, and the scores behind it
     for the export's report."""
-    budget = budget_from_args(args)
     dims = source.spec.dims
     budget.check(dims.vocab, dims.ffn)
-    scores, where = scores_from_args(args, source)
-    plan = make_plan(source, scores, budget, where)
-    from converter.score.budget import param_model
-
+    found, where = scores_for(source, options, scores, calib, text_field)
+    plan = make_plan(source, found, budget, where)
     report(plan, param_model(source))
-    return plan, ReportContext(scores, where)
+    return plan, ReportContext(found, where)

@@ -2,7 +2,9 @@
 
 With `--plan` it exports that plan; without one it scores the model on the calibration text and
 derives a plan from the budget flags (converter.oneshot). `compact-convert export` is the
-same command, for symmetry with the other stage subcommands.
+same command, for symmetry with the other stage subcommands. Its scoring, budget and export flags
+are generated from the fields of ScoreOptions, Budget and ExportOptions (converter.commands.flags),
+the same declarations `score` and `plan` use, so every flag of a stage works here too.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from converter import __version__
+from converter.commands.flags import add_corpus_flags, add_options, add_progress_flag, options_from
 from converter.errors import ConvertError
 from converter.pipeline import export
 from converter.settle import settle_plan
@@ -20,17 +23,14 @@ from exporters.registry import EXPORTERS
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.report import ReportContext
-from exporters.options import DEFAULT_MAX_SHARD_SIZE, ExportOptions, parse_size
+from converter.score.stage_options import Budget, ScoreOptions
+from exporters.options import ExportOptions
 from exporters.staging import check_output_location
 
 PRESENTATION_FLAGS = ("--progress", "--no-progress", "--force", "--no-force")
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+# Flags of `score` the one-shot command does not take: it scores once, here, for channels and
+# tokens alike (a layout to merge with and a counts-only file serve sharded scoring).
+SCORE_ONLY = ("counts_only",)
 
 
 def build_parser(prog: str = "compact-convert") -> argparse.ArgumentParser:
@@ -41,43 +41,24 @@ def build_parser(prog: str = "compact-convert") -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, metavar="OUT", help="output folder (must not exist or be empty)")
     p.add_argument("--format", choices=sorted(EXPORTERS), default="hf", help="output format (default: hf)")
     p.add_argument("--plan", type=Path, help="prune_plan.json giving the kept token ids and FFN channels")
-    budget = p.add_argument_group("budget (without --plan: score the model and plan from these)")
-    budget.add_argument("--calib", type=Path, action="append", metavar="PATH",
-                        help="calibration text (.txt, .jsonl or a folder); USE YOUR OWN DOMAIN TEXT, it matters most")
-    budget.add_argument("--target-ratio", type=float, help="fraction of parameters to remove, e.g. 0.35")
-    budget.add_argument("--vocab-size", type=int, help="exact vocabulary size to keep")
-    budget.add_argument("--intermediate-size", type=int, help="exact FFN intermediate size to keep")
-    budget.add_argument("--method", choices=["compact", "act2", "magnitude", "random"], default="compact",
-                        help="channel criterion (default compact; the others are baselines)")
-    budget.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="where to score")
-    budget.add_argument("--text-field", default="text", help="JSONL field holding the calibration text (default text)")
-    budget.add_argument("--calib-tokens", type=int, default=128 * 512,
-                        help="tokens of the activation sample (default 65536); token counts use all the text")
-    budget.add_argument("--ffn-multiple", type=int, default=32, help="round the FFN size to this multiple (default 32)")
-    budget.add_argument("--scores", type=Path, help="scores.safetensors from `compact-convert score` (skips scoring)")
-    budget.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
-                        help="refit the kept down_proj columns by least squares on the calibration activations "
-                             "(training-free; recovers much of an FFN cut's loss; scoring also records the "
-                             "layers x ffn^2 Gram matrices it needs)")
-    out = p.add_argument_group("output")
-    out.add_argument("--outtype", help="weight type: hf keeps the source dtype; gguf f32|f16|bf16|q8_0|q4_0|...; "
-                     "onnx fp32|fp16|int8|int4")
-    out.add_argument("--pre", help="GGUF pre-tokenizer name, overriding the one derived from the source tokenizer")
-    out.add_argument("--int4-block-size", type=int, default=32, help="block size of ONNX int4 weights")
-    p.add_argument("--max-shard-size", type=_size, default=DEFAULT_MAX_SHARD_SIZE,
-                   help="largest safetensors shard for --format hf, e.g. 5GB (default) or 500MB")
-    p.add_argument("--keep-reserved", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep unused reserved special tokens such as <|reserved_special_token_N|>")
+    add_options(p.add_argument_group(
+        "budget", "without --plan, the model is scored (or --scores read) and a plan derived from these; "
+        "--keep-reserved and --refit apply to a --plan too"), Budget)
+    scoring = p.add_argument_group("scoring (without --plan or --scores)")
+    scoring.add_argument("--scores", type=Path, help="scores.safetensors from `compact-convert score` (skips scoring)")
+    add_corpus_flags(scoring)
+    add_options(scoring, ScoreOptions, exclude=SCORE_ONLY)
+    add_options(p.add_argument_group("output"), ExportOptions)
     p.add_argument("--force", action=argparse.BooleanOptionalAction, default=False,
                    help="replace a non-empty OUT")
     p.add_argument("--dry-run", action="store_true", help="print what would be written and write nothing")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+    add_progress_flag(p)
     p.add_argument("--version", action="version", version=f"compact-convert {__version__}")
     return p
 
 
-def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan) -> None:
-    plan, _ = settle_plan(source, plan, args.keep_reserved)
+def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan, keep_reserved: bool) -> None:
+    plan, _ = settle_plan(source, plan, keep_reserved)
     s = PrunedCheckpoint(source.checkpoint, source.spec, plan).summary()
     print(f"model      {source.spec.architecture} ({source.spec.family}), {s['tensors']} tensors")
     print(f"vocab      {s['vocab_before']} -> {s['vocab_after']}")
@@ -88,22 +69,23 @@ def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan) -> None:
     print(f"would write {args.format} to {args.output} (dry run: nothing written)")
 
 
-def _plan(args: argparse.Namespace, source: Source) -> tuple[PrunePlan, ReportContext]:
+def _plan(args: argparse.Namespace, source: Source, budget: Budget,
+          scoring: ScoreOptions) -> tuple[PrunePlan, ReportContext]:
     """The plan to export, and the scores behind it (for the report) when they are at hand."""
     if args.plan is not None:
         plan, context = PrunePlan.load(args.plan), _plan_scores(args, source)
-        if args.refit:
+        if budget.refit:
             if context.scores is None:
                 raise ConvertError("--refit with --plan needs --scores (made with `compact-convert score --refit`)")
             from converter.score.refit_solver import fit_refit
 
-            plan = fit_refit(source, context.scores, plan, scores_path=str(args.scores))
+            plan = fit_refit(source, context.scores, plan, ridge=budget.ridge, scores_path=str(args.scores))
         return plan, context
     try:
-        from converter.oneshot import plan_from_args
+        from converter.oneshot import one_shot_plan
     except ModuleNotFoundError:
         raise ConvertError("no --plan given; pass a prune_plan.json") from None
-    return plan_from_args(args, source)
+    return one_shot_plan(source, budget, scoring, args.scores, args.calib, args.text_field)
 
 
 def _plan_scores(args: argparse.Namespace, source: Source) -> ReportContext:
@@ -130,17 +112,18 @@ def recorded_command(argv: Sequence[str], output: Path, prog: str = "compact-con
 
 def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
     args = build_parser(prog).parse_args(argv)
+    budget = options_from(args, Budget)
+    scoring = options_from(args, ScoreOptions, progress=args.progress)
+    options = options_from(args, ExportOptions, progress=args.progress,
+                           command_line=recorded_command(argv, args.output, prog))
     check_output_location(args.output, args.input, args.force)
     source = open_source(args.input)
-    plan, context = _plan(args, source)
+    plan, context = _plan(args, source, budget, scoring)
     if args.dry_run:
-        _dry_run(args, source, plan)
+        _dry_run(args, source, plan, budget.keep_reserved)
         return 0
-    options = ExportOptions(max_shard_size=args.max_shard_size, progress=args.progress, outtype=args.outtype,
-                            pre_tokenizer=args.pre, int4_block_size=args.int4_block_size,
-                            command_line=recorded_command(argv, args.output, prog))
     written = export(source, plan, args.output, args.format, options, force=args.force,
-                     keep_reserved=args.keep_reserved, report=context)
+                     keep_reserved=budget.keep_reserved, report=context)
     print(f"wrote {len(written)} files to {args.output}")
     return 0
 

@@ -15,8 +15,8 @@ from typing import Any
 # Re-exports resolve on first use: the planner and the scores file are plain numpy, and importing
 # the package must not pull in torch (seconds of start-up) for an export that only reads scores.
 _EXPORTS = {
-    "Budget": "autosplit", "make_plan": "autosplit", "BucketLayout": "buckets", "ParamModel": "budget",
-    "param_model": "budget", "ScoreOptions": "collect", "score": "collect", "Corpus": "corpus",
+    "Budget": "stage_options", "make_plan": "autosplit", "BucketLayout": "buckets", "ParamModel": "budget",
+    "param_model": "budget", "ScoreOptions": "stage_options", "score": "scorer", "Corpus": "corpus",
     "open_corpus": "corpus", "Scores": "scores", "merge": "scores",
 }
 __all__ = sorted(_EXPORTS)

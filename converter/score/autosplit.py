@@ -15,65 +15,28 @@ import json
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from converter.errors import ConvertError
 from converter.source import Source
 from converter.plan import PrunePlan
-from converter.score.bpb import eval_windows, start_id, text_bytes, total_nll_bits
-from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, check_ratio, param_model
-from converter.score.engine import ModelRunner, fits, pick_device
-from converter.score.planner import METHODS, VocabChoice, VocabFitter, build_plan
-from converter.score.refit_solver import DEFAULT_RIDGE, fit_refit, refit_map, require_gram
+from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, param_model
+from converter.score.planner import VocabChoice, VocabFitter, build_plan
+from converter.score.refit_solver import fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
+from converter.score.stage_options import Budget
 from converter.score.tokens import load_tokenizer
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What to keep (exact sizes, or a ratio of parameters to remove) and how to choose it."""
-
-    vocab_size: int | None = None
-    intermediate_size: int | None = None
-    target_ratio: float | None = None
-    method: str = "compact"
-    ffn_multiple: int = 32
-    focus: float = 0.0
-    seed: int = 0
-    splits: int = 6
-    refine_rounds: int = 2
-    keep_reserved: bool = False
-    device: str = "auto"
-    layerwise: bool | None = None
-    eval_seq_len: int = 1024
-    refit: bool = False
-    ridge: float = DEFAULT_RIDGE
-
-    def check(self, vocab: int, ffn: int) -> None:
-        if self.method not in METHODS:
-            raise ConvertError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.ffn_multiple < 1:
-            raise ConvertError(f"--ffn-multiple must be at least 1, got {self.ffn_multiple}")
-        if self.target_ratio is not None:
-            if self.vocab_size is not None or self.intermediate_size is not None:
-                raise ConvertError("give either --target-ratio or --vocab-size/--intermediate-size, not both")
-            check_ratio(self.target_ratio)
-            return
-        if self.vocab_size is None and self.intermediate_size is None:
-            raise ConvertError("no budget: pass --target-ratio R (e.g. 0.35) or --vocab-size N and/or "
-                               "--intermediate-size M")
-        if self.vocab_size is not None and not 0 < self.vocab_size <= vocab:
-            raise ConvertError(f"--vocab-size {self.vocab_size} must be between 1 and the model's {vocab}")
-        if self.intermediate_size is not None and not 0 < self.intermediate_size <= ffn:
-            raise ConvertError(f"--intermediate-size {self.intermediate_size} must be between 1 and the model's {ffn}")
 
 
 class SplitEvaluator:
     """Bits per byte of candidate plans on the held-out calibration text, simulated in memory."""
 
     def __init__(self, source: Source, scores: Scores, budget: Budget, scores_path: str = "scores") -> None:
+        from converter.score.bpb import start_id, text_bytes  # torch: only when candidates are measured
+        from converter.score.engine import ModelRunner, fits, pick_device
+
         if not scores.heldout:
             raise ConvertError("the scores hold no held-out text to choose a split on (the corpus is too small); "
                                "pass more --calib text, or exact --vocab-size and --intermediate-size")
@@ -95,6 +58,8 @@ class SplitEvaluator:
         return [refit_map(self.gram[layer], kept, self.ridge) for layer, kept in enumerate(plan.kept_ffn_channels)]
 
     def bits_per_byte(self, plan: PrunePlan) -> float:
+        from converter.score.bpb import eval_windows, total_nll_bits
+
         vocab = self.source.spec.dims.vocab
         maps = self._maps(plan)
         if plan.keeps_all_tokens(vocab):

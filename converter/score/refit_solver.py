@@ -29,8 +29,8 @@ from converter.source import Source
 from converter.plan import PrunePlan
 from converter.ffn_refit import FfnRefit
 from converter.score.scores import Scores
+from converter.score.stage_options import DEFAULT_RIDGE
 
-DEFAULT_RIDGE = 1e-3
 
 
 def refit_map(gram: np.ndarray, kept: Sequence[int], ridge: float = DEFAULT_RIDGE) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""What a user asks of scoring (ScoreOptions) and of planning (Budget), with each flag declared once.
+
+Both frozen models carry their command-line declarations on their fields (converter.flag_fields),
+so `score`, `plan` and the one-shot `compact-convert IN OUT` take the same flags with the same
+defaults and checks. The flags that feed both models (--device, --layer-by-layer, --refit) are
+one Flag object each, used by a field of each. The module imports neither torch nor the planner:
+every command builds its parser from it, and `--help` or an export from a plan must not pay for
+either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from converter.errors import ConvertError
+from converter.flag_fields import Flag, check_minimums, flag, internal
+from converter.score.buckets import BINS_PER_OCTAVE
+from converter.score.budget import check_ratio
+
+METHODS = ("compact", "act2", "magnitude", "random")
+DEVICES = ("auto", "cuda", "cpu")
+DEFAULT_RIDGE = 1e-3
+
+DEVICE = Flag("where to score, and to evaluate the splits --target-ratio measures (default auto: a GPU if "
+              "there is one)", choices=DEVICES)
+LAYER_BY_LAYER = Flag("load one decoder layer at a time when scoring or evaluating (default: only when the "
+                      "model does not fit)", name="layer-by-layer")
+REFIT = Flag("refit the kept down_proj columns by least squares on the calibration activations (training-free; "
+             "recovers much of an FFN cut's loss); scoring then also records the layers x ffn^2 Gram matrices "
+             "it needs, and `plan --refit` needs scores made with `score --refit`", name="refit")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How much text to score and where; defaults suit a laptop as well as a GPU box."""
+
+    calib_tokens: int = flag(128 * 512, Flag(
+        "tokens of the activation sample (default 65536 = 128 x 512); counts use all the text", minimum=1))
+    seq_len: int = flag(512, Flag("tokens per scored sequence (default 512)", minimum=1))
+    batch_tokens: int = flag(8192, Flag("tokens per forward batch (default 8192)", minimum=1))
+    heldout_percent: int = internal(10)
+    heldout_tokens: int = flag(8192, Flag("held-out calibration tokens kept for choosing a split (default 8192)",
+                                          minimum=0))
+    bins_per_octave: int = internal(BINS_PER_OCTAVE)
+    device: str = flag("auto", DEVICE)
+    layerwise: bool | None = flag(None, LAYER_BY_LAYER)
+    counts_only: bool = flag(False, Flag("count tokens only (no forward passes)"))
+    progress: bool = internal(False)
+    gram: bool = flag(False, REFIT)
+    predict_tokens: int = flag(4096, Flag(
+        "positions of that sample whose next-token probabilities rank the tokens your text never shows "
+        "(default 4096; 0: rank them by the tokenizer's prior alone)", minimum=0))
+
+    def __post_init__(self) -> None:
+        check_minimums(self)
+
+    @property
+    def predict_stride(self) -> int:
+        """Every how many positions of a window the next-token probabilities are summed (0: none).
+
+        About predict_tokens of the calib_tokens sample, at least one position per full window. A
+        function of the options alone, not of how much text a rank or shard happened to get, so
+        sharded, merged and multi-rank scoring sum the same positions.
+        """
+        if self.predict_tokens <= 0:
+            return 0
+        return max(1, min(self.seq_len, self.calib_tokens // self.predict_tokens))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What to keep (exact sizes, or a ratio of parameters to remove) and how to choose it."""
+
+    vocab_size: int | None = flag(None, Flag(
+        "vocabulary size to keep at most (fewer are requested so the tokenizer rules fit)"))
+    intermediate_size: int | None = flag(None, Flag("exact FFN intermediate size to keep"))
+    target_ratio: float | None = flag(None, Flag(
+        "fraction of parameters to remove, e.g. 0.35 (auto-split: the vocabulary/FFN split is chosen by "
+        "measuring candidates on held-out calibration text)"))
+    method: str = flag("compact", Flag("channel criterion (default compact; act2, magnitude and random are "
+                                       "baselines)", choices=METHODS))
+    ffn_multiple: int = flag(32, Flag("round the FFN size to this multiple (default 32)", minimum=1))
+    focus: float = flag(0.0, Flag("extra weight on common tokens' activations, (mean count)^focus (default 0)"))
+    seed: int = flag(0, Flag("seed of --method random (default 0)"))
+    splits: int = flag(6, Flag("vocab/FFN splits auto-split measures (default 6)", minimum=1))
+    refine_rounds: int = internal(2)
+    keep_reserved: bool = flag(False, Flag(
+        "keep unused reserved special tokens such as <|reserved_special_token_N|>"))
+    device: str = flag("auto", DEVICE)
+    layerwise: bool | None = flag(None, LAYER_BY_LAYER)
+    eval_seq_len: int = internal(1024)
+    refit: bool = flag(False, REFIT)
+    ridge: float = internal(DEFAULT_RIDGE)
+
+    def __post_init__(self) -> None:
+        check_minimums(self)
+
+    def check(self, vocab: int, ffn: int) -> None:
+        if self.method not in METHODS:
+            raise ConvertError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.target_ratio is not None:
+            if self.vocab_size is not None or self.intermediate_size is not None:
+                raise ConvertError("give either --target-ratio or --vocab-size/--intermediate-size, not both")
+            check_ratio(self.target_ratio)
+            return
+        if self.vocab_size is None and self.intermediate_size is None:
+            raise ConvertError("no budget: pass --target-ratio R (e.g. 0.35) or --vocab-size N and/or "
+                               "--intermediate-size M")
+        if self.vocab_size is not None and not 0 < self.vocab_size <= vocab:
+            raise ConvertError(f"--vocab-size {self.vocab_size} must be between 1 and the model's {vocab}")
+        if self.intermediate_size is not None and not 0 < self.intermediate_size <= ffn:
+            raise ConvertError(f"--intermediate-size {self.intermediate_size} must be between 1 and the model's {ffn}")
