@@ -6,7 +6,9 @@ before the first tensor is written, so they are drawn while the exporter streams
 On Linux they are drawn in a forked child process, so that second runs on another core instead
 of taking the interpreter lock from the exporter between its system calls; elsewhere in a worker
 thread. Only the file sizes need the finished export: `finish()` waits for the plots, then
-writes the two report files into the staging folder.
+writes the two report files into the staging folder. With `ExportOptions.report_plots` off
+(`--no-report`) no plot is drawn and nothing is forked; report.json and report.md are written all
+the same.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from converter.report.context import ReportContext
 from exporters.options import ExportOptions
 
 Drawn = tuple[dict[str, str], dict[str, str]]  # (made: name -> file, not made: name -> reason)
+PLOTS_OFF = "plots turned off (--no-report)"
 
 
 def _plots(collected: Collected, staged: Path) -> Drawn:
@@ -124,6 +127,13 @@ def use_fork() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
+class _Nothing:
+    """The plots' result when none are drawn."""
+
+    def result(self) -> Drawn:
+        return {}, {"all": PLOTS_OFF}
+
+
 class ReportWriter:
     """Use as a context manager around the exporter; `finish()` after it returned writes the report.
 
@@ -135,14 +145,17 @@ class ReportWriter:
                  staged: Path) -> None:
         self._collected = collect(pruned, fmt, options, context or ReportContext())
         self._staged = staged
+        self._plots = options.report_plots
         self._pool: ThreadPoolExecutor | None = None
-        self._drawn: Future[Drawn] | PlotProcess | None = None
+        self._drawn: Future[Drawn] | PlotProcess | _Nothing | None = None
         self._finished = False
 
     def __enter__(self) -> ReportWriter:
         if self._drawn is not None:
             raise RuntimeError("ReportWriter can be entered only once")
-        if use_fork():
+        if not self._plots:
+            self._drawn = _Nothing()
+        elif use_fork():
             self._drawn = PlotProcess(self._collected, self._staged)
         else:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-plots")
