@@ -13,8 +13,8 @@ from converter.io.jsonfile import read_json_object
 from converter.io.safe_copy import copy_inside
 from converter.prune import PrunedCheckpoint
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "chat_template.json", "tokenizer.model", "added_tokens.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "added_tokens.json")  # and the chat template files, copied by copy_chat_templates
 MAX_COMPANION_BYTES = 16 * 1024 * 1024
 
 
@@ -44,7 +44,7 @@ def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
     """Tokenizer files, config.json, generation_config.json and prune_plan.json into out_dir.
 
     `tokenizer` is the TokenizerRewrite whose keep set the plan already carries, or None when the
-    plan keeps every token (then the tokenizer files are copied as they are).
+    plan keeps every token (then the tokenizer files, which settle_plan checked, are copied as they are).
     """
     folder = pruned.source.folder
     written: list[Path] = []
@@ -57,9 +57,12 @@ def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
             raise RuntimeError("the tokenizer keep set differs from the plan; expand the plan before pruning")
         written += write_tokenizer(folder, tokenizer, out_dir)
     elif keeps_all:
+        from converter.tokenizer.file_rewrite import copy_chat_templates
+
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 written.append(copy_inside(folder / name, folder, out_dir / name))
+        written += copy_chat_templates(folder, out_dir)
     if write_config:
         written.append(write_json(out_dir / "config.json",
                                   remap_ids(pruned.new_config(), old_to_new, folder / "config.json")))

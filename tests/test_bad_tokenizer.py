@@ -247,9 +247,11 @@ def test_unchanged_check_runs_on_dry_runs_too(tokenized_model: Callable[..., tup
 def test_intact_unchanged_files_are_copied_byte_for_byte(tokenized_model: Callable[..., tuple[Path, Path]],
                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, plan = tokenized_model(Case("intact", lambda m, p: None, "", "", tokenizer="spm", drops_tokens=False))
+    (model / "additional_chat_templates").mkdir()
+    (model / "additional_chat_templates" / "tool.jinja").write_text("{{ messages[0]['content'] }}")
     code, err = run_cli([str(model), str(tmp_path / "out"), "--plan", str(plan), "--no-progress"], capsys)
     assert code == 0, err
-    for name in (TJ, TC, SPM, "chat_template.jinja"):
+    for name in (TJ, TC, SPM, "chat_template.jinja", "additional_chat_templates/tool.jinja"):
         assert (tmp_path / "out" / name).read_bytes() == (model / name).read_bytes(), name
 
 

@@ -35,7 +35,9 @@ def _check_ids(tok: ParsedTokenizer, rewrite: TokenizerRewrite) -> None:
                              "plan it with plan_tokenizer for this folder", tok.json_path)
 
 
-def _copy_templates(src: Path, out_dir: Path) -> list[Path]:
+def copy_chat_templates(src: Path, out_dir: Path) -> list[Path]:
+    """Copy the chat templates kept in files of their own (chat_template.jinja, chat_template.json,
+    additional_chat_templates/*.jinja) as they are; they name tokens by text."""
     written = []
     for name in (CHAT_TEMPLATE_JINJA, CHAT_TEMPLATE_JSON):
         if (src / name).is_file():
@@ -73,7 +75,7 @@ def _write(tok: ParsedTokenizer, rewrite: TokenizerRewrite, out_dir: Path) -> li
     if source.path(ADDED_TOKENS).is_file():
         written.append(_write_json(out_dir / ADDED_TOKENS, rewrite_added_tokens(
             source.added_tokens, old_to_new, source.path(ADDED_TOKENS))))
-    written += _copy_templates(source.root, out_dir)
+    written += copy_chat_templates(source.root, out_dir)
     if tok.sentencepiece is not None:
         (out_dir / SENTENCEPIECE_MODEL).write_bytes(rewrite_sentencepiece(tok.sentencepiece, rewrite.kept_ids))
         written.append(out_dir / SENTENCEPIECE_MODEL)
