@@ -69,7 +69,7 @@ def _merges(raw: object, path: Path) -> tuple[tuple[tuple[str, str], ...], bool]
     if not set(map(len, merges)) <= {2} or not (as_strings or all(type(p) is str for m in merges for p in m)):
         bad = next(m for m in merges if len(m) != 2 or not all(type(p) is str for p in m))
         raise TokenizerError(f"model.merges holds {repr(bad)[:80]}, which is not a pair of tokens", path)
-    return merges, as_strings  # type: ignore[return-value]
+    return merges, as_strings
 
 
 def check_merges_in_vocab(merges: tuple[tuple[str, str], ...], vocab: dict[str, int], path: Path) -> None:
