@@ -19,7 +19,7 @@ from converter.errors import ConvertError
 from converter.pipeline import export
 from converter.settle import settle_plan
 from converter.source import Source, open_source
-from exporters.registry import EXPORTERS
+from exporters.registry import EXPORTERS, exporter_for
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.report import ReportContext
@@ -117,6 +117,7 @@ def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
     options = options_from(args, ExportOptions, progress=args.progress,
                            command_line=recorded_command(argv, args.output, prog))
     check_output_location(args.output, args.input, args.force)
+    exporter_for(args.format)  # a missing optional package is named now, not after minutes of scoring
     source = open_source(args.input)
     plan, context = _plan(args, source, budget, scoring)
     if args.dry_run:
