@@ -11,6 +11,11 @@ The pipeline: exporters.onnx.model builds the model with only the template layer
 exporters.onnx.wrapper and .graph trace a prologue, one decoder layer per layer kind and an
 epilogue, exporters.onnx.assemble repeats the templates for every layer and streams the weights,
 exporters.onnx.precision converts to fp16/int8/int4, exporters.onnx.genai writes genai_config.json.
+
+Llama, Qwen2 and Qwen3 decoders (exporters.onnx.fused.recipe says which exactly) skip all of that:
+exporters.onnx.fused writes them by hand in onnxruntime's fused contrib ops, the layout
+onnxruntime-genai's builder uses (no position_ids input; GroupQueryAttention's shared KV buffer),
+quantizing each weight as it streams. The traced path above is the fallback for the others.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from converter.progress import progress_bar
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
 from exporters.onnx.assemble import DATA_NAME, MODEL_NAME, assemble
+from exporters.onnx.fused import FusedRecipe, recipe_for, write_fused, write_fused_genai_config
 from exporters.onnx.genai import write_genai_config
 from exporters.onnx.graph import template_layers, trace
 from exporters.onnx.model import build_model, export_weights, hf_config
@@ -46,6 +52,9 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
 def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
     """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
     outtype = check(pruned, options)
+    recipe = recipe_for(pruned, outtype, options.int4_block_size)
+    if recipe is not None:
+        return _export_fused(pruned, recipe, tokenizer, out_dir, options)
     family = pruned.spec.family_record
     with progress_bar(options.progress, total=4, desc="onnx", unit="step") as bar:
         bar.set_postfix_str("trace")
@@ -65,4 +74,13 @@ def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: Exp
         written += write_companions(pruned, tokenizer, out_dir)
         written.append(write_genai_config(pruned, out_dir, MODEL_NAME))
         bar.update()
+    return written
+
+
+def _export_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, tokenizer: Any, out_dir: Path,
+                  options: ExportOptions) -> list[Path]:
+    """The hand-written graph (exporters.onnx.fused) with its tokenizer and configs."""
+    written = write_fused(pruned, recipe, out_dir, MODEL_NAME, DATA_NAME, options.progress)
+    written += write_companions(pruned, tokenizer, out_dir)
+    written.append(write_fused_genai_config(pruned, out_dir, MODEL_NAME))
     return written

@@ -1,0 +1,200 @@
+"""The decoder graph written node by node with onnx.helper, in onnxruntime's fused contrib ops.
+
+Per layer: `SkipSimplifiedLayerNormalization` adds the residual and applies RMSNorm in one op (the
+first layer's norm has no residual yet: `SimplifiedLayerNormalization`); one packed QKV MatMul
+(plus its bias for Qwen2; for Qwen3 a split and per-head RMSNorm of q and k); then
+`GroupQueryAttention` with the rotary embedding fused in (`do_rotary`, cos/sin caches), which
+also appends the new keys/values to the cache (in place when onnxruntime-genai shares the past
+and present buffers). Positions come from the attention mask inside GQA (`seqlens_k` = tokens
+so far - 1, `total_sequence_length`), so the graph has no position_ids input, and, like
+onnxruntime-genai's own builder graphs, it reads a batch as right-padded. Matrices are MatMul on
+[K, N] float initializers or `MatMulNBits`. I/O follow the builder's CPU graphs: input_ids,
+attention_mask, past_key_values.{i}.key/value in; logits, present.{i}.key/value out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from exporters.onnx.fused import names
+from exporters.onnx.fused.recipe import FusedRecipe
+
+OPSET = 21
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class Nodes:
+    """The node list under construction, with small int64 constants made once."""
+
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    constants: dict[str, TensorProto] = field(default_factory=dict)
+
+    def add(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "",
+            **attrs: Any) -> list[str]:
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
+        return outputs
+
+    def int64(self, values: list[int], scalar: bool = False) -> str:
+        name = f"const.int64.{'scalar.' if scalar else ''}{'_'.join(map(str, values))}"
+        if name not in self.constants:
+            array = np.array(values[0] if scalar else values, dtype=np.int64)
+            self.constants[name] = onnx.numpy_helper.from_array(array, name)
+        return name
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Graph-wide values every layer reads."""
+
+    seqlens_k: str
+    total_length: str
+
+
+def _linear(g: Nodes, recipe: FusedRecipe, x: str, base: str, k: int, n: int, prefix: str) -> str:
+    bits = recipe.precision.bits
+    out = f"{prefix}/MatMul"
+    if bits is None:
+        g.add("MatMul", [x, names.weight(base, None)], [out], out)
+    else:
+        g.add("MatMulNBits", [x, names.weight(base, bits), names.scales(base)], [out], out, MS_DOMAIN,
+              K=k, N=n, bits=bits, block_size=recipe.precision.block_size,
+              accuracy_level=recipe.precision.accuracy_level)
+    return out
+
+
+def _mask_inputs(g: Nodes) -> Wiring:
+    """GQA's seqlens_k (int32 [batch], tokens so far - 1) and total_sequence_length (int32 scalar)."""
+    p = "mask"
+    g.add("ReduceSum", ["attention_mask", g.int64([1])], [f"{p}/sum"], f"{p}/ReduceSum", keepdims=0)
+    g.add("Sub", [f"{p}/sum", g.int64([1], scalar=True)], [f"{p}/last"], f"{p}/Sub")
+    g.add("Cast", [f"{p}/last"], ["seqlens_k"], f"{p}/Cast", to=TensorProto.INT32)
+    g.add("Shape", ["attention_mask"], [f"{p}/shape"], f"{p}/Shape")
+    g.add("Gather", [f"{p}/shape", g.int64([1], scalar=True)], [f"{p}/total"], f"{p}/Gather", axis=0)
+    g.add("Cast", [f"{p}/total"], ["total_sequence_length"], f"{p}/CastTotal", to=TensorProto.INT32)
+    return Wiring("seqlens_k", "total_sequence_length")
+
+
+def _embedding(g: Nodes, recipe: FusedRecipe) -> str:
+    """The token embeddings [batch, seq, hidden]; a tied model reads them from the lm_head's storage."""
+    bits, hidden, vocab = recipe.precision.bits, recipe.dims.hidden, recipe.dims.vocab
+    base = names.LM_HEAD if recipe.tied else names.EMBED
+    out = "embed/output"
+    if bits is None:
+        if not recipe.tied:
+            return g.add("Gather", [names.weight(base, None), "input_ids"], [out], "embed/Gather")[0]
+        g.add("Gather", [names.weight(base, None), "input_ids"], ["embed/columns"], "embed/Gather", axis=1)
+        return g.add("Transpose", ["embed/columns"], [out], "embed/Transpose", perm=[1, 2, 0])[0]
+    block = recipe.precision.block_size
+    padded = -(-hidden // block) * block
+    table = names.weight(base, bits)
+    if recipe.tied:
+        table = g.add("Reshape", [table, g.int64([vocab, padded * bits // 8])], ["embed/rows"], "embed/Reshape")[0]
+    looked_up = out if padded == hidden else "embed/padded"
+    g.add("GatherBlockQuantized", [table, "input_ids", names.scales(base)], [looked_up], "embed/Lookup", MS_DOMAIN,
+          bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
+    if padded != hidden:
+        g.add("Slice", [looked_up, g.int64([0]), g.int64([hidden]), g.int64([2])], [out], "embed/Unpad")
+    return out
+
+
+def _qk_norm(g: Nodes, recipe: FusedRecipe, x: str, weight: str, width: int, prefix: str) -> str:
+    """RMSNorm of every head of q or k: [b, s, heads*hd] -> [b, s*heads, hd] -> norm -> back."""
+    head_dim = recipe.dims.head_dim
+    g.add("Reshape", [x, g.int64([0, -1, head_dim])], [f"{prefix}/heads"], f"{prefix}/Reshape")
+    g.add("SimplifiedLayerNormalization", [f"{prefix}/heads", weight], [f"{prefix}/normed"],
+          f"{prefix}/Norm", axis=-1, epsilon=recipe.eps, stash_type=1)
+    return g.add("Reshape", [f"{prefix}/normed", g.int64([0, -1, width])], [f"{prefix}/out"], f"{prefix}/Back")[0]
+
+
+def _attention(g: Nodes, recipe: FusedRecipe, wires: Wiring, x: str, i: int) -> str:
+    d, p = recipe.dims, f"layers.{i}/attn"
+    qkv_width = recipe.q_dim + 2 * recipe.kv_dim
+    base = names.in_layer(i, names.QKV)
+    qkv = _linear(g, recipe, x, base, d.hidden, qkv_width, f"{p}/qkv")
+    if recipe.qkv_bias:
+        qkv = g.add("Add", [qkv, names.bias(base)], [f"{p}/qkv/Add"], f"{p}/qkv/Add")[0]
+    qkv_inputs = [qkv, "", ""]
+    if recipe.qk_norm:
+        parts = [f"{p}/q", f"{p}/k", f"{p}/v"]
+        g.add("Split", [qkv, g.int64([recipe.q_dim, recipe.kv_dim, recipe.kv_dim])], parts, f"{p}/Split", axis=-1)
+        q = _qk_norm(g, recipe, parts[0], names.in_layer(i, names.Q_NORM), recipe.q_dim, f"{p}/q_norm")
+        k = _qk_norm(g, recipe, parts[1], names.in_layer(i, names.K_NORM), recipe.kv_dim, f"{p}/k_norm")
+        qkv_inputs = [q, k, parts[2]]
+    out = f"{p}/GroupQueryAttention"
+    g.add("GroupQueryAttention",
+          [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", wires.seqlens_k,
+           wires.total_length, names.COS, names.SIN],
+          [out, f"present.{i}.key", f"present.{i}.value"], out, MS_DOMAIN,
+          num_heads=d.heads, kv_num_heads=d.kv_heads, scale=float(d.head_dim) ** -0.5, do_rotary=1,
+          rotary_interleaved=0, local_window_size=-1, softcap=0.0)
+    return _linear(g, recipe, out, names.in_layer(i, names.O_PROJ), recipe.q_dim, d.hidden, f"{p}/o_proj")
+
+
+def _mlp(g: Nodes, recipe: FusedRecipe, x: str, i: int) -> str:
+    d, p = recipe.dims, f"layers.{i}/mlp"
+    gate = _linear(g, recipe, x, names.in_layer(i, names.GATE), d.hidden, d.ffn, f"{p}/gate")
+    up = _linear(g, recipe, x, names.in_layer(i, names.UP), d.hidden, d.ffn, f"{p}/up")
+    g.add("Sigmoid", [gate], [f"{p}/sigmoid"], f"{p}/Sigmoid")
+    g.add("Mul", [gate, f"{p}/sigmoid"], [f"{p}/silu"], f"{p}/SiLU")
+    g.add("Mul", [f"{p}/silu", up], [f"{p}/gated"], f"{p}/Gate")
+    return _linear(g, recipe, f"{p}/gated", names.in_layer(i, names.DOWN), d.ffn, d.hidden, f"{p}/down")
+
+
+def _skip_norm(g: Nodes, recipe: FusedRecipe, residual: str, delta: str, weight: str, prefix: str,
+               keep_sum: bool = True) -> tuple[str, str]:
+    """(normed, new residual) = (RMSNorm(residual + delta), residual + delta)."""
+    outputs = [f"{prefix}/normed", "", "", f"{prefix}/residual"] if keep_sum else [f"{prefix}/normed"]
+    g.add("SkipSimplifiedLayerNormalization", [residual, delta, weight], outputs, f"{prefix}/SkipNorm",
+          MS_DOMAIN, epsilon=recipe.eps)
+    return outputs[0], outputs[-1]
+
+
+def _io(recipe: FusedRecipe) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    d, float_type = recipe.dims, recipe.precision.float_type
+    tokens, total = ["batch_size", "sequence_length"], ["batch_size", "total_sequence_length"]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, tokens),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, total)]
+    outputs = [helper.make_tensor_value_info("logits", float_type, [*tokens, d.vocab])]
+    for i in range(d.layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", float_type,
+                                                        ["batch_size", d.kv_heads, "past_sequence_length", d.head_dim]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", float_type,
+                                                         ["batch_size", d.kv_heads, "total_sequence_length",
+                                                          d.head_dim]))
+    return inputs, outputs
+
+
+def build_graph(recipe: FusedRecipe, initializers: list[TensorProto], producer: str) -> onnx.ModelProto:
+    """The whole decoder as a ModelProto; `initializers` are the (external) weights already written."""
+    g = Nodes()
+    wires = _mask_inputs(g)
+    hidden = _embedding(g, recipe)
+    normed = g.add("SimplifiedLayerNormalization", [hidden, names.in_layer(0, names.INPUT_NORM)],
+                   ["layers.0/input_norm/normed"], "layers.0/input_norm/Norm", axis=-1, epsilon=recipe.eps,
+                   stash_type=1)[0]
+    residual, delta = hidden, ""
+    for i in range(recipe.dims.layers):
+        if i:
+            normed, residual = _skip_norm(g, recipe, residual, delta, names.in_layer(i, names.INPUT_NORM),
+                                          f"layers.{i}/input_norm")
+        attn = _attention(g, recipe, wires, normed, i)
+        normed, residual = _skip_norm(g, recipe, residual, attn, names.in_layer(i, names.POST_NORM),
+                                      f"layers.{i}/post_attention_norm")
+        delta = _mlp(g, recipe, normed, i)
+    final, _ = _skip_norm(g, recipe, residual, delta, names.FINAL_NORM, "final_norm", keep_sum=False)
+    d = recipe.dims
+    _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head")
+    g.nodes[-1].output[0] = "logits"
+    inputs, outputs = _io(recipe)
+    graph = helper.make_graph(g.nodes, "decoder", inputs, outputs,
+                              initializer=[*g.constants.values(), *initializers])
+    model = helper.make_model(graph, producer_name=producer,
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
+    model.ir_version = 10
+    return model

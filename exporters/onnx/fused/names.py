@@ -1,0 +1,32 @@
+"""Initializer names of the fused graph, shared by the weight writer and the graph builder.
+
+A projection `base` is stored as `{base}.weight` ([K, N], the MatMul layout) in float types, or as
+`{base}.weight_Q{bits}` and `{base}.weight_scales` (MatMulNBits' B and scales) when quantized;
+its bias, if any, is `{base}.bias`. Packed q/k/v live under `attn.qkv_proj`, as in the builder.
+"""
+from __future__ import annotations
+
+EMBED = "model.embed_tokens"
+LM_HEAD = "lm_head"
+FINAL_NORM = "model.norm.weight"
+COS, SIN = "cos_cache", "sin_cache"
+QKV, O_PROJ = "attn.qkv_proj", "attn.o_proj"
+GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+INPUT_NORM, POST_NORM = "input_layernorm.weight", "post_attention_layernorm.weight"
+Q_NORM, K_NORM = "attn.q_norm.weight", "attn.k_norm.weight"
+
+
+def in_layer(layer: int, part: str) -> str:
+    return f"model.layers.{layer}.{part}"
+
+
+def weight(base: str, bits: int | None) -> str:
+    return f"{base}.weight" if bits is None else f"{base}.weight_Q{bits}"
+
+
+def scales(base: str) -> str:
+    return f"{base}.weight_scales"
+
+
+def bias(base: str) -> str:
+    return f"{base}.bias"

@@ -1,0 +1,121 @@
+"""Stream the pruned weights into model.onnx.data, converted or quantized one tensor at a time.
+
+Every initializer of the fused graph is one `Job`: the checkpoint tensors it is made of (q, k and
+v rows concatenated into the packed QKV projection, their biases likewise), read through the
+PrunedCheckpoint (only kept rows and channels), converted to the graph's float type and MatMul
+layout, or quantized into MatMulNBits blocks (exporters.onnx.fused.quantize). The next job is
+read and converted in a worker thread while the current one is written (converter.readahead), so
+at most two jobs' tensors are in memory: one layer's q/k/v at worst, never the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from converter.io.dtypes import raw_to_torch
+from converter.prune import PlannedTensor, PrunedCheckpoint
+from converter.readahead import read_ahead
+from exporters.onnx.external import ExternalData
+from exporters.onnx.fused import names
+from exporters.onnx.fused.quantize import quantize_blocks
+from exporters.onnx.fused.recipe import FusedRecipe
+
+Array = tuple[str, int, np.ndarray]  # initializer name, ONNX data type, value
+
+
+@dataclass(frozen=True)
+class Job:
+    """One graph initializer (or a quantized pair) built from checkpoint tensors."""
+
+    kind: str  # "norm", "linear", "embed" or "table"
+    base: str
+    sources: tuple[str, ...]
+    biases: tuple[str, ...] = ()
+    table: np.ndarray | None = None
+
+
+def jobs(recipe: FusedRecipe, cos: np.ndarray, sin: np.ndarray) -> list[Job]:
+    """Every initializer the graph reads, in the order the graph reads them."""
+    embed = "model.embed_tokens.weight"
+    out = [] if recipe.tied else [Job("embed", names.EMBED, (embed,))]
+    out += [Job("table", names.COS, (), table=cos), Job("table", names.SIN, (), table=sin)]
+    for i in range(recipe.dims.layers):
+        src = f"model.layers.{i}."
+        proj = [src + f"self_attn.{p}_proj" for p in "qkv"]
+        out.append(Job("norm", names.in_layer(i, names.INPUT_NORM), (src + "input_layernorm.weight",)))
+        out.append(Job("linear", names.in_layer(i, names.QKV), tuple(p + ".weight" for p in proj),
+                       tuple(p + ".bias" for p in proj) if recipe.qkv_bias else ()))
+        if recipe.qk_norm:
+            out.append(Job("norm", names.in_layer(i, names.Q_NORM), (src + "self_attn.q_norm.weight",)))
+            out.append(Job("norm", names.in_layer(i, names.K_NORM), (src + "self_attn.k_norm.weight",)))
+        out.append(Job("linear", names.in_layer(i, names.O_PROJ), (src + "self_attn.o_proj.weight",)))
+        out.append(Job("norm", names.in_layer(i, names.POST_NORM), (src + "post_attention_layernorm.weight",)))
+        for part in (names.GATE, names.UP, names.DOWN):
+            out.append(Job("linear", names.in_layer(i, part), (src + part + ".weight",)))
+    out.append(Job("norm", names.FINAL_NORM, ("model.norm.weight",)))
+    out.append(Job("linear", names.LM_HEAD, (embed if recipe.tied else "lm_head.weight",)))
+    return out
+
+
+def _float_type(recipe: FusedRecipe) -> tuple[int, type]:
+    return (TensorProto.FLOAT16, np.float16) if recipe.precision.float_type == TensorProto.FLOAT16 \
+        else (TensorProto.FLOAT, np.float32)
+
+
+class _Reader:
+    """Loads and converts one job's tensors; runs in the read-ahead thread."""
+
+    def __init__(self, pruned: PrunedCheckpoint, recipe: FusedRecipe) -> None:
+        self.pruned = pruned
+        self.recipe = recipe
+        self.planned: dict[str, PlannedTensor] = {p.name: p for p in pruned.planned()}
+
+    def tensor(self, name: str) -> np.ndarray:
+        planned = self.planned.get(name)
+        if planned is None:
+            raise RuntimeError(f"the checkpoint has no {name}, which the fused ONNX graph needs")
+        data = raw_to_torch(self.pruned.read(planned), planned.dtype, planned.shape)
+        return data.to(torch.float32).numpy()
+
+    def rows(self, sources: tuple[str, ...]) -> np.ndarray:
+        parts = [self.tensor(name) for name in sources]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def __call__(self, job: Job) -> list[Array]:
+        onnx_type, np_type = _float_type(self.recipe)
+        precision = self.recipe.precision
+        if job.table is not None:
+            return [(job.base, onnx_type, job.table.astype(np_type))]
+        if job.kind == "norm":
+            return [(job.base, onnx_type, self.rows(job.sources).astype(np_type))]
+        weight = self.rows(job.sources)
+        out: list[Array] = []
+        if precision.bits is None:
+            value = weight if job.kind == "embed" else weight.T
+            out.append((names.weight(job.base, None), onnx_type, np.ascontiguousarray(value, dtype=np_type)))
+        else:
+            quantized = quantize_blocks(weight, precision.bits, precision.block_size)
+            del weight
+            packed = quantized.packed
+            if job.kind == "embed":
+                packed = packed.reshape(packed.shape[0], -1)
+            out.append((names.weight(job.base, precision.bits), TensorProto.UINT8, packed))
+            out.append((names.scales(job.base), onnx_type, quantized.scales.astype(np_type)))
+        if job.biases:
+            out.append((names.bias(job.base), onnx_type, self.rows(job.biases).astype(np_type)))
+        return out
+
+
+def write_weights(pruned: PrunedCheckpoint, recipe: FusedRecipe, all_jobs: list[Job],
+                  data: ExternalData) -> Iterator[list[TensorProto]]:
+    """Write every job's arrays to `data`; yields each job's external TensorProtos once written."""
+    for _, arrays in read_ahead(all_jobs, _Reader(pruned, recipe)):
+        written = []
+        for name, data_type, value in arrays:
+            value = np.ascontiguousarray(value)
+            written.append(data.add(name, data_type, list(value.shape), memoryview(value).cast("B")))
+        yield written
