@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from converter.errors import ConvertError
 from converter.score.engine import ModelRunner
-from converter.score.probe import (ProbeAnswer, ProbePrompt, cannot_generate, format_prompt, generate_answers,
+from converter.score.general_probe import (ProbeAnswer, ProbePrompt, cannot_generate, format_prompt, generate_answers,
                                    load_probe, stop_ids)
 from converter.score.retention import (Retention, answer_bits_per_byte, answer_bytes, dropped_byte_share,
                                        retokenize, token_byte_table)

@@ -1,7 +1,7 @@
 """Retention: how much of the dense model's everyday answers a pruned model can still say.
 
 Two numbers, both on the dense model's own greedy answers to the general probe
-(converter.score.probe). The dropped byte share is the fraction of the answers' UTF-8 bytes
+(converter.score.general_probe). The dropped byte share is the fraction of the answers' UTF-8 bytes
 that fall in tokens the plan drops: a pruned model has to spell those bytes from smaller pieces
 it rarely saw, which is where "The capital of Fremance" came from. Answer bits per byte is the
 teacher-forced NLL of the answer tokens only, the prompt given as context, in bits over the
@@ -22,7 +22,7 @@ import torch
 
 from converter.score.bpb import total_nll_bits
 from converter.score.engine import ModelRunner
-from converter.score.probe import ProbeAnswer, encode_prompt
+from converter.score.general_probe import ProbeAnswer, encode_prompt
 
 NLL_BATCH = 8
 
