@@ -1,7 +1,9 @@
 """onnxruntime as verify's runtime for ONNX outputs, fed the way onnxruntime-genai feeds the graph.
 
-The graph (exporters/onnx) takes input_ids, attention_mask over past + new tokens, explicit
-position_ids and past_key_values.{i}.key/value, and returns logits and present.{i}.key/value.
+The graph (exporters/onnx) takes input_ids, attention_mask over past + new tokens,
+past_key_values.{i}.key/value and, for the traced graph only, explicit position_ids (the fused
+graph's GroupQueryAttention derives positions from the mask); it returns logits and
+present.{i}.key/value, the past and the new tokens' keys/values together.
 `logits` runs a prefill and then single cached steps for the last few tokens, so the KV cache
 path is checked too, not just one full-sequence pass.
 """
@@ -34,9 +36,9 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ConvertError(f"does not load in onnxruntime ({' '.join(str(exc).split())[:200]})", path) from None
         names = {i.name for i in self.session.get_inputs()}
-        if not {"input_ids", "attention_mask", "position_ids"} <= names:
-            raise ConvertError("is not a compact-convert decoder graph: it lacks input_ids, attention_mask or "
-                               "position_ids", path)
+        if not {"input_ids", "attention_mask"} <= names:
+            raise ConvertError("is not a compact-convert decoder graph: it lacks input_ids or attention_mask", path)
+        self.positions = "position_ids" in names
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.float = np.float16 if self.past and self.past[0].type == "tensor(float16)" else np.float32
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -47,8 +49,9 @@ class OnnxModel:
     def _step(self, ids: Sequence[int], total: int, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         start = total - len(ids)
         feeds = {"input_ids": np.array([list(ids)], dtype=np.int64),
-                 "attention_mask": np.ones((1, total), dtype=np.int64),
-                 "position_ids": np.arange(start, total, dtype=np.int64)[None], **past}
+                 "attention_mask": np.ones((1, total), dtype=np.int64), **past}
+        if self.positions:
+            feeds["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
         results = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
         present = {n.replace("present.", "past_key_values."): v for n, v in results.items() if n != "logits"}
         return results["logits"][0].astype(np.float32), present

@@ -27,6 +27,7 @@ class OnnxDecoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.float = np.float16 if self.past[0].type == "tensor(float16)" else np.float32
 
@@ -37,6 +38,7 @@ class OnnxDecoder:
              past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64),
                  "position_ids": positions.astype(np.int64), **past}
+        feeds = {name: value for name, value in feeds.items() if name in self.inputs}  # fused: no position_ids
         names = [o.name for o in self.session.get_outputs()]
         outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
         present = {n.replace("present.", "past_key_values."): v for n, v in outputs.items() if n != "logits"}

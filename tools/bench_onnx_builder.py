@@ -1,0 +1,163 @@
+"""Our fused ONNX export against onnxruntime-genai's own model builder, on SmolLM2-135M.
+
+Four exports per weight type, side by side: the builder on the dense model, the builder on our
+pruned HF output, ours dense (an identity plan) and ours pruned (the plan of that HF output, so
+both pruned graphs hold the same weights). Each export runs in its own process; its peak RSS is
+that child's ru_maxrss (the parent imports nothing heavy). Each graph is then driven by
+onnxruntime-genai with 2 intra-op threads: a 128-token prompt (prefill tokens/s) and 64 greedy
+tokens (decode tokens/s), each run in a fresh process, runs interleaved across the exports and
+the median of `--runs` taken. On a shared machine the numbers are noisy; the interleaving keeps
+the comparison fair, not the absolute values.
+
+    python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPT_TOKENS, DECODE_TOKENS, THREADS = 128, 64, 2
+
+
+def _run_measured(cmd: list[str], log: Path) -> tuple[float, int]:
+    """Run cmd; (seconds, peak RSS bytes of that child)."""
+    start = time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - start, usage.ru_maxrss * 1024
+
+
+def _identity_plan(src: Path, out: Path) -> Path:
+    """A plan that keeps every token and channel (the dense export through our exporter)."""
+    code = ("import sys; from pathlib import Path; from converter.arch import load_arch; "
+            "from converter.plan import PrunePlan; "
+            "PrunePlan.identity(load_arch(Path(sys.argv[1]))).save(Path(sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, str(src), str(out)], check=True)
+    return out
+
+
+def exports(src: Path, pruned: Path, work: Path, outtypes: list[str]) -> dict[str, dict]:
+    """Run the eight (or fewer) exports; name -> {folder, seconds, rss}."""
+    plan = pruned / "prune_plan.json"
+    dense_plan = _identity_plan(src, work / "identity_plan.json")
+    results: dict[str, dict] = {}
+    for outtype in outtypes:
+        builder = "int4" if outtype == "int4" else "fp32"
+        jobs = {
+            f"builder dense {outtype}": [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src),
+                                         "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
+            f"builder pruned {outtype}": [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                                          str(pruned), "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
+            f"ours dense {outtype}": [sys.executable, "-m", "converter.cli", "export", str(src), "--format", "onnx",
+                                      "--plan", str(dense_plan), "--outtype", outtype, "--no-progress",
+                                      "--no-report", "--force"],
+            f"ours pruned {outtype}": [sys.executable, "-m", "converter.cli", "export", str(src), "--format", "onnx",
+                                       "--plan", str(plan), "--outtype", outtype, "--no-progress", "--no-report",
+                                       "--force"],
+        }
+        for name, cmd in jobs.items():
+            folder = work / name.replace(" ", "-")
+            shutil.rmtree(folder, ignore_errors=True)
+            seconds, rss = _run_measured([*cmd, str(folder)], work / f"{name.replace(' ', '-')}.log")
+            _set_threads(folder / "genai_config.json")
+            size = sum(f.stat().st_size for f in folder.glob("model.onnx*"))
+            results[name] = {"folder": str(folder), "seconds": seconds, "rss": rss, "size": size}
+            print(f"exported {name}: {seconds:.1f} s, peak RSS {rss / 2**20:.0f} MiB, {size / 2**20:.1f} MiB",
+                  flush=True)
+    return results
+
+
+def _set_threads(genai: Path) -> None:
+    config = json.loads(genai.read_text())
+    options = config["model"]["decoder"].setdefault("session_options", {})
+    options["intra_op_num_threads"] = THREADS
+    options["inter_op_num_threads"] = 1
+    genai.write_text(json.dumps(config, indent=4))
+
+
+def speed_child(folder: str) -> None:
+    """One measurement in this process: prints {"prefill": tok/s, "decode": tok/s}."""
+    import onnxruntime_genai as og
+
+    model = og.Model(folder)
+    vocab = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["vocab_size"]
+    prompt = [(7919 * i) % (vocab - 10) + 5 for i in range(PROMPT_TOKENS)]
+    params = og.GeneratorParams(model)
+    total = PROMPT_TOKENS + DECODE_TOKENS
+    params.set_search_options(max_length=total, min_length=total, do_sample=False)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(prompt)
+    prefill = time.perf_counter() - start
+    generator.generate_next_token()  # the first token's logits came with the prefill
+    start = time.perf_counter()
+    for _ in range(DECODE_TOKENS - 1):
+        generator.generate_next_token()
+    decode = time.perf_counter() - start
+    print(json.dumps({"prefill": PROMPT_TOKENS / prefill, "decode": (DECODE_TOKENS - 1) / decode}))
+
+
+def speeds(results: dict[str, dict], runs: int) -> None:
+    samples: dict[str, list[dict]] = {name: [] for name in results}
+    for run in range(runs):
+        for name, result in results.items():
+            out = subprocess.run([sys.executable, "-m", "tools.bench_onnx_builder", "--speed-child",
+                                  result["folder"]], check=True, capture_output=True, text=True).stdout
+            samples[name].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"run {run + 1} {name}: {samples[name][-1]}", flush=True)
+    for name, got in samples.items():
+        results[name]["prefill"] = statistics.median(s["prefill"] for s in got)
+        results[name]["decode"] = statistics.median(s["decode"] for s in got)
+
+
+def table(results: dict[str, dict]) -> str:
+    rows = ["| export | decode tok/s | prefill tok/s | size MiB | export s | export peak RSS MiB |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        rows.append(f"| {name} | {r['decode']:.1f} | {r['prefill']:.1f} | {r['size'] / 2**20:.1f} | "
+                    f"{r['seconds']:.1f} | {r['rss'] / 2**20:.0f} |")
+    ratios = []
+    for outtype in sorted({n.rsplit(" ", 1)[1] for n in results}):
+        for key in ("decode", "prefill"):
+            got = {name: results[f"{name} {outtype}"][key]
+                   for name in ("builder dense", "builder pruned", "ours dense", "ours pruned")}
+            ratios.append(f"{outtype} {key}: ours/builder dense {got['ours dense'] / got['builder dense']:.2f}x, "
+                          f"ours/builder pruned {got['ours pruned'] / got['builder pruned']:.2f}x, "
+                          f"ours pruned/builder dense {got['ours pruned'] / got['builder dense']:.2f}x")
+    return "\n".join(rows + [""] + ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, default=Path("/tmp/bx/smollm2"))
+    parser.add_argument("--pruned", type=Path, default=Path("/tmp/bx/smollm2-p35"),
+                        help="our --format hf output of --src (with prune_plan.json)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-onnx-builder"))
+    parser.add_argument("--outtypes", default="int4,fp32")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--speed-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.speed_child:
+        speed_child(args.speed_child)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = exports(args.src, args.pruned, args.work, args.outtypes.split(","))
+    speeds(results, args.runs)
+    report = table(results)
+    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
