@@ -96,7 +96,7 @@ def test_graph_is_the_builders_kind(fused: Fused) -> None:
     int4 = _ops(fused.int4)
     assert not [n for n in int4 if n.op_type == "MatMul"]
     nbits = [_attrs(n) for n in int4 if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 5 * layers + 1
+    assert len(nbits) == 4 * layers + 1  # qkv, o, gate/up, down per layer; lm_head
     assert all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4 for a in nbits)
     assert [n.op_type for n in int4].count("GatherBlockQuantized") == 1
     genai = json.loads((fused.fp32 / "genai_config.json").read_text())

@@ -2,7 +2,8 @@
 
 A projection `base` is stored as `{base}.weight` ([K, N], the MatMul layout) in float types, or as
 `{base}.weight_Q{bits}` and `{base}.weight_scales` (MatMulNBits' B and scales) when quantized;
-its bias, if any, is `{base}.bias`. Packed q/k/v live under `attn.qkv_proj`, as in the builder.
+its bias, if any, is `{base}.bias`. Packed q/k/v live under `attn.qkv_proj`, as in the builder, and
+packed gate/up rows under `mlp.gate_up_proj`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ LM_HEAD = "lm_head"
 FINAL_NORM = "model.norm.weight"
 COS, SIN = "cos_cache", "sin_cache"
 QKV, O_PROJ = "attn.qkv_proj", "attn.o_proj"
-GATE, UP, DOWN = "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"
+GATE_UP, DOWN = "mlp.gate_up_proj", "mlp.down_proj"
 INPUT_NORM, POST_NORM = "input_layernorm.weight", "post_attention_layernorm.weight"
 Q_NORM, K_NORM = "attn.q_norm.weight", "attn.k_norm.weight"
 

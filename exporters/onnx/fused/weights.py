@@ -1,7 +1,8 @@
 """Stream the pruned weights into model.onnx.data, converted or quantized one tensor at a time.
 
 Every initializer of the fused graph is one `Job`: the checkpoint tensors it is made of (q, k and
-v rows concatenated into the packed QKV projection, their biases likewise), read through the
+v rows concatenated into the packed QKV projection, their biases likewise, gate and up rows into
+one gate/up projection), read through the
 PrunedCheckpoint (only kept rows and channels), converted to the graph's float type and MatMul
 layout, or quantized into MatMulNBits blocks (exporters.onnx.fused.quantize). The next job is
 read and converted in a worker thread while the current one is written (converter.readahead), so
@@ -54,8 +55,9 @@ def jobs(recipe: FusedRecipe, cos: np.ndarray, sin: np.ndarray) -> list[Job]:
             out.append(Job("norm", names.in_layer(i, names.K_NORM), (src + "self_attn.k_norm.weight",)))
         out.append(Job("linear", names.in_layer(i, names.O_PROJ), (src + "self_attn.o_proj.weight",)))
         out.append(Job("norm", names.in_layer(i, names.POST_NORM), (src + "post_attention_layernorm.weight",)))
-        for part in (names.GATE, names.UP, names.DOWN):
-            out.append(Job("linear", names.in_layer(i, part), (src + part + ".weight",)))
+        out.append(Job("linear", names.in_layer(i, names.GATE_UP),
+                       (src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight")))
+        out.append(Job("linear", names.in_layer(i, names.DOWN), (src + "mlp.down_proj.weight",)))
     out.append(Job("norm", names.FINAL_NORM, ("model.norm.weight",)))
     out.append(Job("linear", names.LM_HEAD, (embed if recipe.tied else "lm_head.weight",)))
     return out
