@@ -32,7 +32,8 @@ from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 
 PNG_NAMES = {"parameters": "report_parameters.png", "coverage": "report_coverage.png",
-             "ffn_importance": "report_ffn_importance.png", "auto_split": "report_auto_split.png"}
+             "ffn_importance": "report_ffn_importance.png", "auto_split": "report_auto_split.png",
+             "retention": "report_retention.png"}
 HF_COMPONENTS = [(r"embed_tokens\.", "embedding"), (r"^lm_head\.", "lm_head"),
                  (r"self_attn\.(q|k|v|o)_proj\.", "attention"), (r"\.mlp\.", "ffn")]
 GGUF_COMPONENTS = [(r"^token_embd\.", "embedding"), (r"^output\.", "lm_head"),
@@ -136,7 +137,8 @@ def test_report_of_every_format(tmp_path: Path, model: Path, plan_path: Path, fm
     assert params["removed"] == params["before"]["total"] - params["after"]["total"]
     assert not report["calibration"]["available"] and "--scores" in report["calibration"]["reason"]
     assert not report["auto_split"]["ran"]
-    assert set(report["plots"]["not_made"]) == {"coverage", "ffn_importance", "auto_split"}
+    assert set(report["plots"]["not_made"]) == {"coverage", "ffn_importance", "auto_split", "retention"}
+    assert not report["retention"]["measured"] and "Retention was not measured" in (out / "report.md").read_text()
 
 
 def test_tied_head_counts_zero(tmp_path: Path, byte_level_tokenizer_dir: Path) -> None:
@@ -159,7 +161,10 @@ def test_one_shot_report_matches_plan(tmp_path: Path, model: Path, corpus: Path)
     report = check_common(out)
     plan = PrunePlan.load(out / "prune_plan.json")
     meta = plan.metadata
-    assert set(report["plots"]["made"]) == set(PNG_NAMES) and not report["plots"]["not_made"]
+    # Retention (and its plot) comes with plans whose scoring measured it.
+    measured = report["retention"]["measured"]
+    assert set(report["plots"]["made"]) == set(PNG_NAMES) - (set() if measured else {"retention"})
+    assert set(report["plots"]["not_made"]) == (set() if measured else {"retention"})
     assert report["parameters"]["after"] == hf_params(out)
     assert report["parameters"]["after"]["total"] == meta["params_after_predicted"]
 

@@ -1,4 +1,4 @@
-"""Gather everything report.json states: command, source, sizes, parameters, coverage, auto-split.
+"""Gather everything report.json states: command, source, sizes, parameters, coverage, auto-split, retention.
 
 Only numbers that are the same on every run of the same command go in (no timings, dates or
 host names), so reports compare byte for byte across runs. Sizes are os.stat sizes of the
@@ -17,6 +17,7 @@ from converter.prune import PrunedCheckpoint
 from converter.report.calibration import CoverageCurve, ImportanceMap, coverage_section, importance_section
 from converter.report.components import params_by_component
 from converter.report.context import ReportContext
+from converter.report.retention import retention_section
 from converter.report.splits import auto_split_section
 from exporters.options import ExportOptions
 
@@ -99,6 +100,7 @@ def collect(pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context:
     data["calibration"] = coverage
     data["ffn_importance"] = importance
     data["auto_split"] = auto_split_section(plan, _candidate_params(pruned))
+    data["retention"] = retention_section(plan)
     return Collected(data, curve, imp)
 
 

@@ -1,9 +1,11 @@
 """report.md: report.json for people, with the plots embedded by relative links."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from converter.report.components import COMPONENTS, LABELS
+from converter.report.retention import sentence
 
 
 def human_bytes(n: int) -> str:
@@ -92,18 +94,39 @@ def _splits(data: dict[str, Any]) -> list[str]:
     lines = ["## Auto-split", ""]
     if not s["ran"]:
         return [*lines, f"{s['reason']}.", ""]
+    retained = any(r.get("retention", {}).get("measured") for r in s["candidates"])
+    extra = ("| dropped answer bytes | answer bits/byte ratio ", "| ---: | ---: ") if retained else ("", "")
     lines += [f"Target ratio {s['target_ratio']}: each split of the budget between vocabulary and FFN was scored in "
               "bits per byte on held-out calibration text (text that chose neither tokens nor channels); the "
-              "lowest wins.", "", "| vocab | FFN | parameters | held-out bits/byte | |",
-              "| ---: | ---: | ---: | ---: | --- |"]
+              "lowest wins.", "", f"| vocab | FFN | parameters | held-out bits/byte {extra[0]}| |",
+              f"| ---: | ---: | ---: | ---: {extra[1]}| --- |"]
     for r in s["candidates"]:
         bpb = "-" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.5f}"
-        lines.append(f"| {r['vocab']:,} | {r['ffn']:,} | {r.get('params', 0):,} | {bpb} | "
-                     f"{'**chosen**' if r['chosen'] else ''} |")
+        lines.append(f"| {r['vocab']:,} | {r['ffn']:,} | {r.get('params', 0):,} | {bpb} "
+                     f"{_retention_cells(r) if retained else ''}| {'**chosen**' if r['chosen'] else ''} |")
     lines.append("")
     if s.get("reason"):
         lines += [f"{s['reason']}.", ""]
     return [*lines, *_image(data, "auto_split", "auto-split candidates")]
+
+
+def _retention_cells(row: dict[str, Any]) -> str:
+    r = row.get("retention") or {}
+    if not r.get("measured"):
+        return "| - | - "
+    ratio = f"{r['ratio']:.2f}x" if math.isfinite(r["ratio"]) else "unbounded"
+    return f"| {100 * r['dropped_share']:.2f}% | {ratio} "
+
+
+def _retention(data: dict[str, Any]) -> list[str]:
+    r = data["retention"]
+    lines = ["## General-capability retention", "", sentence(r), ""]
+    if not r["measured"]:
+        return lines
+    unseen = " that chose neither tokens nor channels" if r.get("split", "heldout") == "heldout" else ""
+    return [*lines, "The prompts are everyday requests (facts, health, cooking, travel, writing, maths, code, "
+            f"translation){unseen}; the dense model's own greedy answers are read back by both models, "
+            "teacher-forced.", "", *_image(data, "retention", "general-capability retention")]
 
 
 def _refit(refit: dict[str, Any] | None) -> str:
@@ -125,4 +148,5 @@ def render(data: dict[str, Any]) -> str:
              f"| down_proj refit | {_refit(plan.get('ffn_refit'))} |",
              f"| compact-convert | {data['compact_convert_version']} |", ""]
     lines += _parameters(data) + _files(data) + _calibration(data) + _importance(data) + _splits(data)
+    lines += _retention(data)
     return "\n".join(lines).rstrip() + "\n"

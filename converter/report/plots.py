@@ -17,6 +17,7 @@ PARAMS_PNG = "report_parameters.png"
 COVERAGE_PNG = "report_coverage.png"
 IMPORTANCE_PNG = "report_ffn_importance.png"
 SPLITS_PNG = "report_auto_split.png"
+RETENTION_PNG = "report_retention.png"
 DPI = 100
 BEFORE, AFTER, CHOSEN = "#9aa5b1", "#1f6fb2", "#d1495b"
 
@@ -179,4 +180,42 @@ def plot_splits(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_title("Auto-split: each candidate split of the budget, measured on held-out text")
     ax.legend()
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_retention(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Per auto-split candidate: held-out calibration bits per byte against general retention, the winner starred.
+
+    Left, the pruned/dense bits-per-byte ratio on the dense model's everyday answers (1 = nothing
+    lost); right, the share of those answers' bytes that fall in dropped tokens.
+    """
+    from matplotlib.figure import Figure
+
+    measured = [r for r in rows if r["bits_per_byte"] is not None and r.get("retention", {}).get("measured")]
+    width, height = 11.0, 4.5
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    panels = (("ratio", 1.0, "answer bits per byte, pruned / dense (x)", "Everyday answers: bits per byte vs dense"),
+              ("dropped_share", 100.0, "answer bytes in dropped tokens (%)",
+               "Everyday answers: bytes in dropped tokens"))
+    xs = [r["bits_per_byte"] for r in measured]
+    for index, (key, scale, ylabel, title) in enumerate(panels):
+        ax = fig.add_axes(((0.75 + index * 5.4) / width, 1.1 / height, 4.4 / width, 2.9 / height))
+        ys = [scale * r["retention"][key] for r in measured]
+        ax.plot(xs, ys, marker="o", color=AFTER, linestyle="none", label="candidate (vocab, FFN)")
+        for r, x, y in zip(measured, xs, ys):
+            ax.annotate(f"{r['vocab']:,} / {r['ffn']:,}", (x, y), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=7)
+            if r["chosen"]:
+                ax.plot([x], [y], marker="*", markersize=16, color=CHOSEN, linestyle="none", label="chosen")
+        if key == "ratio":
+            ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1, label="dense model")
+        ax.margins(x=0.12, y=0.25)
+        ax.set_xlabel("held-out calibration bits per byte (lower is better)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if index == 0:
+            ax.legend(loc="upper center", bbox_to_anchor=(1.1, -0.2), ncol=3, fontsize=8, frameon=False)
+    fig.suptitle("Auto-split candidates: domain cost against general-capability retention (labels: vocab / FFN)",
+                 fontsize=11)
     return _save(fig, path)

@@ -3,7 +3,8 @@
 converter/score/autosplit.py measures each candidate (vocab, ffn) pair that meets the budget in
 bits per byte on held-out calibration text and keeps the lowest; it records them all under
 metadata["auto_split"] and the winner's score under metadata["heldout_bits_per_byte"]. The plan
-that reaches the exporter is the winner, so the chosen row is the one with its sizes.
+that reaches the exporter is the winner, so the chosen row is the one with its sizes. Entries that
+carry a general-capability "retention" record (converter/report/retention.py) keep it on their row.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from converter.plan import PrunePlan
+from converter.report.retention import read_retention
 
 
 def auto_split_section(plan: PrunePlan, params: Callable[[int, int], int] | None = None) -> dict[str, Any]:
@@ -29,6 +31,8 @@ def auto_split_section(plan: PrunePlan, params: Callable[[int, int], int] | None
         if params is not None:
             row["params"] = params(vocab, ffn)
         row["chosen"] = (vocab, ffn) == (plan.vocab_size, plan.intermediate_size)
+        if "retention" in entry:
+            row["retention"] = read_retention(entry["retention"])
         rows.append(row)
     section: dict[str, Any] = {"ran": bool(rows), "candidates": rows,
                                "target_ratio": (plan.metadata.get("budget") or {}).get("target_ratio"),

@@ -1,6 +1,6 @@
 """The report's lifecycle: plots drawn beside the export, report.json and report.md written last.
 
-Everything the plots show (parameters by component, coverage, importance, auto-split) is known
+Everything the plots show (parameters by component, coverage, importance, auto-split, retention) is known
 before the first tensor is written, so they are drawn while the exporter streams tensors
 (matplotlib's import and drawing cost about a second of CPU, as much as rewriting a gigabyte).
 On Linux they are drawn in a forked child process, so that second runs on another core instead
@@ -27,6 +27,8 @@ from exporters.options import ExportOptions
 
 Drawn = tuple[dict[str, str], dict[str, str]]  # (made: name -> file, not made: name -> reason)
 PLOTS_OFF = "plots turned off (--no-report)"
+NO_CANDIDATES = ("no auto-split candidate carries a retention measurement to compare with (the split was not "
+                 "chosen by --target-ratio); the chosen plan's figures are above")
 
 
 def _plots(collected: Collected, staged: Path) -> Drawn:
@@ -51,6 +53,14 @@ def _plots(collected: Collected, staged: Path) -> Drawn:
         made["auto_split"] = plots.plot_splits(splits["candidates"], staged / plots.SPLITS_PNG).name
     else:
         skipped["auto_split"] = splits.get("reason", "no candidate was measured")
+    retention = data["retention"]
+    if not retention["measured"]:
+        skipped["retention"] = retention["reason"]
+    elif any(r["bits_per_byte"] is not None and r.get("retention", {}).get("measured")
+             for r in splits.get("candidates", [])):
+        made["retention"] = plots.plot_retention(splits["candidates"], staged / plots.RETENTION_PNG).name
+    else:
+        skipped["retention"] = NO_CANDIDATES
     return made, skipped
 
 
