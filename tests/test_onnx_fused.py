@@ -9,7 +9,8 @@ two (max |diff| at most 1e-4 of the logit scale) and greedy-decode the same 32 t
 transformers' generate, both in a plain onnxruntime loop and in onnxruntime-genai, which reads
 the shared-buffer KV layout of genai_config.json. int4's top-1 agreement with fp32 is printed
 (-s) and held to a floor; int8 (MatMulNBits, 8 bits) likewise; the block quantizer equals
-onnxruntime's own; `compact-convert verify` passes on the fused output.
+onnxruntime's own; `compact-convert verify` passes on the fused output. Sliding-window and Gemma
+models keep the traced graph (tests/test_onnx_families.py).
 """
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ from transformers import PreTrainedModel
 
 from converter.cli import main
 from converter.pipeline import export
+from converter.plan import PrunePlan
+from converter.prune import PrunedCheckpoint
 from converter.source import open_source
 from exporters.onnx.fused.quantize import dequantize_blocks, quantize_blocks
+from exporters.onnx.fused.recipe import recipe_for
 from exporters.options import ExportOptions
 from tests.support.onnx_runner import (
     OnnxDecoder,
@@ -192,3 +196,35 @@ def test_block_quantizer_equals_onnxruntimes(cols: int, block: int) -> None:
     np.testing.assert_array_equal(dequantize_blocks(ours, 4, cols), theirs)  # padding codes differ: 0 vs 8
     error = np.abs(dequantize_blocks(ours, 4, cols) - weight).max(axis=1)
     assert (error <= np.abs(weight).max(axis=1) / 8 + 1e-6).all()
+
+
+@pytest.mark.parametrize("family,overrides,fused_path", [
+    ("llama", {}, True),
+    ("mistral", {"sliding_window": None}, True),
+    ("mistral", {}, False),  # transformers' default window of 4096
+    ("gemma", {}, False),
+    ("gemma3_text", {"layer_types": ["sliding_attention", "full_attention"]}, False),
+])
+def test_which_models_take_the_fused_graph(tmp_path: Path, family: str, overrides: dict[str, object],
+                                           fused_path: bool) -> None:
+    source = open_source(save_tiny_model(build_tiny_model(family, vocab_size=300, **overrides), tmp_path / "in"))
+    pruned = PrunedCheckpoint(source.checkpoint, source.spec, PrunePlan.identity(source.spec))
+    assert (recipe_for(pruned, "fp32", 32) is not None) == fused_path
+
+
+def test_int4_block_wider_than_hidden_on_a_tied_model(tmp_path: Path, byte_level_tokenizer_dir: Path) -> None:
+    """Block 128 pads hidden 64: the tied embedding lookup (GatherBlockQuantized) is sliced back to 64."""
+    model = build_tiny_model("qwen3", seed=4, tied=True)
+    src = save_tiny_model(model, tmp_path / "in", tokenizer_dir=byte_level_tokenizer_dir)
+    cfg = model.config
+    plan = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, None, 96, seed=3)
+    export(open_source(src), plan, tmp_path / "fp32", "onnx", ExportOptions(outtype="fp32", progress=False))
+    export(open_source(src), plan, tmp_path / "int4", "onnx",
+           ExportOptions(outtype="int4", int4_block_size=128, progress=False))
+    assert "Slice" in [n.op_type for n in _ops(tmp_path / "int4")]
+    ids, mask = _batch(cfg.vocab_size, seed=8)
+    want = teacher_forced(OnnxDecoder(tmp_path / "fp32"), ids, mask, PREFILL)
+    got = teacher_forced(OnnxDecoder(tmp_path / "int4"), ids, mask, PREFILL)
+    top1 = float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"\ntiny qwen3 fused int4, block 128 over hidden 64: top-1 agreement with fp32 {top1:.3f}")
+    assert top1 >= 0.4
