@@ -4,14 +4,16 @@ A tiny Llama with a real trained byte-level BPE is pruned (vocabulary + FFN) and
 GGUF f32 and f16, and ONNX fp32; verify must pass on each with --reference (tokenizer, logits,
 bits per byte). It must fail with exit 1 and name the first mismatch for a GGUF whose token
 strings were swapped in its metadata, and fail the logit check for an hf output whose lm_head was
-perturbed. Bad input exits 2 with one line naming the file. One test runs the real pruned
-SmolLM2-135M in all three formats.
+perturbed. Bad input exits 2 with one line naming the file. The general retention row must equal
+the figures computed directly with converter.score.retention, and be exact (nothing dropped, ratio
+1) for a plan that keeps everything. One test runs the real pruned SmolLM2-135M in all three formats.
 """
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,6 +70,8 @@ def test_passes_on_every_format(tiny: Path, capsys: pytest.CaptureFixture[str], 
     assert relative <= {"hf": 0.0, "f32": 1e-4, "f16": 1e-2, "fp32": 1e-4}[outtype or fmt]
     bpb = [float(x) for x in re.findall(r"(\d+\.\d+) bits/byte", out)]
     assert len(bpb) == 2 and all(0 < b < 20 for b in bpb)
+    assert _row(out, "general retention").endswith("INFO")
+    assert "general retention: 'What is the capital of France?" in out
 
 
 def test_without_reference_says_what_could_not_run(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -76,7 +80,9 @@ def test_without_reference_says_what_could_not_run(tiny: Path, capsys: pytest.Ca
     assert _row(out, "tokenizer parity").endswith("PASS")
     logits = _row(out, "logit parity")
     assert logits.endswith("SKIP") and "--reference IN" in logits
-    assert "1 skipped: logit parity" in out
+    retention = _row(out, "general retention")
+    assert retention.endswith("SKIP") and "--reference IN" in retention
+    assert "2 skipped: logit parity, general retention" in out
 
 
 def _swap_gguf_tokens(path: Path, reference_dir: Path) -> tuple[int, int]:
@@ -159,6 +165,82 @@ def test_bad_input_exits_2_with_one_line(tiny: Path, tmp_path: Path, capsys: pyt
 
     code, _, err = _verify(capsys, tiny / "hf", "--reference", tmp_path / "no-such-source")
     assert code == 2 and err.count("\n") == 1 and "no-such-source" in err
+
+
+def _retention_numbers(out: str) -> tuple[float, float, float, float]:
+    """(dropped share, pruned answer bpb, dense answer bpb, ratio) as the general retention row prints them."""
+    found = re.search(r"dropped (\S+)%, bpb (\S+) / (\S+) = (\S+)x", _row(out, "general retention"))
+    assert found, out
+    dropped, pruned, dense, ratio = map(float, found.groups())
+    return dropped / 100, pruned, dense, ratio
+
+
+def _direct_retention(dense_dir: Path, pruned_dir: Path, prompts: int, new_tokens: int) -> Any:
+    """The same figures computed here with converter.score.retention, models loaded as verify loads them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from converter.plan import PrunePlan
+    from converter.score.general_probe import generate_answers, load_probe
+    from converter.score.retention import (Retention, answer_bits_per_byte, dropped_byte_share, retokenize,
+                                           token_byte_table)
+
+    def load(folder: Path) -> tuple[Any, Any]:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
+        return model.eval(), AutoTokenizer.from_pretrained(str(folder))
+
+    probe = load_probe("heldout")[:prompts]
+    dense, dense_tok = load(dense_dir)
+    answers = generate_answers(dense, dense_tok, probe, new_tokens)
+    kept = PrunePlan.load(pruned_dir / "prune_plan.json").kept_token_ids
+    dropped = dropped_byte_share(answers, kept, token_byte_table(dense_tok))
+    dense_bpb = answer_bits_per_byte(dense, retokenize(answers, dense_tok))
+    pruned, pruned_tok = load(pruned_dir)
+    return Retention.of(dropped, answer_bits_per_byte(pruned, retokenize(answers, pruned_tok)), dense_bpb, answers)
+
+
+def test_retention_row_equals_a_direct_computation(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Measured from IN and the rebuilt reference, not copied: the same numbers as computing them directly."""
+    code, out, _ = _verify(capsys, tiny / "gguf-f32", "--reference", tiny / "in", "--retention-prompts", "5",
+                           "--retention-tokens", "12")
+    print(out)
+    assert code == 0, out
+    row = _row(out, "general retention")
+    assert row.endswith("INFO") and "5 held-out everyday prompts" in row
+    dropped, pruned, dense, ratio = _retention_numbers(out)
+    # The hf export holds the reference's very tensors and tokenizer.
+    direct = _direct_retention(tiny / "in", tiny / "hf", 5, 12)
+    assert 0 < direct.dropped_share < 1 and direct.prompts == 5
+    assert dropped == pytest.approx(direct.dropped_share, abs=1e-6)
+    assert pruned == pytest.approx(direct.answer_bpb, abs=2e-6)
+    assert dense == pytest.approx(direct.dense_answer_bpb, abs=2e-6)
+    assert ratio == pytest.approx(direct.ratio, abs=2e-4)
+    assert "general retention: 'What is the capital of France?" in out
+
+
+def test_retention_of_an_identity_plan_is_exact(tiny: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from converter.plan import PrunePlan
+    from converter.verify.retention_check import measure_retention
+
+    source = open_source(tiny / "in")
+    out = tmp_path / "identity"
+    export(source, PrunePlan.identity(source.spec), out, "hf", ExportOptions(progress=False))
+    code, printed, _ = _verify(capsys, out, "--reference", tiny / "in", "--retention-prompts", "4",
+                               "--retention-tokens", "10")
+    assert code == 0, printed
+    dropped, pruned, dense, ratio = _retention_numbers(printed)
+    assert dropped == 0 and pruned == dense and ratio == 1
+    measured = measure_retention(tiny / "in", out, tuple(range(source.spec.dims.vocab)), 4, 10).retention
+    assert measured.dropped_share == 0 and abs(measured.ratio - 1) <= 1e-6 and measured.answer_bytes > 0
+
+
+def test_retention_can_be_turned_off(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _verify(capsys, tiny / "hf", "--reference", tiny / "in", "--retention-prompts", "0")
+    assert code == 0, out
+    row = _row(out, "general retention")
+    assert row.endswith("SKIP") and "--retention-prompts 0" in row
+    code, _, err = _verify(capsys, tiny / "hf", "--retention-prompts", "-1")
+    assert code == 2 and err.count("\n") == 1 and "--retention-prompts" in err
 
 
 @pytest.fixture(scope="module")

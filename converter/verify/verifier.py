@@ -3,7 +3,8 @@
 Order matters for memory and for early errors: every input problem (OUT, --text, IN, the plan)
 raises ConvertError before a model is loaded; models are loaded one side at a time and dropped
 when their checks are done, so peak memory is about two copies of the pruned model in float32
-(plus the dense source for bits per byte).
+(plus the dense source for bits per byte); the general-capability row runs last, after OUT's
+runtime is dropped, and holds one model at a time.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from converter.errors import ConvertError
 from converter.verify.checks import Check, logit_parity, nll_bits, skip, tokenizer_parity, vocab_check
 from converter.verify.detect import Output, detect
 from converter.verify.probe import PROMPT
-from converter.verify.reference import Reference, pruned_reference
+from converter.verify.reference import PLAN_NAME, Reference, pruned_reference
+from converter.verify.retention_check import (DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS, NAME, check_counts,
+                                              measure_retention, retention_row)
 from converter.verify.tolerance import tolerance_for
 
 MAX_WINDOW = 512
@@ -39,8 +42,14 @@ class Verdict:
         return not any(c.status == "FAIL" for c in self.checks)
 
 
-def verify(out_dir: Path, source: Path | None = None, text_file: Path | None = None, threads: int = 1) -> Verdict:
-    """Run every check that OUT (and IN, and the text) make possible."""
+def verify(out_dir: Path, source: Path | None = None, text_file: Path | None = None, threads: int = 1,
+           retention_prompts: int = DEFAULT_PROMPTS, retention_tokens: int = DEFAULT_NEW_TOKENS) -> Verdict:
+    """Run every check that OUT (and IN, and the text) make possible.
+
+    `retention_prompts` held-out probe prompts (0: none) are answered by IN in up to
+    `retention_tokens` new tokens for the general-capability row.
+    """
+    check_counts(retention_prompts, retention_tokens)
     output = detect(out_dir)
     text = _read_text(text_file) if text_file is not None else None
     if source is not None and not source.is_dir():
@@ -61,6 +70,9 @@ def verify(out_dir: Path, source: Path | None = None, text_file: Path | None = N
         gc.collect()
         if text is not None:
             checks.extend(_bpb_checks(output, subject, text, source, threads))
+        del subject
+        gc.collect()
+        checks.append(_retention_check(output, reference, ref_tok, retention_prompts, retention_tokens, threads))
     return Verdict(output, reference.description, tuple(checks))
 
 
@@ -195,3 +207,17 @@ def _bpb_checks(output: Output, subject: Any, text: str, source: Path | None, th
     rows.append(Check("bits per byte, dense", "INFO", f"dense IN in transformers; OUT is {change:+.1f}%",
                       f"{dense_bpb:.4f} bits/byte over {dense_tokens} tokens"))
     return rows
+
+
+def _retention_check(output: Output, reference: Reference, ref_tok: Any, prompts: int, new_tokens: int,
+                     threads: int) -> Check:
+    if reference.source is None or reference.folder is None or not reference.has_model:
+        return skip(NAME, f"the dense model's answers to everyday prompts {NEEDS_REFERENCE}")
+    if prompts == 0:
+        return skip(NAME, "turned off (--retention-prompts 0)")
+    if ref_tok is None:
+        return skip(NAME, "the source has no tokenizer files to ask the everyday prompts with")
+    from converter.plan import PrunePlan
+
+    kept = PrunePlan.load(output.folder / PLAN_NAME).kept_token_ids
+    return retention_row(measure_retention(reference.source, reference.folder, kept, prompts, new_tokens, threads))
