@@ -10,6 +10,7 @@ the median of `--runs` taken. On a shared machine the numbers are noisy; the int
 the comparison fair, not the absolute values.
 
     python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
+        [--outtypes int4,fp32] [--runs 3] [--reuse]
 """
 from __future__ import annotations
 
@@ -146,13 +147,20 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-onnx-builder"))
     parser.add_argument("--outtypes", default="int4,fp32")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the exports recorded in WORK/results.json again instead of exporting")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
         speed_child(args.speed_child)
         return
     args.work.mkdir(parents=True, exist_ok=True)
-    results = exports(args.src, args.pruned, args.work, args.outtypes.split(","))
+    outtypes = args.outtypes.split(",")
+    if args.reuse:
+        recorded = json.loads((args.work / "results.json").read_text())
+        results = {name: r for name, r in recorded.items() if name.rsplit(" ", 1)[1] in outtypes}
+    else:
+        results = exports(args.src, args.pruned, args.work, outtypes)
     speeds(results, args.runs)
     report = table(results)
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
