@@ -168,3 +168,31 @@ def test_cache_replaces_incomplete_folder_and_then_reuses(tmp_path: Path, monkey
     assert smollm2_hf.cached_smollm2_hf(tmp_path) == stale
     assert len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [smollm2_hf.CACHE_NAME]
+
+
+@pytest.fixture(scope="module")
+def example_gguf(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README example, run once: compact-convert SMOL OUT --format gguf --target-ratio 0.2 --calib-tokens 16384."""
+    from converter.cli import main
+
+    out = tmp_path_factory.mktemp("example") / "smollm2-gguf"
+    code = main([str(folder), str(out), "--format", "gguf", "--target-ratio", "0.2", "--calib-tokens", "16384",
+                 "--no-progress", "--no-report"])
+    assert code in (0, None)
+    return out
+
+
+def test_readme_example_still_knows_the_capital_of_france(example_gguf: Path, tokenizer) -> None:
+    """Greedy, through the chat template, in llama.cpp: the pruned model answers with Paris (issue 24)."""
+    from tests.support.gguf_runtime import detokenize, llama_greedy, load_llama, the_gguf, tokenize
+
+    plan = json.loads((example_gguf / "prune_plan.json").read_text(encoding="utf-8"))
+    retention = plan["metadata"]["retention"]
+    print(f"README example retention: {retention}")
+    assert retention["measured"] is True and retention["dropped_share"] <= 0.02
+    llm = load_llama(the_gguf(sorted(example_gguf.iterdir())), n_ctx=256, threads=2)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    answer = detokenize(llm, llama_greedy(llm, tokenize(llm, text), 24)).decode("utf-8", errors="replace")
+    print(f"README example answer: {answer!r}")
+    assert "Paris" in answer

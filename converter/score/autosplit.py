@@ -8,6 +8,11 @@ splits halfway to its neighbours are tried, `refine_rounds` times around the bes
 settling. The grid always holds both single-knob extremes (FFN-only and vocabulary-only, where
 each meets the budget), so the chosen split is never worse than either on the held-out text. The held-out text never
 entered the counts or the activation sample, so the choice is not tuned on what chose the tokens.
+With --general-weight W > 0 and scores holding the general probe's answers, the objective is
+(1 - W) x held-out bits per byte over the dense model's plus W x the calib answers' bits per byte
+over the dense model's; W = 0 keeps plain held-out bits per byte. Every candidate and the chosen
+plan also get their retention on the held-out probe answers (converter.score.plan_retention) in
+the plan's metadata, measured or not (with the reason).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from converter.errors import ConvertError
 from converter.source import Source
 from converter.plan import PrunePlan
 from converter.score.budget import ParamModel, Split, budget_for, candidate_splits, param_model
+from converter.score.plan_retention import missing_reason, not_measured
 from converter.score.planner import VocabChoice, VocabFitter, build_plan
 from converter.score.refit_solver import fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
@@ -51,6 +57,9 @@ class SplitEvaluator:
         self.first = start_id(self.tokenizer, dict(source.spec.config))
         self.gram = require_gram(scores, scores_path) if budget.refit else None
         self.ridge = budget.ridge
+        self.meter, self.reason = retention_meter(self.runner, self.tokenizer, scores)
+        self.weight = budget.general_weight if self.meter is not None else 0.0
+        self._dense_bpb: float | None = None
 
     def _maps(self, plan: PrunePlan) -> list[Any] | None:
         if self.gram is None:
@@ -58,32 +67,92 @@ class SplitEvaluator:
         return [refit_map(self.gram[layer], kept, self.ridge) for layer, kept in enumerate(plan.kept_ffn_channels)]
 
     def bits_per_byte(self, plan: PrunePlan) -> float:
+        return self._bpb(plan, *pruned_tokenizer(self.source, plan), self._maps(plan))
+
+    def _bpb(self, plan: PrunePlan, tokenizer: Any, rows: tuple[int, ...] | None,
+             maps: list[Any] | None) -> float:
         from converter.score.bpb import eval_windows, total_nll_bits
 
-        vocab = self.source.spec.dims.vocab
-        maps = self._maps(plan)
-        if plan.keeps_all_tokens(vocab):
+        if tokenizer is None:
             windows = eval_windows(self.tokenizer, self.texts, self.first, self.seq_len)
-            bits = total_nll_bits(self.runner, windows, None, plan.kept_ffn_channels, seq_len=self.seq_len,
-                                  ffn_maps=maps)
-            return bits / self.bytes
-        from converter.tokenizer import plan_tokenizer, write_tokenizer
-
-        rewrite = plan_tokenizer(self.source.folder, plan.kept_token_ids, vocab_size=vocab)
-        folder = tempfile.mkdtemp(prefix="compact-split-")
-        try:
-            out = Path(folder)
-            write_tokenizer(self.source.folder, rewrite, out)
-            config = dict(self.source.spec.config, vocab_size=len(rewrite.kept_ids))
-            (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
-            tokenizer = load_tokenizer(out)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        first = None if self.first is None else rewrite.old_to_new().get(self.first)
-        windows = eval_windows(tokenizer, self.texts, first, self.seq_len)
-        bits = total_nll_bits(self.runner, windows, rewrite.kept_ids, plan.kept_ffn_channels, seq_len=self.seq_len,
+        else:
+            first = None if self.first is None or rows is None else {old: new for new, old in
+                                                                     enumerate(rows)}.get(self.first)
+            windows = eval_windows(tokenizer, self.texts, first, self.seq_len)
+        bits = total_nll_bits(self.runner, windows, rows, plan.kept_ffn_channels, seq_len=self.seq_len,
                               ffn_maps=maps)
         return bits / self.bytes
+
+    def evaluate(self, plan: PrunePlan) -> tuple[float, float, dict[str, Any]]:
+        """(held-out bits per byte, the split objective, retention) of a candidate plan."""
+        tokenizer, rows = pruned_tokenizer(self.source, plan)
+        maps = self._maps(plan)
+        bpb = self._bpb(plan, tokenizer, rows, maps)
+        if self.meter is None:
+            return bpb, bpb, not_measured(self.reason)
+        retention = self.meter.measure(plan, tokenizer, rows, maps)
+        if self.weight <= 0:
+            return bpb, bpb, retention
+        if self._dense_bpb is None:
+            dims = self.source.spec.dims
+            dense = PrunePlan(tuple(range(dims.vocab)), tuple(tuple(range(dims.ffn)) for _ in range(dims.layers)),
+                              plan.source_fingerprint, {})
+            self._dense_bpb = self._bpb(dense, None, None, None)
+        general = self.meter.general_ratio(plan, tokenizer, rows, maps)
+        objective = (1 - self.weight) * bpb / self._dense_bpb + self.weight * general
+        return bpb, objective, retention
+
+
+def pruned_tokenizer(source: Source, plan: PrunePlan) -> tuple[Any, tuple[int, ...] | None]:
+    """The plan's pruned tokenizer and its kept ids (new id -> old row), or (None, None) when all are kept."""
+    vocab = source.spec.dims.vocab
+    if plan.keeps_all_tokens(vocab):
+        return None, None
+    from converter.tokenizer import plan_tokenizer, write_tokenizer
+
+    rewrite = plan_tokenizer(source.folder, plan.kept_token_ids, vocab_size=vocab)
+    folder = tempfile.mkdtemp(prefix="compact-split-")
+    try:
+        out = Path(folder)
+        write_tokenizer(source.folder, rewrite, out)
+        config = dict(source.spec.config, vocab_size=len(rewrite.kept_ids))
+        (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        tokenizer = load_tokenizer(out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return tokenizer, tuple(int(i) for i in rewrite.kept_ids)
+
+
+def retention_meter(runner: Any, tokenizer: Any, scores: Scores) -> tuple[Any, str]:
+    """(RetentionMeter, "") for scores with held-out probe answers, else (None, why retention is not measured)."""
+    from converter.score.plan_retention import RetentionMeter
+
+    reason = missing_reason(scores)
+    if reason is not None:
+        return None, reason
+    return RetentionMeter(runner, tokenizer, scores), ""
+
+
+def plan_retention(source: Source, scores: Scores, budget: Budget, plan: PrunePlan) -> dict[str, Any]:
+    """Retention of one plan that no split evaluation measured (exact sizes, a single candidate)."""
+    reason = missing_reason(scores)
+    if reason is not None:
+        return not_measured(reason)
+    try:
+        from converter.score.engine import ModelRunner, fits, pick_device
+    except ImportError as exc:
+        return not_measured(f"torch cannot be imported ({exc}), and measuring retention runs the model")
+    device = pick_device(budget.device)
+    layerwise = budget.layerwise if budget.layerwise is not None else not fits(source, device)
+    meter, reason = retention_meter(ModelRunner(source, device, layerwise), load_tokenizer(source.folder), scores)
+    if meter is None:
+        return not_measured(reason)
+    maps = None
+    if budget.refit:
+        gram = require_gram(scores, "scores")
+        maps = [refit_map(gram[layer], kept, budget.ridge) for layer, kept in enumerate(plan.kept_ffn_channels)]
+    tokenizer, rows = pruned_tokenizer(source, plan)
+    return dict(meter.measure(plan, tokenizer, rows, maps))
 
 
 def _exact(source: Source, scores: Scores, budget: Budget, model: ParamModel, fitter: VocabFitter) -> PrunePlan:
@@ -122,9 +191,10 @@ def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str =
 
 def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, log: Any) -> PrunePlan:
     model = param_model(source)
-    fitter = VocabFitter(source, scores, budget.keep_reserved)
+    fitter = VocabFitter(source, scores, budget.keep_reserved, budget.general_weight)
     if budget.target_ratio is None:
-        return _exact(source, scores, budget, model, fitter)
+        exact = _exact(source, scores, budget, model, fitter)
+        return replace(exact, metadata={**exact.metadata, "retention": plan_retention(source, scores, budget, exact)})
     limit = budget_for(model, budget.target_ratio)
     splits = candidate_splits(model, budget.target_ratio, fitter.minimum(), budget.ffn_multiple, budget.splits)
     plans: dict[int, tuple[Split, PrunePlan]] = {}
@@ -137,35 +207,41 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
                            f"{budget.ffn_multiple}")
     if len(plans) == 1:
         only = next(iter(plans.values()))[1]
-        return replace(only, metadata={**only.metadata, "auto_split": [
-            {"vocab": only.vocab_size, "ffn": only.intermediate_size, "bits_per_byte": None}]})
+        retention = plan_retention(source, scores, budget, only)
+        return replace(only, metadata={**only.metadata, "retention": retention, "auto_split": [
+            {"vocab": only.vocab_size, "ffn": only.intermediate_size, "bits_per_byte": None, "retention": retention}]})
     evaluator = SplitEvaluator(source, scores, budget, scores_path)
-    measured: dict[int, tuple[float, Split, PrunePlan]] = {}
+    measured: dict[int, tuple[float, float, Split, PrunePlan, dict[str, Any]]] = {}
 
     def measure(split: Split, plan: PrunePlan) -> None:
-        bpb = evaluator.bits_per_byte(plan)
-        measured[plan.vocab_size] = (bpb, split, plan)
+        bpb, objective, retention = evaluator.evaluate(plan)
+        measured[plan.vocab_size] = (objective, bpb, split, plan, retention)
+        kept = (f"; general answers {retention['ratio']:.2f}x dense, {100 * retention['dropped_share']:.2f}% of "
+                "their bytes dropped") if retention.get("measured") else ""
         print(f"split      vocab {plan.vocab_size:>7} ffn {plan.intermediate_size:>6}: {bpb:.4f} bits/byte on "
-              "held-out calibration text", file=log)
+              f"held-out calibration text{kept}", file=log)
 
     for split, plan in plans.values():
         measure(split, plan)
     for _ in range(budget.refine_rounds):
-        ranked = sorted(measured.values(), key=lambda m: m[1].share)
+        ranked = sorted(measured.values(), key=lambda m: m[2].share)
         best = min(range(len(ranked)), key=lambda i: ranked[i][0])
         added = False
         for neighbour in (best - 1, best + 1):
             if 0 <= neighbour < len(ranked):
-                share = (ranked[best][1].share + ranked[neighbour][1].share) / 2
-                vocab = round((ranked[best][1].vocab + ranked[neighbour][1].vocab) / 2)
+                share = (ranked[best][2].share + ranked[neighbour][2].share) / 2
+                vocab = round((ranked[best][2].vocab + ranked[neighbour][2].vocab) / 2)
                 plan = _candidate(source, scores, budget, model, fitter, Split(share, vocab), limit)
                 if plan is not None and plan.vocab_size not in measured:
                     measure(Split(share, vocab), plan)
                     added = True
         if not added:
             break
-    bpb, split, plan = min(measured.values(), key=lambda m: m[0])
-    table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(b, 5)}
-             for b, _, p in sorted(measured.values(), key=lambda m: m[1].share)]
+    _, bpb, split, plan, retention = min(measured.values(), key=lambda m: m[0])
+    blended = evaluator.weight > 0
+    table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(b, 5),
+              **({"objective": round(o, 5)} if blended else {}), "retention": r}
+             for o, b, _, p, r in sorted(measured.values(), key=lambda m: m[2].share)]
     return PrunePlan(plan.kept_token_ids, plan.kept_ffn_channels, plan.source_fingerprint,
-                     {**plan.metadata, "auto_split": table, "heldout_bits_per_byte": round(bpb, 5)})
+                     {**plan.metadata, "auto_split": table, "heldout_bits_per_byte": round(bpb, 5),
+                      "general_weight": evaluator.weight, "retention": retention})

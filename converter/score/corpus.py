@@ -5,9 +5,11 @@ another one named by `--text-field`); every other file is plain UTF-8 text, cut 
 of a few thousand characters at paragraph boundaries so a book never sits in memory whole.
 Folders are searched recursively for `*.txt` and `*.jsonl`. Bad input (not UTF-8, a JSONL line
 that is not an object or lacks the field, no text at all) raises ConvertError naming the file and
-line. When no paths are given the built-in default is Python's own reference documentation
-(`pydoc_data.topics`, shipped with CPython, about 110k tokens): it exists on every machine
-offline, but it is Python documentation, so callers warn loudly when it is used.
+line. When no paths are given the built-in default is general: the scorer puts the dense
+model's own answers to the general probe's calib prompts first (converter.score.probe_scoring),
+followed here by Python's reference documentation (`pydoc_data.topics`, shipped with CPython,
+about 110k tokens, present offline everywhere) while DEFAULT_KEEPS_PYDOC says so. Callers
+still warn: a model meant for one domain should be calibrated on that domain's text.
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from converter.errors import ConvertError
 DOC_CHARS = 4000
 FOLDER_PATTERNS = ("*.txt", "*.jsonl")
 DEFAULT_NAME = "builtin:pydoc_data.topics"
+DEFAULT_KEEPS_PYDOC = True
 DEFAULT_WARNING = (
-    "no --calib given: calibrating on the built-in default, Python's reference documentation "
-    "(pydoc_data.topics). Vocabulary pruning depends on the calibration domain more than on anything "
-    "else; pass text of the kind your model will see with --calib FILE_OR_FOLDER")
+    "no --calib given: calibrating for general use, on the model's own answers to the built-in general "
+    "probe (everyday chat prompts) and Python's reference documentation (pydoc_data.topics). Vocabulary "
+    "pruning depends on the calibration domain more than on anything else; if the model will see text "
+    "of one kind, pass it with --calib FILE_OR_FOLDER")
 
 
 @dataclass(frozen=True)

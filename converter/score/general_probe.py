@@ -40,6 +40,8 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<
 
 # (ids [B, T], attention mask [B, past + T], position ids [B, T], cache) -> (last logits [B, V], cache)
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
+# (next-token logits [B, V], rows still answering [B]) at every decoding step
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -168,8 +170,11 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
 
 
 def greedy_batch(step: Step, prompts: Sequence[Sequence[int]], stops: Sequence[int], max_new_tokens: int,
-                 pad: int) -> list[tuple[list[int], bool]]:
-    """Greedy answers of one left-padded batch: (answer ids without the stop token, whether it stopped)."""
+                 pad: int, observe: Observer | None = None) -> list[tuple[list[int], bool]]:
+    """Greedy answers of one left-padded batch: (answer ids without the stop token, whether it stopped).
+
+    `observe` sees every step's logits and which rows were still answering when they were computed.
+    """
     ids, mask = _left_pad(prompts, pad)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     stop = torch.as_tensor(list(stops), dtype=torch.long)
@@ -180,6 +185,8 @@ def greedy_batch(step: Step, prompts: Sequence[Sequence[int]], stops: Sequence[i
     for _ in range(max_new_tokens):
         logits, cache = step(ids, mask, positions, cache)
         nxt = logits.argmax(-1).cpu()
+        if observe is not None:
+            observe(logits, ~done)
         hit = torch.isin(nxt, stop) & ~done
         for row in torch.nonzero(~done & ~hit).flatten().tolist():
             answers[row].append(int(nxt[row]))
@@ -196,7 +203,7 @@ def greedy_batch(step: Step, prompts: Sequence[Sequence[int]], stops: Sequence[i
 @torch.inference_mode()
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[ProbePrompt],
                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     eos: int | Sequence[int] | None = None) -> list[ProbeAnswer]:
+                     eos: int | Sequence[int] | None = None, observe: Observer | None = None) -> list[ProbeAnswer]:
     """Greedy answers of a loaded model (transformers causal LM, or a whole-mode ModelRunner), in prompt order.
 
     `eos` adds the generation config's EOS ids to the stop tokens; when None the model config's is used.
@@ -218,7 +225,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[ProbePrompt],
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         for index, result in zip(group, greedy_batch(step, [encoded[i] for i in group], stops, max_new_tokens,
-                                                     int(pad))):
+                                                     int(pad), observe)):
             results[index] = result
     return [ProbeAnswer(prompt_id=p.id, prompt_text=texts[i], prompt_ids=tuple(encoded[i]),
                        answer_ids=tuple(results[i][0]), answer_text=tokenizer.decode(results[i][0],

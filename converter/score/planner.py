@@ -1,7 +1,8 @@
 """From scores and a budget to a PrunePlan: vocabulary by counts, FFN channels by a criterion.
 
-Vocabulary: tokens ranked by count, ties broken by the model's predicted counts and then the
-tokenizer's prior (converter.score.tokens); the top of the ranking goes through the tokenizer
+Vocabulary: tokens ranked by count (blended with the general probe's answers by
+--general-weight), ties broken by the model's predicted counts and then the tokenizer's prior
+(converter.score.tokens); the top of the ranking goes through the tokenizer
 keep-set rules (converter.tokenizer.plan_tokenizer), which add specials, bytes and the BPE merge
 closure, so fewer tokens are requested until the final set fits the vocabulary target (requested
 and final sizes are both reported). Channels, per layer:
@@ -48,10 +49,13 @@ class VocabChoice:
 class VocabFitter:
     """Finds the longest prefix of the token ranking whose keep set fits a vocabulary target."""
 
-    def __init__(self, source: Source, scores: Scores, keep_reserved: bool = False) -> None:
+    def __init__(self, source: Source, scores: Scores, keep_reserved: bool = False,
+                 general_weight: float = 0.0) -> None:
         self.source = source
         self.vocab = source.spec.dims.vocab
-        self.order = token_ranking(source.folder, scores.counts, scores.predicted)
+        probe = scores.probe
+        general = None if probe is None else (probe.general_counts, probe.general_predicted)
+        self.order = token_ranking(source.folder, scores.counts, scores.predicted, general, general_weight)
         self.keep_reserved = keep_reserved
         self._cache: dict[int, Any] = {}
 

@@ -11,12 +11,15 @@ reused), then the sample runs through the model (whole or layer by layer) with a
 input of every `down_proj` that adds act² into its token's bucket, and the model's next-token
 probabilities at every `predict_stride`-th position of each window are summed into predicted
 counts (the output projection costs a vocabulary-sized matmul per position, so only a sample).
+Before counting, the dense model answers the general probe (converter.score.probe_scoring); the
+scores keep those answers, and without --calib the calib answers lead the default corpus.
 """
 from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +30,9 @@ from converter.errors import ConvertError
 from converter.source import Source
 from converter.progress import progress_bar
 from converter.score.buckets import BucketLayout
-from converter.score.corpus import Corpus, Document
+from converter.score.corpus import DEFAULT_KEEPS_PYDOC, Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
+from converter.score.probe_scoring import PROBE_ORIGIN, probe_documents, run_probe
 from converter.score.scores import Scores, pick_heldout
 from converter.score.stage_options import ScoreOptions
 from converter.score.tokens import ENCODE_BATCH, encode, load_tokenizer, token_ranking
@@ -84,9 +88,16 @@ class _Pass:
     tokens: int
 
 
-def _batches(corpus: Corpus, rank: int, world: int) -> Iterator[list[Document]]:
+def corpus_documents(corpus: Corpus, extra: Sequence[Document] = ()) -> Iterable[Document]:
+    """The documents counted: `extra` (the probe's calib answers, for the default corpus) then the corpus's."""
+    if corpus.is_default and extra and not DEFAULT_KEEPS_PYDOC:
+        return iter(extra)
+    return chain(extra, corpus.documents())
+
+
+def _batches(documents: Iterable[Document], rank: int, world: int) -> Iterator[list[Document]]:
     batch: list[Document] = []
-    for index, doc in enumerate(corpus.documents()):
+    for index, doc in enumerate(documents):
         if index % world != rank:
             continue
         batch.append(doc)
@@ -98,7 +109,7 @@ def _batches(corpus: Corpus, rank: int, world: int) -> Iterator[list[Document]]:
 
 
 def count_pass(source: Source, corpus: Corpus, tokenizer: object, options: ScoreOptions,
-               progress: Callable[[int], None] | None = None) -> _Pass:
+               progress: Callable[[int], None] | None = None, extra: Sequence[Document] = ()) -> _Pass:
     """Stream this rank's documents once: counts, sample windows (a bounded heap), held-out docs."""
     rank, world = dist_info()
     vocab = source.spec.dims.vocab
@@ -106,7 +117,7 @@ def count_pass(source: Source, corpus: Corpus, tokenizer: object, options: Score
     state = _Pass(np.zeros(vocab, dtype=np.int64), [], [], 0, 0)
     heap: list[tuple[int, int, int, np.ndarray]] = []
     pushed = 0
-    for docs in _batches(corpus, rank, world):
+    for docs in _batches(corpus_documents(corpus, extra), rank, world):
         rows = encode(tokenizer, [d.text for d in docs], vocab, docs[0].origin)
         for doc, ids in zip(docs, rows):
             h = text_hash(doc.text)
@@ -261,18 +272,27 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         check_gram_size(dims.layers, dims.ffn)
     tokenizer = load_tokenizer(source.folder)
     show = options.progress and rank == 0
+    runner: ModelRunner | None = None
+    if not options.counts_only:
+        device = pick_device(options.device)
+        layerwise = options.layerwise if options.layerwise is not None else not fits(source, device)
+        runner = ModelRunner(source, device, layerwise)
+    answered, probe_note = run_probe(runner, tokenizer, options, dims.vocab, rank, _gather)
+    extra = probe_documents(answered, tokenizer) if answered is not None and corpus.is_default else []
+    described = corpus.describe()
+    if extra:
+        described = f"{PROBE_ORIGIN} answers ({len(extra)} prompts)" + (
+            f" + {described}" if DEFAULT_KEEPS_PYDOC else "")
     with progress_bar(show, desc="count", unit="doc") as bar:
-        state = _reduce(count_pass(source, corpus, tokenizer, options, bar.update), options)
+        state = _reduce(count_pass(source, corpus, tokenizer, options, bar.update, extra), options)
     if layout is None:
         layout = BucketLayout.from_ranking(token_ranking(source.folder, state.counts), options.bins_per_octave)
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
     predicted = np.zeros(dims.vocab, dtype=np.float64)
     scored = predicted_positions = 0
-    if state.windows:
-        device = pick_device(options.device)
-        layerwise = options.layerwise if options.layerwise is not None else not fits(source, device)
-        runner = ModelRunner(source, device, layerwise)
+    if state.windows and runner is not None:
+        device = runner.device
         batches = pad_batches([w for _, w in state.windows], options.seq_len, options.batch_tokens)
         bucket_of = torch.from_numpy(layout.token_bucket.astype(np.int64))
         bucket_batches = [torch.where(mask, bucket_of[ids], layout.buckets).reshape(-1).to(device)
@@ -296,10 +316,10 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     return Scores(
         fingerprint=source.checkpoint.fingerprint(), architecture=source.spec.architecture, counts=state.counts,
         importance=sums, act2=sums.sum(axis=1), magnitude=weight_magnitude(source), layout=layout,
-        corpus=(corpus.describe(),), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
+        corpus=(described,), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
         sequences=int(totals[1]), documents=state.documents, seq_len=options.seq_len, heldout=tuple(state.heldout),
         heldout_cap=options.heldout_tokens, gram=gram, predicted=predicted if totals[2] else None,
-        tokens_predicted=int(totals[2]))
+        tokens_predicted=int(totals[2]), probe=answered, probe_note=probe_note)
 
 
 def check_gram_size(layers: int, ffn: int) -> None:

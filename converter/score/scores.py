@@ -9,9 +9,15 @@ inputs [layers, ffn, ffn] (float32), what the least-squares refit solves with (s
 converter.score.refit_solver). Scored with activations it holds the model's predicted counts [vocab]
 (float64: the sum of its next-token probabilities over a sample of positions), which rank the
 tokens the corpus never showed (see converter.score.tokens); files from before they existed load
-without them. Every statistic is a sum, so files scored on disjoint corpus shards merge by
-adding, provided they were made for the same model with the same bucket layout; held-out text
-is the union, cut to the same budget in hash order, as one run over all shards would pick it.
+without them. Scored in whole mode it also holds the dense model's greedy answers to the general
+probe and their token counts (converter.score.probe_record: flat int32 answer ids with offsets,
+prompt ids and split, `general_counts` and `general_predicted` [vocab]); a file scored layer by
+layer or with --counts-only holds none, and says why in its `probe_note` metadata. Every
+statistic is a sum, so files scored on disjoint corpus shards merge by adding, provided they
+were made for the same model with the same bucket layout; held-out text is the union, cut to
+the same budget in hash order, as one run over all shards would pick it.
+The probe answers depend on the model and the probe options only, not on the shard: a merge keeps
+one copy (refusing files whose answers differ) and never adds their general counts twice.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import numpy as np
 from converter.errors import ConvertError
 from converter.io.safetensors_writer import save_whole_file
 from converter.score.buckets import BucketLayout
+from converter.score.probe_record import TENSORS as PROBE_TENSORS
+from converter.score.probe_record import ProbeRecord
 
 FORMAT = "compact-convert-scores"
 VERSION = "1"
@@ -54,6 +62,8 @@ class Scores:
     gram: np.ndarray | None = None
     predicted: np.ndarray | None = None
     tokens_predicted: int = 0
+    probe: ProbeRecord | None = None
+    probe_note: str = ""
 
     @property
     def layers(self) -> int:
@@ -97,13 +107,16 @@ class Scores:
             tensors["gram"] = self.gram.astype(np.float32)
         if self.predicted is not None:
             tensors["predicted"] = self.predicted.astype(np.float64)
+        if self.probe is not None:
+            tensors.update(self.probe.to_tensors())
         metadata = {
             "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
             "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
             "tokens_scored": str(self.tokens_scored), "sequences": str(self.sequences),
             "documents": str(self.documents), "seq_len": str(self.seq_len), "heldout_cap": str(self.heldout_cap),
             "layout_id": self.layout.layout_id, "buckets": str(self.layout.buckets),
-            "tokens_predicted": str(self.tokens_predicted),
+            "tokens_predicted": str(self.tokens_predicted), "probe_note": self.probe_note,
+            "probe_new_tokens": str(self.probe.max_new_tokens if self.probe is not None else 0),
         }
         path = Path(path)
         try:
@@ -134,6 +147,8 @@ class Scores:
                 t = {n: f.get_tensor(n) for n in TENSORS}
                 gram = f.get_tensor("gram") if "gram" in present else None
                 predicted = f.get_tensor("predicted") if "predicted" in present else None
+                probe_t = ({n: f.get_tensor(n) for n in (*PROBE_TENSORS, "general_predicted") if n in present}
+                           if "probe_answer_offsets" in present else None)
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
                 raise
@@ -148,7 +163,10 @@ class Scores:
                          t["magnitude"], layout, tuple(json.loads(meta["corpus"])), int(meta["tokens_counted"]),
                          int(meta["tokens_scored"]), int(meta["sequences"]), int(meta["documents"]),
                          int(meta["seq_len"]), heldout, int(meta["heldout_cap"]), gram, predicted,
-                         int(meta.get("tokens_predicted", "0")))
+                         int(meta.get("tokens_predicted", "0")),
+                         None if probe_t is None else ProbeRecord.from_tensors(probe_t,
+                                                                               int(meta.get("probe_new_tokens", "0"))),
+                         meta.get("probe_note", ""))
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -160,7 +178,9 @@ class Scores:
               and self.counts.ndim == 1 and self.layout.token_bucket.shape == self.counts.shape
               and buckets == self.layout.buckets and self.layout.edges[-1] == self.vocab
               and (self.gram is None or self.gram.shape == (layers, ffn, ffn))
-              and (self.predicted is None or self.predicted.shape == self.counts.shape))
+              and (self.predicted is None or self.predicted.shape == self.counts.shape)
+              and (self.probe is None or (self.probe.general_counts.shape == self.counts.shape
+                                          and all(0 <= t < self.vocab for a in self.probe.answers for t in a))))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
 
@@ -210,6 +230,9 @@ def merge(paths: Sequence[Path]) -> Scores:
             raise ConvertError(f"was scored {'without' if other.gram is None else 'with'} --refit and {paths[0]} "
                                f"{'with' if other.gram is None else 'without'}; score every shard the same way so "
                                "they merge", path)
+        if not _same_probe(first.probe, other.probe):
+            raise ConvertError(f"holds other general-probe answers than {paths[0]} (another model, or other "
+                               "--probe-* options); score every shard with the same options so they merge", path)
         heldout += other.heldout
         gram = None if out.gram is None or other.gram is None else out.gram + other.gram
         out = replace(out, gram=gram, predicted=_add_optional(out.predicted, other.predicted),
@@ -219,8 +242,15 @@ def merge(paths: Sequence[Path]) -> Scores:
                       tokens_counted=out.tokens_counted + other.tokens_counted,
                       tokens_scored=out.tokens_scored + other.tokens_scored,
                       sequences=out.sequences + other.sequences, documents=out.documents + other.documents,
-                      seq_len=max(out.seq_len, other.seq_len), heldout_cap=max(out.heldout_cap, other.heldout_cap))
+                      seq_len=max(out.seq_len, other.seq_len), heldout_cap=max(out.heldout_cap, other.heldout_cap),
+                      probe=out.probe if out.probe is not None else other.probe,
+                      probe_note=out.probe_note if out.probe is not None or not other.probe_note else other.probe_note)
     return replace(out, heldout=pick_heldout(heldout, out.heldout_cap))
+
+
+def _same_probe(a: ProbeRecord | None, b: ProbeRecord | None) -> bool:
+    """Probe answers agree: the same answers, or one file has none (counts only, layer by layer, older)."""
+    return a is None or b is None or a.same_answers(b)
 
 
 def _add_optional(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:

@@ -19,6 +19,7 @@ from converter.score.budget import check_ratio
 METHODS = ("compact", "act2", "magnitude", "random")
 DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_RIDGE = 1e-3
+DEFAULT_GENERAL_WEIGHT = 0.3
 
 DEVICE = Flag("where to score, and to evaluate the splits --target-ratio measures (default auto: a GPU if "
               "there is one)", choices=DEVICES)
@@ -49,6 +50,14 @@ class ScoreOptions:
     predict_tokens: int = flag(4096, Flag(
         "positions of that sample whose next-token probabilities rank the tokens your text never shows "
         "(default 4096; 0: rank them by the tokenizer's prior alone)", minimum=0))
+    probe_prompts: int = flag(64, Flag(
+        "general-probe prompts (everyday chat) the dense model answers greedily while scoring; their answers "
+        "count everyday tokens for --general-weight and, without --calib, are calibration text (default 64; "
+        "0 with --probe-heldout 0: no probe, retention is not measured)", minimum=0))
+    probe_heldout: int = flag(32, Flag(
+        "held-out general-probe prompts answered while scoring, never calibrated on: plan measures how much of "
+        "those answers a pruned model keeps (default 32)", minimum=0))
+    probe_new_tokens: int = flag(48, Flag("tokens of each general-probe answer at most (default 48)", minimum=1))
 
     def __post_init__(self) -> None:
         check_minimums(self)
@@ -90,9 +99,15 @@ class Budget:
     eval_seq_len: int = internal(1024)
     refit: bool = flag(False, REFIT)
     ridge: float = internal(DEFAULT_RIDGE)
+    general_weight: float = flag(DEFAULT_GENERAL_WEIGHT, Flag(
+        "how much the token ranking and the split choice weigh general use (the dense model's answers to the "
+        "general probe) against your --calib text, 0..1 (0: your text only, as before; default "
+        f"{DEFAULT_GENERAL_WEIGHT}, measured on SmolLM2 at -20%: see the README)"))
 
     def __post_init__(self) -> None:
         check_minimums(self)
+        if not 0.0 <= self.general_weight <= 1.0:
+            raise ConvertError(f"--general-weight must be between 0 and 1, got {self.general_weight}")
 
     def check(self, vocab: int, ffn: int) -> None:
         if self.method not in METHODS:

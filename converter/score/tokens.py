@@ -22,6 +22,12 @@ before plausibility and the prior: a model reading licence prose gives "licensor
 none to a script the text never uses. Measured on held-out calibration paragraphs (not the
 evaluation text), share of their bytes in dropped tokens: SmolLM2 at 19725 kept 1.76% -> 0.78%,
 at 16384 2.27% -> 1.05%.
+
+With --general-weight W > 0 and scores that hold the dense model's answers to the general probe,
+the first key is a blend instead of the domain counts: (1 - W) times the domain's token frequency
+plus W times the general frequency, itself the mean of the answers' token frequency and the
+model's predicted distribution over every answer position (so everyday tokens no answer happened
+to spell are protected by what the model would say). W = 0 ranks exactly as before.
 """
 from __future__ import annotations
 
@@ -155,11 +161,33 @@ def rank_tokens(counts: np.ndarray, prior: np.ndarray, plausible: np.ndarray | N
         keys.append(~plausible)
     if predicted is not None:
         keys.append(-np.asarray(predicted, dtype=np.float64))
-    return np.lexsort((*keys, -counts.astype(np.int64)))
+    first = -counts.astype(np.int64) if np.issubdtype(counts.dtype, np.integer) else -counts.astype(np.float64)
+    return np.lexsort((*keys, first))
 
 
-def token_ranking(folder: Path, counts: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray:
-    """The vocabulary ranking that plans and score buckets use: counts, predictions, plausibility, prior."""
+def _share(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    total = values.sum()
+    return values / total if total > 0 else np.zeros_like(values)
+
+
+def general_blend(counts: np.ndarray, general_counts: np.ndarray, general_predicted: np.ndarray | None,
+                  weight: float) -> np.ndarray:
+    """(1 - weight) domain token frequency + weight general frequency (answers' counts and predictions)."""
+    general = _share(general_counts)
+    if general_predicted is not None:
+        general = (general + _share(general_predicted)) / 2
+    return (1.0 - weight) * _share(counts) + weight * general
+
+
+def token_ranking(folder: Path, counts: np.ndarray, predicted: np.ndarray | None = None,
+                  general: tuple[np.ndarray, np.ndarray | None] | None = None, weight: float = 0.0) -> np.ndarray:
+    """The vocabulary ranking that plans and score buckets use: counts, predictions, plausibility, prior.
+
+    With `general` (the probe answers' counts and predicted counts) and weight > 0 the counts are
+    blended with them first (general_blend).
+    """
     vocab = counts.shape[0]
     data = _tokenizer_json(folder)
-    return rank_tokens(counts, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), counts), predicted)
+    first = counts if general is None or weight <= 0 else general_blend(counts, general[0], general[1], weight)
+    return rank_tokens(first, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), first), predicted)
