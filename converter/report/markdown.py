@@ -95,15 +95,24 @@ def _splits(data: dict[str, Any]) -> list[str]:
     if not s["ran"]:
         return [*lines, f"{s['reason']}.", ""]
     retained = any(r.get("retention", {}).get("measured") for r in s["candidates"])
+    blended = any("objective" in r for r in s["candidates"])
     extra = ("| dropped answer bytes | answer bits/byte ratio ", "| ---: | ---: ") if retained else ("", "")
+    if blended:
+        extra = (extra[0] + "| objective ", extra[1] + "| ---: ")
+        weight = float(s["general_weight"] or 0)
+        wins = (f"the lowest objective wins: held-out and general-answer bits per byte, each as a ratio to the "
+                f"dense model's, weighted {1 - weight:g} and {weight:g} (--general-weight).")
+    else:
+        wins = "the lowest wins."
     lines += [f"Target ratio {s['target_ratio']}: each split of the budget between vocabulary and FFN was scored in "
-              "bits per byte on held-out calibration text (text that chose neither tokens nor channels); the "
-              "lowest wins.", "", f"| vocab | FFN | parameters | held-out bits/byte {extra[0]}| |",
+              "bits per byte on held-out calibration text (text that chose neither tokens nor channels); "
+              f"{wins}", "", f"| vocab | FFN | parameters | held-out bits/byte {extra[0]}| |",
               f"| ---: | ---: | ---: | ---: {extra[1]}| --- |"]
     for r in s["candidates"]:
         bpb = "-" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.5f}"
+        objective = ("| -" if "objective" not in r else f"| {r['objective']:.5f}") + " " if blended else ""
         lines.append(f"| {r['vocab']:,} | {r['ffn']:,} | {r.get('params', 0):,} | {bpb} "
-                     f"{_retention_cells(r) if retained else ''}| {'**chosen**' if r['chosen'] else ''} |")
+                     f"{_retention_cells(r) if retained else ''}{objective}| {'**chosen**' if r['chosen'] else ''} |")
     lines.append("")
     if s.get("reason"):
         lines += [f"{s['reason']}.", ""]

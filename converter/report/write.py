@@ -27,8 +27,8 @@ from exporters.options import ExportOptions
 
 Drawn = tuple[dict[str, str], dict[str, str]]  # (made: name -> file, not made: name -> reason)
 PLOTS_OFF = "plots turned off (--no-report)"
-NO_CANDIDATES = ("no auto-split candidate carries a retention measurement to compare with (the split was not "
-                 "chosen by --target-ratio); the chosen plan's figures are above")
+NO_CANDIDATES = ("no auto-split candidate has both held-out bits per byte and a retention measurement to plot "
+                 "(exact sizes, or only one split met the budget); the chosen plan's figures are above")
 
 
 def _plots(collected: Collected, staged: Path) -> Drawn:
