@@ -51,7 +51,7 @@ def scores(model: Path, corpus: Path) -> Scores:
 def test_scores_carry_probe_answers_and_general_counts(tmp_path: Path, scores: Scores) -> None:
     probe = scores.probe
     assert probe is not None and scores.probe_note == ""
-    assert probe.prompts("calib") == 8 and probe.prompts("heldout") == 4
+    assert probe.prompts("calib") == 6 and probe.prompts("select") == 2 and probe.prompts("heldout") == 4
     assert all(0 < len(a) <= 8 for a in probe.answers)
     assert int(probe.general_counts.sum()) == probe.answer_tokens("calib")
     assert probe.general_predicted is not None and probe.general_predicted.sum() > 0

@@ -9,8 +9,8 @@ settling. The grid always holds both single-knob extremes (FFN-only and vocabula
 each meets the budget), so the chosen split is never worse than either on the held-out text. The held-out text never
 entered the counts or the activation sample, so the choice is not tuned on what chose the tokens.
 With --general-weight W > 0 and scores holding the general probe's answers, the objective is
-(1 - W) x held-out bits per byte over the dense model's plus W x the calib answers' bits per byte
-over the dense model's; W = 0 keeps plain held-out bits per byte. Every candidate and the chosen
+(1 - W) x held-out bits per byte over the dense model's plus W x the uncounted "select" probe
+answers' bits per byte over the dense model's; W = 0 keeps plain held-out bits per byte. Every candidate and the chosen
 plan also get their retention on the held-out probe answers (converter.score.plan_retention) in
 the plan's metadata, measured or not (with the reason).
 """

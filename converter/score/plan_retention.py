@@ -4,12 +4,13 @@ Planning already holds a ModelRunner to simulate candidate plans (converter.scor
 each candidate, and the plan chosen, is judged on the held-out general-probe answers stored in
 the scores (converter.score.probe_record) without exporting anything: the share of the answers'
 bytes that fall in dropped tokens, and the candidate's answer bits per byte against the dense
-model's (converter.score.retention). The held-out answers never entered the counts, so the figures
-are not tuned on what chose the tokens. The calib answers serve the split objective instead
-(`general_ratio`, weighed by --general-weight). The report and verify read the metadata keys
-written here: {"measured", "split", "prompts", "answer_bytes", "dropped_share", "answer_bpb",
-"dense_answer_bpb", "ratio"}, or {"measured": false, "reason"}. torch is imported only when a
-meter is built, so a plan with exact sizes still runs without it.
+model's (converter.score.retention). The held-out answers never entered the counts, so the
+figures are not tuned on what chose the tokens. The "select" answers (asked while scoring, never
+counted) serve the split objective instead (`general_ratio`, weighed by --general-weight). The
+report and verify read the metadata keys written here: {"measured", "split", "prompts",
+"answer_bytes", "dropped_share", "answer_bpb", "dense_answer_bpb", "ratio"}, or {"measured":
+false, "reason"}. torch is imported only when a meter is built, so a plan with exact sizes still
+runs without it.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class RetentionMeter:
             raise ValueError("RetentionMeter needs scores with probe answers")
         self.runner = runner
         self.heldout = [a for a in probe.probe_answers(tokenizer, "heldout") if a.answer_ids]
-        self.calib = [a for a in probe.probe_answers(tokenizer, "calib") if a.answer_ids]
+        self.calib = [a for a in probe.probe_answers(tokenizer, "select") if a.answer_ids]
         self.table = token_byte_table(tokenizer)
         self.heldout_bytes = answer_bytes(self.heldout)
         self.calib_bytes = answer_bytes(self.calib)
@@ -80,7 +81,7 @@ class RetentionMeter:
 
     def general_ratio(self, plan: PrunePlan, tokenizer: Any = None, rows: Sequence[int] | None = None,
                       maps: Sequence[np.ndarray] | None = None) -> float:
-        """Answer bits per byte on the calib answers, pruned over dense: the split objective's general part."""
+        """Answer bits per byte on the select answers, pruned over dense: the split objective's general part."""
         if not self.calib_bytes:
             return 1.0
         if self._dense_calib is None:

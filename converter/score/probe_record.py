@@ -4,7 +4,9 @@ Scoring asks the dense model a calib and a held-out subset of the general probe
 (converter.score.general_probe) and keeps its greedy answers, so a plan can be judged on
 everyday chat without another generation: the calib answers count everyday tokens
 (`general_counts`, and `general_predicted`, the model's own next-token probabilities summed over
-every answer position), the held-out answers measure retention (converter.score.plan_retention).
+every answer position), the "select" answers (the last quarter of the calib prompts asked, never
+counted) judge auto-split candidates, and the held-out answers measure retention
+(converter.score.plan_retention).
 The answers depend only on the model and the probe options, never on the corpus shard, so a
 merge keeps one copy and checks the others equal it. The record is torch-free: prompts are
 rendered again from the shipped probe and the tokenizer's chat template when answers are read.
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SPLIT_CODES = {"calib": 0, "heldout": 1}
+SPLIT_CODES = {"calib": 0, "heldout": 1, "select": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 TENSORS = ("probe_prompt_ids", "probe_splits", "probe_answer_ids", "probe_answer_offsets", "general_counts")
 

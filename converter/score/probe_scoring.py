@@ -3,11 +3,13 @@
 Runs on scoring's whole-mode ModelRunner (a layer-by-layer runner cannot decode, and the scores
 then say why retention was not measured). The calib prompts' answers give `general_counts`
 (their token counts) and `general_predicted` (the model's next-token probabilities summed over
-every answer position, which ranks everyday tokens no answer happened to spell); the held-out
-prompts' answers are kept for measuring retention and never counted. Without --calib the calib
-answers, prompt included as the model saw it, are also calibration documents, so the default
-sample is everyday chat in the model's own words. Greedy answers are deterministic, so only
-rank 0 generates and the other ranks receive its record.
+every answer position, which ranks everyday tokens no answer happened to spell). The last
+quarter of the calib prompts asked is set aside uncounted ("select"): auto-split judges general
+use on those answers, since answers whose tokens the ranking was given would hide what a small
+vocabulary drops. The held-out prompts' answers are kept for measuring retention and never
+counted. Without --calib the calib answers, prompt included as the model saw it, are also
+calibration documents, so the default sample is everyday chat in the model's own words. Greedy
+answers are deterministic, so only rank 0 generates and the other ranks receive its record.
 """
 from __future__ import annotations
 
@@ -53,20 +55,21 @@ def answer_probe(runner: ModelRunner, tokenizer: Any, options: ScoreOptions, voc
     reason = cannot_generate(runner)
     if reason is not None:
         return reason
-    calib = load_probe("calib")[:options.probe_prompts]
+    asked = load_probe("calib")[:options.probe_prompts]
+    calib, select = asked[:len(asked) - len(asked) // 4], asked[len(asked) - len(asked) // 4:]
     heldout = load_probe("heldout")[:options.probe_heldout]
     predicted = _Predicted(vocab)
     first = generate_answers(runner, tokenizer, calib, options.probe_new_tokens, DEFAULT_BATCH_SIZE,
                              observe=predicted) if calib else []
-    second = generate_answers(runner, tokenizer, heldout, options.probe_new_tokens, DEFAULT_BATCH_SIZE) \
-        if heldout else []
+    second = generate_answers(runner, tokenizer, [*select, *heldout], options.probe_new_tokens,
+                              DEFAULT_BATCH_SIZE) if select or heldout else []
     counts = np.zeros(vocab, dtype=np.int64)
     for answer in first:
         counts += np.bincount(np.asarray(answer.answer_ids, dtype=np.int64), minlength=vocab)[:vocab]
     answers = [*first, *second]
-    return ProbeRecord(tuple(a.prompt_id for a in answers), ("calib",) * len(first) + ("heldout",) * len(second),
-                       tuple(tuple(a.answer_ids) for a in answers), counts,
-                       predicted.sums.numpy() if first else None, options.probe_new_tokens)
+    splits = ("calib",) * len(first) + ("select",) * len(select) + ("heldout",) * len(heldout)
+    return ProbeRecord(tuple(a.prompt_id for a in answers), splits, tuple(tuple(a.answer_ids) for a in answers),
+                       counts, predicted.sums.numpy() if first else None, options.probe_new_tokens)
 
 
 def probe_documents(record: ProbeRecord, tokenizer: Any) -> list[Document]:
