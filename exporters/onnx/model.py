@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ def _to_matmul_layout(model: PreTrainedModel, tied: bool, scaled: bool) -> dict[
             slots[f"{name}.bias"] = ([(new, "bias")], False)
     embed_name = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
     if tied:
-        embed = model.get_input_embeddings()
+        embed: Any = model.get_input_embeddings()  # an nn.Embedding subclass; its attributes are read by name
         scale = cast(torch.Tensor, embed.embed_scale) if scaled else None
         column = ColumnEmbedding(_meta_param(embed.weight.shape[::-1]), scale)
         head = MatMulLinear(column.weight_t, None)
