@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from converter.io.jsonfile import read_json_object
 from converter.io.safe_copy import copy_inside
 from converter.prune import PrunedCheckpoint
+
+if TYPE_CHECKING:
+    from converter.tokenizer import TokenizerRewrite
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "added_tokens.json")  # and the chat template files, copied by copy_chat_templates
@@ -39,7 +42,7 @@ def write_json(path: Path, obj: dict[str, Any]) -> Path:
     return path
 
 
-def write_companions(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, *,
+def write_companions(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path, *,
                      write_config: bool = True) -> list[Path]:
     """Tokenizer files, config.json, generation_config.json and prune_plan.json into out_dir.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from converter.io.buffers import BufferPool
 from converter.io.safetensors_writer import DeclaredTensor, ShardWriter
@@ -21,6 +21,9 @@ from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
 from exporters.companions import write_companions
 from exporters.options import ExportOptions
+
+if TYPE_CHECKING:
+    from converter.tokenizer import TokenizerRewrite
 
 INDEX_NAME = "model.safetensors.index.json"
 # Tensors read (and gathered) ahead of the writer, each by its own thread: with two, the disk always has
@@ -80,7 +83,8 @@ def write_weights(pruned: PrunedCheckpoint, out_dir: Path, options: ExportOption
     return written
 
 
-def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,
+           options: ExportOptions) -> list[Path]:
     """Write a Hugging Face model folder for the pruned checkpoint into out_dir."""
     written = write_weights(pruned, out_dir, options)
     written += write_companions(pruned, tokenizer, out_dir)

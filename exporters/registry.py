@@ -44,3 +44,12 @@ def exporter_for(fmt: str) -> Exporter:
         raise ConvertError(f"format {fmt!r} needs the Python package '{package}'; install it with: {how}") from None
     export: Exporter = module.export
     return export
+
+
+if TYPE_CHECKING:
+    # mypy checks every exporter's `export` against the protocol here.
+    import exporters.gguf
+    import exporters.hf
+    import exporters.onnx
+
+    _CHECKED: tuple[Exporter, ...] = (exporters.hf.export, exporters.gguf.export, exporters.onnx.export)

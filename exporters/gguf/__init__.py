@@ -11,7 +11,7 @@ tensor_mapping.py, llama.cpp's src/llama-vocab.cpp.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
@@ -23,6 +23,9 @@ from exporters.gguf.tensors import plan_tensors
 from exporters.gguf.vocab import read_tokenizer_json, tokenizer_model, vocabulary
 from exporters.gguf.gguf_file import write_gguf
 from exporters.options import ExportOptions
+
+if TYPE_CHECKING:
+    from converter.tokenizer import TokenizerRewrite
 
 __all__ = ["export"]
 
@@ -44,7 +47,8 @@ def _source_tokenizer(pruned: PrunedCheckpoint, options: ExportOptions) -> tuple
     return data, model, identify_pre(path, data, options.pre_tokenizer)[0] if model == "gpt2" else None
 
 
-def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,
+           options: ExportOptions) -> list[Path]:
     """Write `<name>.gguf` and the companion files into out_dir; return the paths written."""
     llama_cpp = gguf_conventions(pruned)
     arch = llama_cpp.arch

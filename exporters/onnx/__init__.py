@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import onnx  # noqa: F401  (a missing package is reported by name before any work)
 import onnxruntime  # noqa: F401
@@ -39,6 +39,9 @@ from exporters.onnx.precision import check_outtype, convert
 from exporters.onnx.wrapper import check_supported
 from exporters.options import ExportOptions
 
+if TYPE_CHECKING:
+    from converter.tokenizer import TokenizerRewrite
+
 __all__ = ["export", "check"]
 
 
@@ -49,7 +52,8 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
     return outtype
 
 
-def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: ExportOptions) -> list[Path]:
+def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,
+           options: ExportOptions) -> list[Path]:
     """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
     outtype = check(pruned, options)
     recipe = recipe_for(pruned, outtype, options.int4_block_size)
@@ -77,7 +81,7 @@ def export(pruned: PrunedCheckpoint, tokenizer: Any, out_dir: Path, options: Exp
     return written
 
 
-def _export_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, tokenizer: Any, out_dir: Path,
+def _export_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, tokenizer: TokenizerRewrite | None, out_dir: Path,
                   options: ExportOptions) -> list[Path]:
     """The hand-written graph (exporters.onnx.fused) with its tokenizer and configs."""
     written = write_fused(pruned, recipe, out_dir, MODEL_NAME, DATA_NAME, options.progress)
