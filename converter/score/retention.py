@@ -23,6 +23,7 @@ import torch
 from converter.score.bpb import total_nll_bits
 from converter.score.engine import ModelRunner
 from converter.score.general_probe import ProbeAnswer, encode_prompt
+from converter.tokenizer.bpe_json import mentions_type
 
 NLL_BATCH = 8
 
@@ -65,13 +66,6 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(values, chars)}
 
 
-def _has_type(node: object, kind: str) -> bool:
-    if isinstance(node, dict):
-        return node.get("type") == kind or any(_has_type(v, kind) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_type(v, kind) for v in node)
-    return False
-
 
 def token_byte_table(tokenizer: Any) -> list[bytes]:
     """The UTF-8 bytes each token id stands for in decoded text; special tokens stand for none.
@@ -80,7 +74,7 @@ def token_byte_table(tokenizer: Any) -> list[bytes]:
     turn "▁" into a space and `<0xNN>` byte-fallback pieces into their byte.
     """
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    byte_level = _has_type(spec.get("decoder"), "ByteLevel")
+    byte_level = mentions_type(spec.get("decoder"), "ByteLevel")
     decoder = _byte_decoder()
     special = set(getattr(tokenizer, "all_special_ids", []))
     special.update(int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special)

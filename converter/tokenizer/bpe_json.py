@@ -176,3 +176,13 @@ def rewrite_bpe_model(model_json: Mapping[str, Any], bpe: BpeModel, old_to_new: 
     out["merges"] = [m for m, (a, b) in zip(raw, bpe.merges, strict=True)
                      if a in vocab and b in vocab and a + b in vocab]
     return out
+
+
+def mentions_type(node: object, type_name: str) -> bool:
+    """Whether a tokenizer.json component (a normalizer, pre-tokenizer or decoder, perhaps a
+    Sequence of them) contains a part of `type_name`, at any depth."""
+    if isinstance(node, dict):
+        return node.get("type") == type_name or any(mentions_type(v, type_name) for v in node.values())
+    if isinstance(node, list):
+        return any(mentions_type(v, type_name) for v in node)
+    return False

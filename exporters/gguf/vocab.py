@@ -21,6 +21,7 @@ from gguf import GGUFValueType, Keys, TokenType
 
 from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
+from converter.tokenizer.bpe_json import mentions_type
 from exporters.companions import read_json
 from exporters.gguf.hparams import Kv, boolean, string, u32
 
@@ -42,13 +43,6 @@ def read_tokenizer_json(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _mentions(node: Any, type_name: str) -> bool:
-    if isinstance(node, dict):
-        return node.get("type") == type_name or any(_mentions(v, type_name) for v in node.values())
-    if isinstance(node, list):
-        return any(_mentions(v, type_name) for v in node)
-    return False
-
 
 def tokenizer_model(data: Mapping[str, Any], path: Path) -> str:
     """'gpt2' (byte-level BPE) or 'llama' (SentencePiece-style BPE), or a ConvertError."""
@@ -56,9 +50,9 @@ def tokenizer_model(data: Mapping[str, Any], path: Path) -> str:
     if model.get("type") != "BPE":
         raise ConvertError(f"is a {model.get('type')!r} tokenizer; GGUF export handles byte-level and "
                            "SentencePiece-style BPE", path)
-    if _mentions(data.get("pre_tokenizer"), "ByteLevel") or _mentions(data.get("decoder"), "ByteLevel"):
+    if mentions_type(data.get("pre_tokenizer"), "ByteLevel") or mentions_type(data.get("decoder"), "ByteLevel"):
         return "gpt2"
-    spm_like = _mentions(data.get("pre_tokenizer"), "Metaspace") or SPIECE_SPACE in json.dumps(
+    spm_like = mentions_type(data.get("pre_tokenizer"), "Metaspace") or SPIECE_SPACE in json.dumps(
         data.get("normalizer"), ensure_ascii=False)
     if model.get("byte_fallback") and spm_like:
         return "llama"
@@ -68,7 +62,7 @@ def tokenizer_model(data: Mapping[str, Any], path: Path) -> str:
 
 def add_space_prefix(data: Mapping[str, Any]) -> bool:
     """Whether the SentencePiece-style normalizer or pre-tokenizer puts U+2581 before the text."""
-    if _mentions(data.get("normalizer"), "Prepend"):
+    if mentions_type(data.get("normalizer"), "Prepend"):
         return True
     pre = json.dumps(data.get("pre_tokenizer"))
     return '"Metaspace"' in pre and ('"prepend_scheme": "first"' in pre or '"prepend_scheme": "always"' in pre
