@@ -102,7 +102,7 @@ class Budget:
     general_weight: float = flag(DEFAULT_GENERAL_WEIGHT, Flag(
         "how much the token ranking and the split choice weigh general use (the dense model's answers to the "
         "general probe) against your --calib text, 0..1 (0: your text only, as before; default "
-        f"{DEFAULT_GENERAL_WEIGHT}, measured on SmolLM2 at a fifth of the parameters removed: see the README)"))
+        f"{DEFAULT_GENERAL_WEIGHT}, provisional: not yet tuned by a measurement)"))
 
     def __post_init__(self) -> None:
         check_minimums(self)
