@@ -28,14 +28,12 @@ from converter.source import open_source
 from converter.plan import PrunePlan
 from exporters.options import ExportOptions
 from tests.support.onnx_runner import (
+    cached_decode_error,
     OnnxDecoder,
     genai_greedy,
     greedy,
     hf_greedy,
-    max_rel_error,
     pruned_hf_model,
-    reference_logits,
-    teacher_forced,
 )
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
@@ -91,9 +89,7 @@ def test_prefill_and_cached_steps_match_transformers(exported: Exported) -> None
     if exported.family in ("gemma2", "gemma3_text", "mistral"):
         assert cfg.sliding_window == 8 < PREFILL
     ids, mask = _batch(cfg.vocab_size, seed=5)
-    got = teacher_forced(OnnxDecoder(exported.onnx_dir), ids, mask, PREFILL)
-    want = reference_logits(exported.reference, ids, mask)
-    error = max_rel_error(got, want, mask.astype(bool))
+    error = cached_decode_error(exported.onnx_dir, exported.reference, ids, mask, PREFILL)
     print(f"\n{exported.family}: max |onnx - hf| / logit scale = {error:.2e}")
     assert error <= TOLERANCE
 

@@ -32,13 +32,13 @@ from exporters.onnx.fused.quantize import dequantize_blocks, quantize_blocks
 from exporters.onnx.fused.recipe import recipe_for
 from exporters.options import ExportOptions
 from tests.support.onnx_runner import (
+    cached_decode_error,
     OnnxDecoder,
     genai_greedy,
     greedy,
     hf_greedy,
     max_rel_error,
     pruned_hf_model,
-    reference_logits,
     teacher_forced,
 )
 from tests.support.reference_prune import random_plan
@@ -125,9 +125,7 @@ def test_weights_stored_once(fused: Fused) -> None:
 
 def test_prefill_and_cached_steps_match_transformers(fused: Fused) -> None:
     ids, mask = _batch(fused.reference.config.vocab_size, seed=5)
-    got = teacher_forced(OnnxDecoder(fused.fp32), ids, mask, PREFILL)
-    want = reference_logits(fused.reference, ids, mask)
-    error = max_rel_error(got, want, mask.astype(bool))
+    error = cached_decode_error(fused.fp32, fused.reference, ids, mask, PREFILL)
     print(f"\n{fused.family} fused fp32: max |onnx - hf| / logit scale = {error:.2e}")
     assert error <= TOLERANCE
 

@@ -123,3 +123,10 @@ def genai_greedy(folder: Path, prompt: list[int], new_tokens: int) -> list[int]:
         generator.generate_next_token()
         out.append(int(generator.get_next_tokens()[0]))
     return out
+
+
+def cached_decode_error(onnx_dir: Path, reference: PreTrainedModel, ids: np.ndarray, mask: np.ndarray,
+                        prefill: int) -> float:
+    """Max |onnx - transformers| / logit scale over a prefill of `prefill` tokens and the cached steps after it."""
+    got = teacher_forced(OnnxDecoder(onnx_dir), ids, mask, prefill)
+    return max_rel_error(got, reference_logits(reference, ids, mask), mask.astype(bool))
