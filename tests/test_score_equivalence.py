@@ -107,7 +107,7 @@ def test_two_gloo_ranks_equal_one_rank(tmp_path: Path, llama_dir: Path, corpus_f
            "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "converter.cli",
            *args, "-o", str(tmp_path / "two.st")]
     done = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, f"stdout: {done.stdout[-1500:]}\nstderr: {done.stderr[-3000:]}"
     assert "(2 ranks)" in done.stdout
     assert_same_scores(Scores.load(tmp_path / "two.st"), Scores.load(tmp_path / "one.st"))
 
