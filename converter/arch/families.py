@@ -110,6 +110,16 @@ _SANDWICH_NORMS = (
     TensorTemplate(LAYER + "pre_feedforward_layernorm.weight", "ffn_norm", ("hidden",)),
     TensorTemplate(LAYER + "post_feedforward_layernorm.weight", "post_ffw_norm", ("hidden",)),
 )
+# OLMo-2: no pre-norms; each sub-layer's output is normed before the residual add, and the q/k
+# norms span the whole projection (q_dim / kv_dim), not one head.
+_POST_NORMS = (
+    TensorTemplate(LAYER + "post_attention_layernorm.weight", "post_attention_norm", ("hidden",)),
+    TensorTemplate(LAYER + "post_feedforward_layernorm.weight", "post_ffw_norm", ("hidden",)),
+)
+_PROJECTION_QK_NORM = (
+    TensorTemplate(LAYER + "self_attn.q_norm.weight", "attn_q_norm", ("q_dim",)),
+    TensorTemplate(LAYER + "self_attn.k_norm.weight", "attn_k_norm", ("kv_dim",)),
+)
 _GLOBAL = (
     TensorTemplate("model.embed_tokens.weight", "embed", ("vocab", "hidden")),
     TensorTemplate("model.norm.weight", "output_norm", ("hidden",)),
@@ -172,8 +182,14 @@ GEMMA3 = replace(
     gguf=_GEMMA3_GGUF,
 )
 
+OLMO2 = replace(
+    QWEN2, name="olmo2", architectures=("Olmo2ForCausalLM",), model_types=("olmo2",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MLP, *_POST_NORMS),
+    gguf=GgufConventions(arch="olmo2"),
+)
+
 # Every family, by name, in the order error messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

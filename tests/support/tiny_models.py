@@ -2,8 +2,8 @@
 
 Each has hidden size 64, 2 layers and a vocabulary the size of a tiny trained tokenizer, so a
 full export round trip takes a fraction of a second while exercising the real transformers
-classes (biases for Qwen2, q/k norms for Qwen3 and Gemma3, sandwich norms for Gemma2/3, tied
-and untied embeddings).
+classes (biases for Qwen2, q/k norms for Qwen3 and Gemma3, sandwich norms for Gemma2/3, OLMo-2's
+post-norms and whole-projection q/k norms with fewer kv heads, tied and untied embeddings).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2"]
 
 
 def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = None, **overrides: object):
