@@ -71,6 +71,9 @@ class Family:
     attention_scale: AttentionScale | None = None
     # Whether the ONNX exporter has a recipe for the family (its decoder layers trace faithfully).
     onnx: bool = True
+    # The model type genai_config.json names when onnxruntime-genai does not know the config's own
+    # (it refuses unknown types, and runs every plain decoder graph alike); None: config `model_type`.
+    genai_model_type: str | None = None
     # llama.cpp's conventions for the family; None when llama.cpp has no graph for it.
     gguf: GgufConventions | None = None
 
@@ -185,7 +188,7 @@ GEMMA3 = replace(
 OLMO2 = replace(
     QWEN2, name="olmo2", architectures=("Olmo2ForCausalLM",), model_types=("olmo2",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MLP, *_POST_NORMS),
-    gguf=GgufConventions(arch="olmo2"),
+    genai_model_type="olmo", gguf=GgufConventions(arch="olmo2"),
 )
 
 # Every family, by name, in the order error messages list them.

@@ -61,7 +61,7 @@ def genai_config(pruned: PrunedCheckpoint, config: dict[str, Any], generation: d
             },
             "eos_token_id": eos,
             "pad_token_id": pad if pad is not None else _first(eos),
-            "type": pruned.spec.model_type,
+            "type": pruned.spec.family_record.genai_model_type or pruned.spec.model_type,
             "vocab_size": dims.vocab,
         },
         "search": {
