@@ -69,6 +69,10 @@ class Family:
     # The rotary embedding has one table per layer type (local and global rope bases: Gemma 3).
     rope_per_layer_type: bool = False
     attention_scale: AttentionScale | None = None
+    # Some layers apply no RoPE (SmolLM3): config `no_rope_layers` lists 1 (rotate) or 0 (no rotary)
+    # per layer; without it every n-th layer skips, n = config `no_rope_layer_interval` or this
+    # default (converter.arch.rotary_layers reads it). None: every layer rotates.
+    no_rope_interval: int | None = None
     # Whether the ONNX exporter has a recipe for the family (its decoder layers trace faithfully).
     onnx: bool = True
     # The model type genai_config.json names when onnxruntime-genai does not know the config's own
@@ -191,8 +195,15 @@ OLMO2 = replace(
     genai_model_type="olmo", gguf=GgufConventions(arch="olmo2"),
 )
 
+# SmolLM3: Llama without RoPE on every fourth layer (by default), tied embeddings.
+SMOLLM3 = replace(
+    LLAMA, name="smollm3", architectures=("SmolLM3ForCausalLM",), model_types=("smollm3",),
+    tied_embeddings=True, sliding_window="layer_types", no_rope_interval=4,
+    gguf=GgufConventions(arch="smollm3", permute_qk=True, no_rope_step=4),
+)
+
 # Every family, by name, in the order error messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, SMOLLM3)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

@@ -79,6 +79,10 @@ class GgufConventions:
     per_head_scale_layers: tuple[int, ...] = ()
     # The sliding layers' rope base comes from rope_parameters["sliding_attention"] (`rope.freq_base_swa`).
     rope_base_swa: bool = False
+    # llama.cpp's graph skips RoPE on layer i exactly when (i + 1) % step == 0, a step hard-coded
+    # in the runtime (smollm3: 4) and written in no GGUF key; None: it rotates every layer. A
+    # model's no-RoPE layers must match that pattern (exporters.gguf.hparams refuses any other).
+    no_rope_step: int | None = None
 
     @property
     def computes_gelu(self) -> bool:

@@ -19,6 +19,7 @@ from gguf import GGUFValueType, Keys, RopeScalingType
 
 from converter.arch.families import FAMILIES, Family
 from converter.arch.gguf_names import GgufConventions
+from converter.arch.rotary_layers import describe, rotary_layers
 from converter.errors import ConvertError
 from converter.prune import PrunedCheckpoint
 
@@ -166,8 +167,20 @@ def _window_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint,
                GGUFValueType.BOOL)], context
 
 
+def _check_rotary_layers(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> None:
+    """llama.cpp's graph skips RoPE on a pattern fixed in the runtime; any other pattern is refused."""
+    layers = pruned.spec.dims.layers
+    actual = rotary_layers(pruned.spec.config, pruned.spec.family_record, layers, where)
+    step = llama_cpp.no_rope_step
+    expected = tuple(step is None or (i + 1) % step != 0 for i in range(layers))
+    if actual != expected:
+        raise ConvertError(f"{describe(actual)}, but llama.cpp's {arch} graph expects {describe(expected)} "
+                           "(no GGUF key can say otherwise); use --format hf or onnx", where)
+
+
 def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> None:
     config = pruned.spec.config
+    _check_rotary_layers(arch, llama_cpp, pruned, where)
     key, allowed = llama_cpp.activation_key, llama_cpp.activations
     activation = config.get(key) or allowed[0]
     if activation not in allowed:

@@ -14,8 +14,9 @@ a Concat error) once the past outgrows the window. These modules sidestep both:
   concatenates (the whole past is kept; the mask picks the window).
 * `Epilogue` is the final norm, lm_head and logit soft-capping.
 
-Decoder layers of one kind (same window, same rotary table) are identical up to their weights,
-so each kind is traced once and repeated for every layer of that kind (exporters.onnx.assemble):
+Decoder layers of one kind (same window, same rotary table, RoPE applied or not: SmolLM3) are
+identical up to their weights, so each kind is traced once and repeated for every layer of that
+kind (exporters.onnx.assemble):
 the trace costs the same for 2 layers or 80, and no layer beyond the templates is materialised.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from converter.arch import ArchSpec
 from converter.arch.families import FAMILIES, Family
+from converter.arch.rotary_layers import rotary_layers
 from converter.errors import ConvertError
 
 # RoPE variants whose frequencies change with the sequence length at run time (a data-dependent
@@ -61,6 +63,7 @@ def check_supported(spec: ArchSpec, path: Path) -> None:
         raise ConvertError(f"rope type {dynamic[0]!r} rescales positions by the sequence length at run time, which "
                            "a fixed ONNX graph cannot follow; export a model with static RoPE (default, linear, "
                            "llama3, yarn) or use --format hf", path)
+    rotary_layers(spec.config, spec.family_record, spec.dims.layers, path)
     if spec.config.get("use_bidirectional_attention"):
         raise ConvertError("'use_bidirectional_attention' is set (an embedding model); the ONNX exporter writes "
                            "causal decoders only", path)
@@ -68,10 +71,12 @@ def check_supported(spec: ArchSpec, path: Path) -> None:
 
 @dataclass(frozen=True)
 class LayerKind:
-    """What distinguishes decoder layers in the graph: the sliding window and the rotary table."""
+    """What distinguishes decoder layers in the graph: the sliding window, the rotary table and
+    whether the layer applies it at all (SmolLM3's no-RoPE layers trace without the rotation)."""
 
     window: int | None
     rope: str
+    rotary: bool = True
 
     @property
     def mask_name(self) -> str:
@@ -82,13 +87,15 @@ def layer_kinds(config: Any, family: Family) -> list[LayerKind]:
     """The kind of every decoder layer, in order."""
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    # Validated against config.json's path by check_supported before anything is traced.
+    rotates = rotary_layers(config.to_dict(), family, config.num_hidden_layers, Path("config.json"))
     kinds = []
-    for layer_type in types[: config.num_hidden_layers]:
+    for layer_type, rotary in zip(types[: config.num_hidden_layers], rotates):
         if family.sliding_window == "config":
             layer_window = window
         else:
             layer_window = window if layer_type == "sliding_attention" else None
-        kinds.append(LayerKind(layer_window, layer_type if family.rope_per_layer_type else DEFAULT_ROPE))
+        kinds.append(LayerKind(layer_window, layer_type if family.rope_per_layer_type else DEFAULT_ROPE, rotary))
     return kinds
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from onnx import TensorProto
 
+from converter.arch.rotary_layers import rotary_layers
 from converter.arch.spec import ModelDims
 from converter.prune import PrunedCheckpoint
 
@@ -82,6 +83,9 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int) -> Fused
     if config.get("hidden_act", "silu") != "silu" or _sliding(config):
         return None
     if config.get("partial_rotary_factor", 1.0) != 1.0:
+        return None
+    # GroupQueryAttention here rotates every layer; no-RoPE layers (SmolLM3) need the traced graph.
+    if not all(rotary_layers(config, spec.family_record, spec.dims.layers, pruned.source.folder / "config.json")):
         return None
     names = {p.name for p in pruned.planned()}
     if any(name.endswith(UNSUPPORTED_BIASES) for name in names):
