@@ -17,6 +17,7 @@ from converter import __version__
 from converter.commands.flags import add_corpus_flags, add_options, add_progress_flag, options_from
 from converter.errors import ConvertError
 from converter.pipeline import export
+from converter.row_grid import row_block
 from converter.settle import settle_plan
 from converter.source import Source, open_source
 from exporters.registry import EXPORTERS, exporter_for
@@ -112,10 +113,11 @@ def recorded_command(argv: Sequence[str], output: Path, prog: str = "compact-con
 
 def run(argv: Sequence[str], prog: str = "compact-convert") -> int:
     args = build_parser(prog).parse_args(argv)
-    budget = options_from(args, Budget)
-    scoring = options_from(args, ScoreOptions, progress=args.progress)
     options = options_from(args, ExportOptions, progress=args.progress,
                            command_line=recorded_command(argv, args.output, prog))
+    target = row_block(args.format, options.outtype, options.int4_block_size)
+    budget = options_from(args, Budget, row_block=target.block, row_block_why=target.why)
+    scoring = options_from(args, ScoreOptions, progress=args.progress)
     check_output_location(args.output, args.input, args.force)
     exporter_for(args.format)  # a missing optional package is named now, not after minutes of scoring
     source = open_source(args.input)

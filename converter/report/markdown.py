@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from converter.report.components import COMPONENTS, LABELS
+from converter.report.output_types import output_types_lines
 from converter.report.retention import sentence
 
 
@@ -156,6 +157,7 @@ def render(data: dict[str, Any]) -> str:
              f"| method | {plan['method'] or '-'} |",
              f"| down_proj refit | {_refit(plan.get('ffn_refit'))} |",
              f"| compact-convert | {data['compact_convert_version']} |", ""]
-    lines += _parameters(data) + _files(data) + _calibration(data) + _importance(data) + _splits(data)
+    lines += _parameters(data) + _files(data) + output_types_lines(data.get("output_types", {}))
+    lines += _calibration(data) + _importance(data) + _splits(data)
     lines += _retention(data)
     return "\n".join(lines).rstrip() + "\n"

@@ -23,6 +23,7 @@ from types import TracebackType
 from converter.prune import PrunedCheckpoint
 from converter.report.contents import Collected, collect, finish_sizes
 from converter.report.context import ReportContext
+from converter.report.output_types import output_types_section
 from exporters.options import ExportOptions
 
 Drawn = tuple[dict[str, str], dict[str, str]]  # (made: name -> file, not made: name -> reason)
@@ -154,6 +155,7 @@ class ReportWriter:
     def __init__(self, pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context: ReportContext | None,
                  staged: Path) -> None:
         self._collected = collect(pruned, fmt, options, context or ReportContext())
+        self._fmt, self._pruned, self._options = fmt, pruned, options
         self._staged = staged
         self._plots = options.report_plots
         self._pool: ThreadPoolExecutor | None = None
@@ -181,6 +183,7 @@ class ReportWriter:
         data = self._collected.data
         data["plots"] = {"made": made, "not_made": skipped}
         finish_sizes(data, self._staged)
+        data["output_types"] = output_types_section(self._fmt, self._staged, self._pruned, self._options)
         json_path = self._staged / "report.json"
         json_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         from converter.report.markdown import render

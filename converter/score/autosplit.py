@@ -166,15 +166,23 @@ def _exact(source: Source, scores: Scores, budget: Budget, model: ParamModel, fi
 def _candidate(source: Source, scores: Scores, budget: Budget, model: ParamModel, fitter: VocabFitter,
                split: Split, limit: int) -> PrunePlan | None:
     vocab: VocabChoice = fitter.fit(split.vocab)
-    ffn = model.ffn_for(vocab.size, limit, budget.ffn_multiple)
-    if ffn < budget.ffn_multiple:
+    ffn = model.ffn_for(vocab.size, limit, budget.ffn_grid)
+    if ffn < budget.ffn_grid:
         return None
     room = min(model.vocab, (limit - model.fixed - model.per_channel * ffn) // model.per_token)
     if vocab.size < room < model.vocab:
         vocab = fitter.fit(room)
     return build_plan(source, scores, vocab, ffn, budget.method, model, budget.focus, budget.seed,
                       {"budget": {"target_ratio": budget.target_ratio, "params_budget": limit,
-                                  "ffn_multiple": budget.ffn_multiple, "vocab_share": round(split.share, 4)}})
+                                  "ffn_multiple": budget.ffn_grid, **_grid_note(budget),
+                                  "vocab_share": round(split.share, 4)}})
+
+
+def _grid_note(budget: Budget) -> dict[str, Any]:
+    """Why the FFN sizes sit on their grid, for the plan's metadata (nothing when only --ffn-multiple applies)."""
+    if budget.row_block <= 1:
+        return {}
+    return {"row_block": budget.row_block, "row_block_why": budget.row_block_why}
 
 
 def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str = "scores",
@@ -196,15 +204,16 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
         exact = _exact(source, scores, budget, model, fitter)
         return replace(exact, metadata={**exact.metadata, "retention": plan_retention(source, scores, budget, exact)})
     limit = budget_for(model, budget.target_ratio)
-    splits = candidate_splits(model, budget.target_ratio, fitter.minimum(), budget.ffn_multiple, budget.splits)
+    splits = candidate_splits(model, budget.target_ratio, fitter.minimum(), budget.ffn_grid, budget.splits)
     plans: dict[int, tuple[Split, PrunePlan]] = {}
     for split in splits:
         plan = _candidate(source, scores, budget, model, fitter, split, limit)
         if plan is not None:
             plans.setdefault(plan.vocab_size, (split, plan))
     if not plans:
-        raise ConvertError(f"--target-ratio {budget.target_ratio} cannot be met with --ffn-multiple "
-                           f"{budget.ffn_multiple}")
+        raise ConvertError(f"--target-ratio {budget.target_ratio} cannot be met with FFN sizes on multiples of "
+                           f"{budget.ffn_grid} (--ffn-multiple {budget.ffn_multiple}"
+                           f"{'; ' + budget.row_block_why if budget.row_block > 1 else ''})")
     if len(plans) == 1:
         only = next(iter(plans.values()))[1]
         retention = plan_retention(source, scores, budget, only)

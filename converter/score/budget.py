@@ -110,6 +110,6 @@ def candidate_splits(model: ParamModel, ratio: float, min_vocab: int, multiple: 
     if not splits:
         smallest = model.params(min_vocab, multiple)
         raise ConvertError(f"--target-ratio {ratio} cannot be met: the smallest model this tokenizer and "
-                           f"--ffn-multiple {multiple} allow has {smallest:,} parameters "
+                           f"FFN multiple {multiple} allow has {smallest:,} parameters "
                            f"({100 * (1 - smallest / model.total):.1f}% removed)")
     return splits

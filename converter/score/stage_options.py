@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from converter.errors import ConvertError
 from converter.flag_fields import Flag, check_minimums, flag, internal
+from converter.row_grid import ffn_grid
 from converter.score.buckets import BINS_PER_OCTAVE
 from converter.score.budget import check_ratio
 
@@ -87,7 +88,10 @@ class Budget:
         "measuring candidates on held-out calibration text)"))
     method: str = flag("compact", Flag("channel criterion (default compact; act2, magnitude and random are "
                                        "baselines)", choices=METHODS))
-    ffn_multiple: int = flag(32, Flag("round the FFN size to this multiple (default 32)", minimum=1))
+    ffn_multiple: int = flag(32, Flag(
+        "round the FFN size to this multiple (default 32); with a quantised --outtype the size is a multiple of "
+        "both this and the type's block (256 for GGUF K-quants, 32 for q4_0..q8_0, --int4-block-size for ONNX "
+        "int4/int8), so no weight row falls back to another type", minimum=1))
     focus: float = flag(0.0, Flag("extra weight on common tokens' activations, (mean count)^focus (default 0)"))
     seed: int = flag(0, Flag("seed of --method random (default 0)"))
     splits: int = flag(6, Flag("vocab/FFN splits auto-split measures (default 6)", minimum=1))
@@ -99,6 +103,8 @@ class Budget:
     eval_seq_len: int = internal(1024)
     refit: bool = flag(False, REFIT)
     ridge: float = internal(DEFAULT_RIDGE)
+    row_block: int = internal(1)  # the export's row block (converter.row_grid), set by the command
+    row_block_why: str = internal("")
     general_weight: float = flag(DEFAULT_GENERAL_WEIGHT, Flag(
         "how much the token ranking and the split choice weigh general use (the dense model's answers to the "
         "general probe) against your --calib text, 0..1 (0: your text only, as before; default "
@@ -108,6 +114,11 @@ class Budget:
         check_minimums(self)
         if not 0.0 <= self.general_weight <= 1.0:
             raise ConvertError(f"--general-weight must be between 0 and 1, got {self.general_weight}")
+
+    @property
+    def ffn_grid(self) -> int:
+        """The multiple FFN widths are drawn on: lcm(--ffn-multiple, the export's row block)."""
+        return ffn_grid(self.ffn_multiple, self.row_block)
 
     def check(self, vocab: int, ffn: int) -> None:
         if self.method not in METHODS:

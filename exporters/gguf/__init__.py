@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
-from exporters.gguf.hparams import gguf_conventions, hyperparameters, rope_freqs
+from exporters.gguf.hparams import gguf_conventions, hyperparameters, rope_factors, rope_freqs
+from exporters.gguf.imatrix import IMATRIX_FILE, importance_matrix, write_imatrix
 from exporters.gguf.pre_tokenizer_choice import identify_pre
 from exporters.gguf.provenance import file_stem, provenance
 from exporters.gguf.quant import intermediate, quantize_with_llama_cpp, resolve_outtype
-from exporters.gguf.tensors import plan_tensors
+from exporters.gguf.tensors import float_tensors, plan_tensors
 from exporters.gguf.vocab import read_tokenizer_json, tokenizer_model, vocabulary
 from exporters.gguf.gguf_file import write_gguf
+from exporters.gguf.written_types import warn_fallbacks
 from exporters.options import ExportOptions
 
 if TYPE_CHECKING:
@@ -57,6 +59,10 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
     kvs = hyperparameters(pruned)
     freqs = rope_freqs(pruned.spec.config, pruned.spec.dims.head_dim, pruned.source.folder / "config.json")
     tensors = plan_tensors(pruned, llama_cpp, written_type, freqs)
+    tensors += float_tensors(rope_factors(llama_cpp, pruned.spec.config, pruned.spec.dims.head_dim,
+                                          pruned.source.folder / "config.json"))
+    imatrix = (importance_matrix(tensors, options.importance, pruned.source.folder)
+               if options.importance is not None else None)
     source_tokenizer, model, pre = _source_tokenizer(pruned, options)
 
     written = write_companions(pruned, tokenizer, out_dir)
@@ -65,14 +71,19 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
     vocab_kvs = vocabulary(out_dir if tokenizer is not None else pruned.source.folder, model, pre, pruned.dims.vocab,
                            unchanged)
     del source_tokenizer, unchanged
+    if imatrix is not None:
+        written.append(write_imatrix(out_dir / IMATRIX_FILE, imatrix, arch))
     all_kvs = provenance(pruned, written_type, options) + kvs + vocab_kvs
     final = out_dir / f"{file_stem(pruned)}.gguf"
     if not outtype.needs_llama_cpp:
-        return [write_gguf(final, arch, all_kvs, tensors, pruned, options.progress), *written]
+        write_gguf(final, arch, all_kvs, tensors, pruned, options.progress)
+        warn_fallbacks(final, tensors, outtype)
+        return [final, *written]
     staging = out_dir / f".{final.stem}.{written_type.name}.gguf"
     write_gguf(staging, arch, all_kvs, tensors, pruned, options.progress)
     try:
-        quantize_with_llama_cpp(staging, final, outtype)
+        quantize_with_llama_cpp(staging, final, outtype, imatrix)
     finally:
         staging.unlink(missing_ok=True)
+    warn_fallbacks(final, tensors, outtype)
     return [final, *written]
