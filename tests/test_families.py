@@ -42,6 +42,9 @@ def test_record_agrees_with_transformers(model_type: str) -> None:
     if family.sliding_window == "layer_types" and family.sliding_window_pattern > 1:
         n = family.sliding_window_pattern
         assert config.layer_types == ["full_attention" if (i + 1) % n == 0 else "sliding_attention" for i in range(12)]
+    # The factors a GGUF writes when config.json lacks them are transformers' defaults.
+    for key, _, default in family.gguf.scales if family.gguf is not None else ():
+        assert getattr(config, key) == default, key
     model = build_tiny_model(model_type)
     scale = getattr(model.model.embed_tokens, "embed_scale", None)
     assert (scale is not None) == family.embed_scale_sqrt_hidden
@@ -67,5 +70,7 @@ def test_llama_cpp_conventions_fit_the_family(family: Family) -> None:
     assert written <= set(family.softcapping)
     # Per-layer windows without config layer_types fall back on the family's default pattern.
     assert llama_cpp.sliding_window != "per_layer" or family.sliding_window_pattern > 1
+    # The model-level factors the ONNX prologue/epilogue apply reach llama.cpp as scales too.
+    assert {family.embedding_multiplier, family.logits_divisor} - {None} <= {key for key, _, _ in llama_cpp.scales}
     # llama.cpp hard-codes the scale that the family's config may change.
     assert bool(llama_cpp.per_head_scale_layers) == (family.attention_scale is not None)

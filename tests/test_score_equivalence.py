@@ -60,7 +60,7 @@ def assert_same_scores(a: Scores, b: Scores) -> None:
         np.testing.assert_allclose(a.gram, b.gram, rtol=1e-4, atol=1e-6 * float(np.abs(a.gram).max()))
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "granite"])
 def test_layer_by_layer_equals_whole_model(tmp_path: Path, byte_level_tokenizer_dir: Path,
                                            corpus_files: tuple[Path, Path], family: str) -> None:
     overrides = {"layer_types": ["sliding_attention", "full_attention"]} if family == "gemma3_text" else {}
@@ -168,8 +168,14 @@ def test_act2_probe_scatter_equals_one_hot_matmul() -> None:
         torch.testing.assert_close(probe.gram[0], gram, rtol=1e-5, atol=1e-5)
 
 
+# Gemma 3's final soft-capping and Granite's embedding multiplier and logits divisor are applied by scoring too.
+PREDICTED_CASES = {"gemma3_text": {"layer_types": ["sliding_attention", "full_attention"],
+                                   "final_logit_softcapping": 5.0}, "granite": {}}
+
+
+@pytest.mark.parametrize("family", list(PREDICTED_CASES))
 def test_predicted_counts_equal_transformers_probabilities(tmp_path: Path, byte_level_tokenizer_dir: Path,
-                                                            corpus_files: tuple[Path, Path]) -> None:
+                                                            corpus_files: tuple[Path, Path], family: str) -> None:
     """Every stride-th real position of each window adds softmax(logits) of stock transformers' model."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -177,8 +183,7 @@ def test_predicted_counts_equal_transformers_probabilities(tmp_path: Path, byte_
     from converter.score.scorer import count_pass, pad_batches
     from converter.score.tokens import load_tokenizer
 
-    folder = tiny_model_dir(tmp_path / "gemma", byte_level_tokenizer_dir, "gemma3_text",
-                            layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=5.0)
+    folder = tiny_model_dir(tmp_path / family, byte_level_tokenizer_dir, family, **PREDICTED_CASES[family])
     source = open_source(folder)
     options = replace(ALL_WINDOWS, predict_tokens=ALL_WINDOWS.calib_tokens // 5)
     assert options.predict_stride == 5

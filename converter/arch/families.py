@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from converter.arch.gguf_names import SOFTCAPPING_KEYS, GgufConventions
+from converter.arch.gguf_names import GRANITE_SCALES, SOFTCAPPING_KEYS, GgufConventions
 
 LAYER = "model.layers.{layer}."
 
@@ -73,6 +73,10 @@ class Family:
     # per layer; without it every n-th layer skips, n = config `no_rope_layer_interval` or this
     # default (converter.arch.rotary_layers reads it). None: every layer rotates.
     no_rope_interval: int | None = None
+    # Config keys of factors the model applies outside its decoder layers (Granite): the embedding
+    # output is multiplied by config[embedding_multiplier], the logits divided by config[logits_divisor].
+    embedding_multiplier: str | None = None
+    logits_divisor: str | None = None
     # Whether the ONNX exporter has a recipe for the family (its decoder layers trace faithfully).
     onnx: bool = True
     # The model type genai_config.json names when onnxruntime-genai does not know the config's own
@@ -195,6 +199,17 @@ OLMO2 = replace(
     genai_model_type="olmo", gguf=GgufConventions(arch="olmo2"),
 )
 
+# Granite 3: Llama's tensors and rope layout with four multipliers: the embedding output, each
+# sub-layer's output before its residual add, the attention scores (instead of 1/sqrt(head_dim))
+# and the logits (divided). transformers applies the middle two inside the decoder layer.
+GRANITE = replace(
+    LLAMA, name="granite", architectures=("GraniteForCausalLM",), model_types=("granite",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_MLP, *_NORMS),
+    embedding_multiplier="embedding_multiplier", logits_divisor="logits_scaling",
+    gguf=GgufConventions(arch="granite", permute_qk=True, rope_scaling=("default", "linear", "yarn", "llama3"),
+                         head_dim_keys=False, scales=GRANITE_SCALES),
+)
+
 # SmolLM3: Llama without RoPE on every fourth layer (by default), tied embeddings.
 SMOLLM3 = replace(
     LLAMA, name="smollm3", architectures=("SmolLM3ForCausalLM",), model_types=("smollm3",),
@@ -203,7 +218,7 @@ SMOLLM3 = replace(
 )
 
 # Every family, by name, in the order error messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, SMOLLM3)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, GRANITE, SMOLLM3)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

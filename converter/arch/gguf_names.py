@@ -40,6 +40,11 @@ PERMUTED_ROLES: dict[str, str] = {"attn_q": "heads", "attn_q_bias": "heads", "at
                                   "attn_k_bias": "kv_heads"}
 
 SOFTCAPPING_KEYS = ("attn_logit_softcapping", "final_logit_softcapping")
+# Granite's multipliers as llama.cpp's converter writes them (the `scales` of GgufConventions).
+GRANITE_SCALES = (("embedding_multiplier", "{arch}.embedding_scale", 1.0),
+                  ("residual_multiplier", "{arch}.residual_scale", 1.0),
+                  ("attention_multiplier", "{arch}.attention.scale", 1.0),
+                  ("logits_scaling", "{arch}.logit_scale", 1.0))
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,13 @@ class GgufConventions:
     # in the runtime (smollm3: 4) and written in no GGUF key; None: it rotates every layer. A
     # model's no-RoPE layers must match that pattern (exporters.gguf.hparams refuses any other).
     no_rope_step: int | None = None
+    # (config key, GGUF key template, transformers' default when the key is absent): plain factors
+    # llama.cpp's graph reads as written (Granite's embedding, residual, attention and logit
+    # multipliers); always written, since the graph's own defaults differ from transformers'.
+    scales: tuple[tuple[str, str, float], ...] = ()
+    # Whether `{arch}.attention.key_length`/`value_length` are written. llama.cpp's converter drops
+    # config `head_dim` for Granite, whose graph then takes hidden/heads, so any other head size is refused.
+    head_dim_keys: bool = True
 
     @property
     def computes_gelu(self) -> bool:

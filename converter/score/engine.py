@@ -194,9 +194,9 @@ class ModelRunner:
                 store: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
                 for index, layer in enumerate(originals):
                     self.layers[index] = _Recorder(layer, store)
-                embedded = self._embed(ids)
-                self.base(inputs_embeds=embedded, use_cache=False)
-                states.append(embedded)
+                # Recorders pass their input through and the norm is off, so the base model returns
+                # the first layer's input: the embedding with any factor the model applies to it.
+                states.append(self.base(inputs_embeds=self._embed(ids), use_cache=False).last_hidden_state)
                 calls.append(store)
         finally:
             for index, layer in enumerate(originals):
@@ -229,8 +229,12 @@ class ModelRunner:
         return self.weight(name, rows)
 
     def logits(self, hidden: torch.Tensor, out_rows: torch.Tensor) -> torch.Tensor:
-        """Logits over the given output rows, in float32, with the final soft-capping of families that apply it."""
+        """Logits over the given output rows, in float32, with the logits divisor and the final soft-capping of
+        families that apply them."""
         logits = (hidden @ out_rows.T).float()
+        divisor = self.source.spec.family_record.logits_divisor
+        if divisor is not None:
+            logits = logits / float(getattr(self.config, divisor))
         applied = "final_logit_softcapping" in self.source.spec.family_record.softcapping
         cap = getattr(self.config, "final_logit_softcapping", None) if applied else None
         if cap:

@@ -193,9 +193,12 @@ def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCh
     if partial is not None and partial != 1:
         raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
+    dims = pruned.spec.dims
+    if not llama_cpp.head_dim_keys and dims.head_dim * dims.heads != dims.hidden:
+        raise ConvertError(f"'head_dim' is {dims.head_dim}, but llama.cpp's {arch} graph takes the head size as "
+                           f"hidden_size / num_attention_heads = {dims.hidden / dims.heads:g}", where)
     scale = pruned.spec.family_record.attention_scale
     if scale is not None:
-        dims = pruned.spec.dims
         expected = dims.hidden / dims.heads if dims.layers in llama_cpp.per_head_scale_layers else dims.head_dim
         actual = _number(config, scale.key, where, scale.default)
         if not math.isclose(actual, expected, rel_tol=1e-6):
@@ -220,11 +223,13 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
         u32(Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch), dims.ffn),
         u32(Keys.Attention.HEAD_COUNT.format(arch=arch), dims.heads),
         u32(Keys.Attention.HEAD_COUNT_KV.format(arch=arch), dims.kv_heads),
-        u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
-        u32(Keys.Attention.VALUE_LENGTH.format(arch=arch), dims.head_dim),
+        *([u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
+           u32(Keys.Attention.VALUE_LENGTH.format(arch=arch), dims.head_dim)] if llama_cpp.head_dim_keys else []),
         u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), dims.head_dim),
         f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
     ]
+    kvs += [f32(key.format(arch=arch), _number(config, source, where, default))
+            for source, key, default in llama_cpp.scales]
     kvs += _rope_kvs(arch, llama_cpp, config, where)
     kvs += window
     for source, key in llama_cpp.softcapping:

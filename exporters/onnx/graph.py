@@ -99,7 +99,7 @@ def trace(built: ExportModel, family: Family) -> TracedModel:
     batch, seq, past, total = Dim("batch_size"), Dim("sequence_length"), Dim("past_sequence_length"), Dim.AUTO
     b, s, p = EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST
 
-    prologue = Prologue(model, kinds)
+    prologue = Prologue(model, kinds, family)
     ids = (torch.arange(b * s, dtype=torch.int64) % cfg.vocab_size).reshape(b, s)
     positions = (torch.arange(s) + p).expand(b, s).contiguous()
     traced_prologue = _trace(prologue, (ids, torch.ones(b, p + s, dtype=torch.int64), positions),

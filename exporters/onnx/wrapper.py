@@ -14,6 +14,10 @@ a Concat error) once the past outgrows the window. These modules sidestep both:
   concatenates (the whole past is kept; the mask picks the window).
 * `Epilogue` is the final norm, lm_head and logit soft-capping.
 
+The model-level factors transformers applies outside the decoder layers (Granite's embedding
+multiplier and logits divisor, named in the family record) are applied by the prologue and the
+epilogue; those inside a layer (Granite's residual and attention multipliers) are in its trace.
+
 Decoder layers of one kind (same window, same rotary table, RoPE applied or not: SmolLM3) are
 identical up to their weights, so each kind is traced once and repeated for every layer of that
 kind (exporters.onnx.assemble):
@@ -102,9 +106,11 @@ def layer_kinds(config: Any, family: Family) -> list[LayerKind]:
 class Prologue(nn.Module):
     """(input_ids, attention_mask, position_ids) -> (hidden, one mask per window, cos/sin per rotary table)."""
 
-    def __init__(self, model: PreTrainedModel, kinds: list[LayerKind]) -> None:
+    def __init__(self, model: PreTrainedModel, kinds: list[LayerKind], family: Family) -> None:
         super().__init__()
         self.embed = model.get_input_embeddings()
+        key = family.embedding_multiplier
+        self.multiplier: float | None = float(getattr(model.config, key)) if key is not None else None
         self.rotary = model.model.rotary_emb
         self.windows = sorted({k.window for k in kinds}, key=lambda w: -1 if w is None else w)
         self.ropes = sorted({k.rope for k in kinds})
@@ -116,6 +122,8 @@ class Prologue(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hidden = self.embed(input_ids)
+        if self.multiplier is not None:
+            hidden = hidden * self.multiplier
         seq_len, total = input_ids.shape[1], attention_mask.shape[1]
         query = torch.arange(seq_len, device=input_ids.device) + (total - seq_len)
         key = torch.arange(total, device=input_ids.device)
@@ -154,7 +162,7 @@ class LayerStep(nn.Module):
 
 
 class Epilogue(nn.Module):
-    """hidden -> logits: final norm, lm_head, and the final soft-capping some families apply."""
+    """hidden -> logits: final norm, lm_head, the logits divisor (Granite) and the final soft-capping."""
 
     def __init__(self, model: PreTrainedModel, family: Family) -> None:
         super().__init__()
@@ -162,9 +170,13 @@ class Epilogue(nn.Module):
         self.lm_head = model.lm_head
         applied = "final_logit_softcapping" in family.softcapping
         self.softcap = getattr(model.config, "final_logit_softcapping", None) if applied else None
+        key = family.logits_divisor
+        self.divisor: float | None = float(getattr(model.config, key)) if key is not None else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(self.norm(hidden))
+        if self.divisor is not None:
+            logits = logits / self.divisor
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "smollm3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "granite", "smollm3"]
 
 
 def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = None, **overrides: object):
@@ -25,6 +25,9 @@ def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = Non
     )
     if model_type in ("gemma2", "gemma3_text"):
         kwargs["sliding_window"] = 8
+    if model_type == "granite":  # multipliers far from 1 (and the attention one from 1/sqrt(16)): none can be lost
+        kwargs.update(embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0156,
+                      logits_scaling=8.0)
     if model_type == "smollm3":  # 4 layers: transformers' default no_rope_layers [1, 1, 1, 0] skips RoPE on the last
         kwargs["num_hidden_layers"] = 4
     if tied is not None:
