@@ -6,6 +6,7 @@ staging folder is created.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from converter.errors import ConvertError
@@ -23,11 +24,14 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
            force: bool = False, keep_reserved: bool = False, report: ReportContext | None = None) -> list[Path]:
     """Prune `source` with `plan` and write format `fmt` to out_dir, atomically, with its report.
 
-    `report` carries the scores the plan came from, for the report's coverage and importance plots.
+    `report` carries the scores the plan came from, for the report's coverage and importance plots,
+    and for the GGUF's importance matrix when they hold matmul input sums.
     """
     from converter.report.write import ReportWriter
 
     options = options or ExportOptions()
+    if options.importance is None and report is not None and report.scores is not None:
+        options = replace(options, importance=report.scores.matmul)
     check_output_location(out_dir, source.folder, force)
     exporter = exporter_for(fmt)
     final, tokenizer = settle_plan(source, plan, keep_reserved)

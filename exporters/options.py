@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from converter.flag_fields import Flag, check_minimums, flag, internal
+from converter.score.matmul_inputs import MatmulSums
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 
@@ -44,6 +45,9 @@ class ExportOptions:
     command_line: str = internal("")
     report_plots: bool = flag(True, Flag(
         "draw the report's PNG plots (report.json and report.md are always written)", name="report"))
+    # Sums of squared matmul inputs from scoring (pipeline.export takes them from the plan's scores):
+    # the GGUF exporter writes llama.cpp's imatrix.gguf from them, and its K-quants are weighted by it.
+    importance: MatmulSums | None = internal(None)
 
     def __post_init__(self) -> None:
         check_minimums(self)

@@ -58,6 +58,11 @@ def assert_same_scores(a: Scores, b: Scores) -> None:
     if a.gram is not None:
         assert a.gram.shape == (a.layers, a.ffn, a.ffn) and np.abs(a.gram).max() > 0
         np.testing.assert_allclose(a.gram, b.gram, rtol=1e-4, atol=1e-6 * float(np.abs(a.gram).max()))
+    # The sums of squared matmul inputs behind the GGUF's importance matrix (converter.score.matmul_inputs).
+    assert a.matmul is not None and b.matmul is not None and set(a.matmul.sums) == set(b.matmul.sums)
+    assert a.matmul.tokens == b.matmul.tokens == a.tokens_scored
+    for name, sums in a.matmul.sums.items():
+        np.testing.assert_allclose(sums, b.matmul.sums[name], rtol=1e-4, atol=1e-9, err_msg=name)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3_text", "granite"])

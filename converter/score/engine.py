@@ -10,7 +10,9 @@ Both run the same modules on the same tensors in the same order, so their result
 float tolerance, and peak device memory in layer mode is one layer plus the hidden states.
 
 A `Probe` sees the input of every `mlp.down_proj` (act_fn(gate(x)) * up(x)) and may replace it,
-which is how scoring records act² and how candidate plans mask dropped FFN channels.
+which is how scoring records act² and how candidate plans mask dropped FFN channels. A
+`LinearInputs` callback sees (after any probe) the input of every linear layer of every decoder
+layer, named by its weight's checkpoint name: what llama.cpp's importance matrix sums.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ from converter.source import Source
 from converter.io.dtypes import TORCH_DTYPE_NAMES, raw_to_torch
 
 FIT_FRACTION = 0.6
+
+
+LinearInputs = Callable[[int, str, torch.Tensor], None]  # (batch index, weight name, input)
 
 
 class Probe(Protocol):
@@ -108,6 +113,15 @@ class ModelRunner:
         self._probe: Probe | None = None
         self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._hook(index))
                          for index, layer in enumerate(self.layers)]
+        self._on_linear: LinearInputs | None = None
+        self._batch = 0
+        self.linear_widths: dict[str, int] = {}  # weight name -> input width, for every hooked linear
+        for index, layer in enumerate(self.layers):
+            for path, module in layer.named_modules():
+                if isinstance(module, nn.Linear):
+                    name = f"model.layers.{index}.{path}.weight"
+                    self.linear_widths[name] = module.in_features
+                    self._handles.append(module.register_forward_pre_hook(self._linear_hook(name)))
 
     def _move_buffers(self, model: nn.Module) -> None:
         for module in model.modules():
@@ -125,6 +139,12 @@ class ModelRunner:
                 return None
             out = self._probe.down_input(layer, args[0])
             return None if out is None else (out, *args[1:])
+        return hook
+
+    def _linear_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self._on_linear is not None:
+                self._on_linear(self._batch, name, args[0])
         return hook
 
     def weight(self, name: str, rows: Sequence[int] | None = None) -> torch.Tensor:
@@ -163,14 +183,17 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batches: Sequence[torch.Tensor], probe: Probe | None = None,
             on_output: Callable[[int, torch.Tensor], None] | None = None,
-            progress: Callable[[float], None] | None = None) -> None:
-        """Run every batch of ids [B, T] (right-padded); on_output gets the final normed hidden states."""
+            progress: Callable[[float], None] | None = None, on_linear: LinearInputs | None = None) -> None:
+        """Run every batch of ids [B, T] (right-padded); on_output gets the final normed hidden states,
+        on_linear every decoder-layer linear's input."""
         self._probe = probe
+        self._on_linear = on_linear
         try:
             if self.layerwise:
                 self._run_layerwise(batches, probe, on_output, progress)
             else:
                 for index, ids in enumerate(batches):
+                    self._batch = index
                     if probe is not None:
                         probe.begin_batch(index)
                     hidden = self.base(inputs_embeds=self._embed(ids), use_cache=False).last_hidden_state
@@ -180,6 +203,7 @@ class ModelRunner:
                         progress(1)
         finally:
             self._probe = None
+            self._on_linear = None
 
     def _run_layerwise(self, batches: Sequence[torch.Tensor], probe: Probe | None,
                        on_output: Callable[[int, torch.Tensor], None] | None,
@@ -206,6 +230,7 @@ class ModelRunner:
             self._load(layer, f"model.layers.{index}.", self.device)
             try:
                 for b, hidden in enumerate(states):
+                    self._batch = b
                     if probe is not None:
                         probe.begin_batch(b)
                     args, kwargs = calls[b][index]

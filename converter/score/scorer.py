@@ -32,6 +32,7 @@ from converter.progress import progress_bar
 from converter.score.buckets import BucketLayout
 from converter.score.corpus import DEFAULT_KEEPS_PYDOC, Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
+from converter.score.matmul_inputs import OUTPUT_NAME, MatmulInputCollector, MatmulSums
 from converter.score.probe_scoring import PROBE_ORIGIN, probe_documents, run_probe
 from converter.score.scores import Scores, pick_heldout
 from converter.score.stage_options import ScoreOptions
@@ -290,7 +291,11 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     sums = np.zeros((dims.layers, layout.buckets, dims.ffn), dtype=np.float64)
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
     predicted = np.zeros(dims.vocab, dtype=np.float64)
+    matmul: MatmulSums | None = None
     scored = predicted_positions = 0
+    if runner is not None:
+        widths = {**runner.linear_widths, OUTPUT_NAME: dims.hidden}
+        matmul = MatmulSums({k: np.zeros(w, dtype=np.float64) for k, w in widths.items()}, 0, options.seq_len)
     if state.windows and runner is not None:
         device = runner.device
         batches = pad_batches([w for _, w in state.windows], options.seq_len, options.batch_tokens)
@@ -300,8 +305,17 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=options.gram)
         stride = options.predict_stride
         predictor = PredictedCounts(runner, [mask for _, mask in batches], stride) if stride else None
+        inputs = MatmulInputCollector(widths, [mask for _, mask in batches], device)
+
+        def on_output(index: int, hidden: torch.Tensor) -> None:
+            inputs.output_input(index, hidden)
+            if predictor is not None:
+                predictor(index, hidden)
+
         with progress_bar(show, total=len(batches), desc="score", unit="batch") as bar:
-            runner.run([ids for ids, _ in batches], probe, on_output=predictor, progress=bar.update)
+            runner.run([ids for ids, _ in batches], probe, on_output=on_output, progress=bar.update,
+                       on_linear=inputs.linear_input)
+        matmul = inputs.result(0, options.seq_len, ())
         sums = probe.sums[:, :layout.buckets].cpu().numpy()
         if predictor is not None:
             predicted[:] = predictor.sums[:dims.vocab].cpu().numpy()
@@ -313,13 +327,19 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     gram = None if gram is None else _all_sum(gram)
     predicted = _all_sum(predicted)
     totals = _all_sum(np.asarray([scored, len(state.windows), predicted_positions], dtype=np.int64))
+    if matmul is not None:
+        names = sorted(matmul.sums)
+        flat = _all_sum(np.concatenate([matmul.sums[k] for k in names]))
+        ends = np.cumsum([matmul.sums[k].size for k in names])
+        matmul = MatmulSums(dict(zip(names, np.split(flat, ends[:-1]))), int(totals[0]), options.seq_len,
+                            (described,)) if totals[0] else None
     return Scores(
         fingerprint=source.checkpoint.fingerprint(), architecture=source.spec.architecture, counts=state.counts,
         importance=sums, act2=sums.sum(axis=1), magnitude=weight_magnitude(source), layout=layout,
         corpus=(described,), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
         sequences=int(totals[1]), documents=state.documents, seq_len=options.seq_len, heldout=tuple(state.heldout),
         heldout_cap=options.heldout_tokens, gram=gram, predicted=predicted if totals[2] else None,
-        tokens_predicted=int(totals[2]), probe=answered, probe_note=probe_note)
+        tokens_predicted=int(totals[2]), probe=answered, probe_note=probe_note, matmul=matmul)
 
 
 def check_gram_size(layers: int, ffn: int) -> None:

@@ -18,6 +18,10 @@ were made for the same model with the same bucket layout; held-out text is the u
 the same budget in hash order, as one run over all shards would pick it.
 The probe answers depend on the model and the probe options only, not on the shard: a merge keeps
 one copy (refusing files whose answers differ) and never adds their general counts twice.
+Scored with activations it also holds, per matmul weight, the sums of its squared inputs
+(`in_sum2.<weight name>`, float64, with `matmul_tokens` in the metadata: converter.score.matmul_inputs),
+from which the GGUF exporter writes llama.cpp's importance matrix; files from before them load
+without them, and a merge keeps them only when every file has them.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 from converter.errors import ConvertError
 from converter.io.safetensors_writer import save_whole_file
 from converter.score.buckets import BucketLayout
+from converter.score.matmul_inputs import MatmulSums
 from converter.score.probe_record import TENSORS as PROBE_TENSORS
 from converter.score.probe_record import ProbeRecord
 
@@ -38,6 +43,7 @@ FORMAT = "compact-convert-scores"
 VERSION = "1"
 TENSORS = ("counts", "importance", "act2", "magnitude", "bucket_of_token", "bucket_edges", "heldout_text",
            "heldout_offsets", "heldout_hashes", "heldout_tokens")
+IN_SUM2 = "in_sum2."
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Scores:
     tokens_predicted: int = 0
     probe: ProbeRecord | None = None
     probe_note: str = ""
+    matmul: MatmulSums | None = None
 
     @property
     def layers(self) -> int:
@@ -109,6 +116,8 @@ class Scores:
             tensors["predicted"] = self.predicted.astype(np.float64)
         if self.probe is not None:
             tensors.update(self.probe.to_tensors())
+        if self.matmul is not None:
+            tensors.update({IN_SUM2 + k: v.astype(np.float64) for k, v in self.matmul.sums.items()})
         metadata = {
             "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
             "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
@@ -117,6 +126,7 @@ class Scores:
             "layout_id": self.layout.layout_id, "buckets": str(self.layout.buckets),
             "tokens_predicted": str(self.tokens_predicted), "probe_note": self.probe_note,
             "probe_new_tokens": str(self.probe.max_new_tokens if self.probe is not None else 0),
+            "matmul_tokens": str(self.matmul.tokens if self.matmul is not None else 0),
         }
         path = Path(path)
         try:
@@ -149,6 +159,7 @@ class Scores:
                 predicted = f.get_tensor("predicted") if "predicted" in present else None
                 probe_t = ({n: f.get_tensor(n) for n in (*PROBE_TENSORS, "general_predicted") if n in present}
                            if "probe_answer_offsets" in present else None)
+                in_sum2 = {n[len(IN_SUM2):]: f.get_tensor(n) for n in sorted(present) if n.startswith(IN_SUM2)}
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
                 raise
@@ -166,7 +177,9 @@ class Scores:
                          int(meta.get("tokens_predicted", "0")),
                          None if probe_t is None else ProbeRecord.from_tensors(probe_t,
                                                                                int(meta.get("probe_new_tokens", "0"))),
-                         meta.get("probe_note", ""))
+                         meta.get("probe_note", ""),
+                         MatmulSums(in_sum2, int(meta.get("matmul_tokens", "0")), int(meta["seq_len"]),
+                                    tuple(json.loads(meta["corpus"]))) if in_sum2 else None)
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -180,7 +193,8 @@ class Scores:
               and (self.gram is None or self.gram.shape == (layers, ffn, ffn))
               and (self.predicted is None or self.predicted.shape == self.counts.shape)
               and (self.probe is None or (self.probe.general_counts.shape == self.counts.shape
-                                          and all(0 <= t < self.vocab for a in self.probe.answers for t in a))))
+                                          and all(0 <= t < self.vocab for a in self.probe.answers for t in a)))
+              and (self.matmul is None or all(v.ndim == 1 for v in self.matmul.sums.values())))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
 
@@ -235,7 +249,8 @@ def merge(paths: Sequence[Path]) -> Scores:
                                "--probe-* options); score every shard with the same options so they merge", path)
         heldout += other.heldout
         gram = None if out.gram is None or other.gram is None else out.gram + other.gram
-        out = replace(out, gram=gram, predicted=_add_optional(out.predicted, other.predicted),
+        matmul = None if out.matmul is None or other.matmul is None else out.matmul.added(other.matmul)
+        out = replace(out, gram=gram, matmul=matmul, predicted=_add_optional(out.predicted, other.predicted),
                       tokens_predicted=out.tokens_predicted + other.tokens_predicted,
                       counts=out.counts + other.counts, importance=out.importance + other.importance,
                       act2=out.act2 + other.act2, corpus=out.corpus + other.corpus,

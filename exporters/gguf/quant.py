@@ -21,6 +21,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
 
 from converter.errors import ConvertError
+from exporters.gguf.imatrix import ImportanceMatrix, LlamaImatrix
 
 Q = GGMLQuantizationType
 LLAMA_EXTRA = "pip install 'compact-convert[llama]'"
@@ -135,13 +136,17 @@ def _encode(values: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
     return out.contiguous().numpy().view(np.uint8)
 
 
-def quantize_with_llama_cpp(src: Path, dst: Path, outtype: OutType) -> None:
-    """Run llama.cpp's quantizer (llama_model_quantize) from a 16-bit GGUF to a K-quant GGUF."""
+def quantize_with_llama_cpp(src: Path, dst: Path, outtype: OutType, imatrix: ImportanceMatrix | None = None) -> None:
+    """Run llama.cpp's quantizer (llama_model_quantize) from a 16-bit GGUF to a K-quant GGUF, weighing
+    columns by `imatrix` when given (as `llama-quantize --imatrix` does)."""
     import llama_cpp
 
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = outtype.llama_ftype
+    held = LlamaImatrix(llama_cpp, imatrix) if imatrix is not None else None
+    if held is not None:
+        held.apply(llama_cpp, params)
     params.nthread = os.cpu_count() or 1
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if status != 0 or not dst.is_file():
