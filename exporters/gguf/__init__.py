@@ -4,7 +4,9 @@ Order of work: everything that can be refused is refused first (family, hyperpar
 tensors, output type and the llama extra, tokenizer layout, the source's pre-tokenizer), then
 the companion files are written (the rewritten tokenizer among them), the vocabulary is read
 from them, and the GGUF is streamed tensor by tensor (see writer.py). K-quant types are made by
-llama.cpp's own quantizer from a 16-bit GGUF written first and removed afterwards.
+llama.cpp's own quantizer from a 16-bit GGUF written first and removed afterwards; with the
+scores' matmul input sums (ExportOptions.importance) they are weighted by the importance matrix,
+also written beside the GGUF as `imatrix.gguf` (exporters/gguf/imatrix.py).
 References: llama.cpp's convert_hf_to_gguf.py (conversion/*.py), gguf-py's constants.py and
 tensor_mapping.py, llama.cpp's src/llama-vocab.cpp.
 """

@@ -5,7 +5,8 @@ the requested type, and a row whose length is not a multiple of the block size f
 F16. f32/f16/bf16/q8_0 and the legacy 4/5-bit types are encoded here with gguf-py's numpy
 quantizers (for the 4/5-bit types token_embd and output stay Q8_0, as llama.cpp's quantizer
 keeps them at higher precision). The K-quants are made by llama.cpp's own quantizer through its
-Python binding, from a 16-bit GGUF written first.
+Python binding, from a 16-bit GGUF written first, weighted by the importance matrix from scoring
+when the scores carry one (exporters.gguf.imatrix).
 """
 from __future__ import annotations
 
