@@ -123,6 +123,26 @@ def test_one_shot_cli_scores_plans_and_exports(tmp_path: Path, scored: tuple[Pat
     assert not out2.exists()
 
 
+def test_plan_cli_draws_ffn_sizes_on_the_outtype_block(tmp_path: Path, scored: tuple[Path, Scores, Path],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan --outtype int4 --int4-block-size 64`: every auto-split candidate's FFN on lcm(32, 64); on q4_k_m's
+    grid of 256 an FFN of 160 can only be kept whole (the dense export's types), so the vocabulary takes the cut."""
+    folder, _, scores_path = scored
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(folder), "--scores", str(scores_path), "--target-ratio", "0.3", "--splits", "4",
+                 "--device", "cpu", "--outtype", "int4", "--int4-block-size", "64", "-o", str(out)]) == 0
+    meta = json.loads(out.read_text())["metadata"]
+    ffns = [c["ffn"] for c in meta["auto_split"]]
+    assert any(f < 160 for f in ffns) and all(f % 64 == 0 or f == 160 for f in ffns)  # 160: the whole FFN, kept
+    assert meta["budget"]["ffn_multiple"] == 64
+    assert meta["budget"]["row_block"] == 64 and json.loads(out.read_text())["intermediate_size"] in ffns
+    assert main(["plan", str(folder), "--scores", str(scores_path), "--target-ratio", "0.3", "--splits", "4",
+                 "--device", "cpu", "--outtype", "q4_k_m", "-o", str(out), "--force"]) == 0
+    kept = json.loads(out.read_text())
+    assert kept["intermediate_size"] == 160 and {c["ffn"] for c in kept["metadata"]["auto_split"]} == {160}
+    assert kept["metadata"]["budget"]["ffn_multiple"] == 256
+
+
 def test_plan_cli_writes_the_plan(tmp_path: Path, scored: tuple[Path, Scores, Path]) -> None:
     folder, _, scores_path = scored
     out = tmp_path / "plan.json"

@@ -167,7 +167,7 @@ def _candidate(source: Source, scores: Scores, budget: Budget, model: ParamModel
                split: Split, limit: int) -> PrunePlan | None:
     vocab: VocabChoice = fitter.fit(split.vocab)
     ffn = model.ffn_for(vocab.size, limit, budget.ffn_grid)
-    if ffn < budget.ffn_grid:
+    if ffn < model.narrowest(budget.ffn_grid):
         return None
     room = min(model.vocab, (limit - model.fixed - model.per_channel * ffn) // model.per_token)
     if vocab.size < room < model.vocab:

@@ -37,9 +37,13 @@ class ParamModel:
         return self.fixed + self.per_token * vocab + self.per_channel * ffn
 
     def ffn_for(self, vocab: int, budget: int, multiple: int) -> int:
-        """The largest FFN size (a multiple of `multiple`, at most the model's) that fits the budget."""
+        """The largest FFN size that fits the budget: the model's whole FFN, or a multiple of `multiple` below it."""
         room = (budget - self.fixed - self.per_token * vocab) // self.per_channel
-        return min(self.ffn, room // multiple * multiple)
+        return self.ffn if room >= self.ffn else room // multiple * multiple
+
+    def narrowest(self, multiple: int) -> int:
+        """The narrowest FFN a plan on multiples of `multiple` keeps: one multiple, or the whole FFN if narrower."""
+        return min(multiple, self.ffn)
 
     def arithmetic(self, vocab: int, ffn: int) -> str:
         """The parameter arithmetic as a user reads it."""
@@ -91,8 +95,9 @@ def candidate_splits(model: ParamModel, ratio: float, min_vocab: int, multiple: 
     cut = model.total - budget
     most_vocab_cut = (model.vocab - min_vocab) * model.per_token
     least_share, fewest_tokens_cut = 0.0, 0
-    if model.per_token and cut > 0 and model.ffn_for(model.vocab, budget, multiple) < multiple:
-        fewest_tokens_cut = model.vocab - (budget - model.fixed - model.per_channel * multiple) // model.per_token
+    narrowest = model.narrowest(multiple)
+    if model.per_token and cut > 0 and model.ffn_for(model.vocab, budget, multiple) < narrowest:
+        fewest_tokens_cut = model.vocab - (budget - model.fixed - model.per_channel * narrowest) // model.per_token
         least_share = min(1.0, fewest_tokens_cut * model.per_token / cut)
     splits: list[Split] = []
     for k in range(count):
@@ -103,12 +108,12 @@ def candidate_splits(model: ParamModel, ratio: float, min_vocab: int, multiple: 
         vocab = model.vocab - vocab_cut
         if share and vocab == model.vocab:
             continue
-        if model.ffn_for(vocab, budget, multiple) < multiple:
+        if model.ffn_for(vocab, budget, multiple) < narrowest:
             continue
         if all(s.vocab != vocab for s in splits):
             splits.append(Split(share, vocab))
     if not splits:
-        smallest = model.params(min_vocab, multiple)
+        smallest = model.params(min_vocab, narrowest)
         raise ConvertError(f"--target-ratio {ratio} cannot be met: the smallest model this tokenizer and "
                            f"FFN multiple {multiple} allow has {smallest:,} parameters "
                            f"({100 * (1 - smallest / model.total):.1f}% removed)")
