@@ -118,7 +118,8 @@ def test_row_blocks_are_the_exporters_blocks() -> None:
     assert {GGML_QUANT_SIZES[t][0] for t in FALLBACK} == {K_QUANT_BLOCK}
     assert {GGML_QUANT_SIZES[t][0] for t in FALLBACK.values()} == {LEGACY_BLOCK}
     assert row_block("gguf", "q4_k_m", 32).block == row_block(None, "Q6_K", 32).block == 256
-    assert row_block("gguf", "f16", 32).block == row_block("hf", "q4_k_m", 32).block == row_block(None, None, 32).block == 1
+    assert row_block("gguf", "f16", 32).block == row_block("hf", "q4_k_m", 32).block == 1
+    assert row_block(None, None, 32).block == 1
     assert row_block("onnx", "int4", 128).block == row_block(None, "int8", 128).block == 128
     assert row_block("onnx", "fp16", 128).block == 1
     assert Budget(ffn_multiple=48, row_block=256).ffn_grid == 768
