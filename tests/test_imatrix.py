@@ -10,6 +10,7 @@ from before them) export with no imatrix.gguf and no error.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,6 +58,48 @@ def exported(scored: tuple[Path, Path, Scores], tmp_path_factory: pytest.TempPat
     return out
 
 
+def ggml_read(path: Path) -> tuple[dict[str, object], dict[str, tuple[int, int]]]:
+    """The file as llama.cpp's own GGUF reader (gguf_init_from_file in the binding's libggml-base) sees it:
+    the imatrix keys, and every tensor's (ggml type, byte size)."""
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+
+    class InitParams(ctypes.Structure):
+        _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+    lib.gguf_init_from_file.restype = ctypes.c_void_p
+    lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, InitParams]
+    for name, res, args in (("gguf_find_key", ctypes.c_int64, [ctypes.c_char_p]),
+                            ("gguf_get_val_str", ctypes.c_char_p, [ctypes.c_int64]),
+                            ("gguf_get_val_u32", ctypes.c_uint32, [ctypes.c_int64]),
+                            ("gguf_get_arr_n", ctypes.c_size_t, [ctypes.c_int64]),
+                            ("gguf_get_arr_str", ctypes.c_char_p, [ctypes.c_int64, ctypes.c_size_t]),
+                            ("gguf_get_n_tensors", ctypes.c_int64, []),
+                            ("gguf_get_tensor_name", ctypes.c_char_p, [ctypes.c_int64]),
+                            ("gguf_get_tensor_type", ctypes.c_int, [ctypes.c_int64]),
+                            ("gguf_get_tensor_size", ctypes.c_size_t, [ctypes.c_int64])):
+        getattr(lib, name).restype = res
+        getattr(lib, name).argtypes = [ctypes.c_void_p, *args]
+    lib.gguf_free.argtypes = [ctypes.c_void_p]
+    ctx = lib.gguf_init_from_file(str(path).encode(), InitParams(True, None))
+    assert ctx, "llama.cpp's reader refused the file"
+    try:
+        datasets = lib.gguf_find_key(ctx, b"imatrix.datasets")
+        keys: dict[str, object] = {
+            "general.type": lib.gguf_get_val_str(ctx, lib.gguf_find_key(ctx, b"general.type")).decode(),
+            "imatrix.datasets": [lib.gguf_get_arr_str(ctx, datasets, i).decode()
+                                 for i in range(lib.gguf_get_arr_n(ctx, datasets))],
+            "imatrix.chunk_count": lib.gguf_get_val_u32(ctx, lib.gguf_find_key(ctx, b"imatrix.chunk_count")),
+            "imatrix.chunk_size": lib.gguf_get_val_u32(ctx, lib.gguf_find_key(ctx, b"imatrix.chunk_size"))}
+        tensors = {lib.gguf_get_tensor_name(ctx, i).decode(): (lib.gguf_get_tensor_type(ctx, i),
+                                                              lib.gguf_get_tensor_size(ctx, i))
+                   for i in range(lib.gguf_get_n_tensors(ctx))}
+    finally:
+        lib.gguf_free(ctx)
+    return keys, tensors
+
+
 @torch.inference_mode()
 def hook_reference(folder: Path, corpus: Path, heldout: set[str], seq_len: int) -> tuple[dict[str, np.ndarray], int]:
     """Sums of x² of every nn.Linear's input (transformers forward hooks) over the calibration windows."""
@@ -87,12 +130,11 @@ def hook_reference(folder: Path, corpus: Path, heldout: set[str], seq_len: int) 
 
 def test_imatrix_matches_forward_hooks(scored: tuple[Path, Path, Scores], exported: Path) -> None:
     folder, corpus, scores = scored
-    reader = GGUFReader(exported / "imatrix.gguf")
-    fields = {f.name: f for f in reader.fields.values()}
-    assert bytes(fields["general.type"].parts[-1]).decode() == "imatrix"
-    assert int(fields["imatrix.chunk_size"].parts[-1][0]) == OPTIONS.seq_len
-    assert fields["imatrix.datasets"].types[0].name == "ARRAY"
-    tensors = {t.name: t for t in reader.tensors}
+    keys, ggml_tensors = ggml_read(exported / "imatrix.gguf")
+    assert keys == {"general.type": "imatrix", "imatrix.datasets": [str(corpus)], "imatrix.chunk_size": OPTIONS.seq_len,
+                    "imatrix.chunk_count": scores.tokens_scored // OPTIONS.seq_len}
+    tensors = {t.name: t for t in GGUFReader(exported / "imatrix.gguf").tensors}
+    assert set(ggml_tensors) == set(tensors)
     plan = PrunePlan.load(exported / "prune_plan.json")
     layers = len(plan.kept_ffn_channels)
     expected = {f"blk.{i}.{gguf}.weight": f"model.layers.{i}.{hf}" for i in range(layers)
@@ -107,6 +149,8 @@ def test_imatrix_matches_forward_hooks(scored: tuple[Path, Path, Scores], export
     for gguf_name, hf_name in expected.items():
         got = np.asarray(tensors[f"{gguf_name}.in_sum2"].data, dtype=np.float64)
         assert got.shape == (1, widths[gguf_name])
+        assert ggml_tensors[f"{gguf_name}.in_sum2"] == (0, 4 * widths[gguf_name])  # GGML_TYPE_F32, one row
+        assert ggml_tensors[f"{gguf_name}.counts"] == (0, 4)
         assert float(np.asarray(tensors[f"{gguf_name}.counts"].data).reshape(-1)[0]) == tokens
         want = reference[hf_name]
         if gguf_name.endswith("ffn_down.weight"):
