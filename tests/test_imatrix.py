@@ -5,8 +5,9 @@ exported as GGUF. imatrix.gguf, read with gguf-py, has llama.cpp's keys, names a
 columns equal sums of squared inputs that transformers forward hooks collect on every nn.Linear
 over the same calibration windows, cut through the exported plan (ffn_down keeps its kept
 channels). A q4_k_m export quantises differently with the matrix than without it (the tiny rows
-fall back to Q5_0, which llama.cpp weighs by the matrix), and scores without the sums (files
-from before them) export with no imatrix.gguf and no error.
+fall back to Q5_0, which llama.cpp weighs by the matrix), and through the CLI's `--plan P --scores S`
+scores with the sums write imatrix.gguf while scores without them (files from before them)
+export with no imatrix.gguf and no error.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 import torch
 from gguf import GGUFReader
 
+from converter.cli import main
 from converter.pipeline import export
 from converter.plan import PrunePlan
 from converter.report import ReportContext
@@ -191,7 +193,9 @@ def test_scores_without_sums_export_no_matrix(scored: tuple[Path, Path, Scores],
     assert Scores.load(older).matmul is None
     source = open_source(folder)
     plan = make_plan(source, scores, Budget(vocab_size=900, intermediate_size=96, device="cpu"))
-    out = tmp_path / "out"
-    export(source, plan, out, "gguf", ExportOptions(outtype="f16", progress=False, report_plots=False),
-           report=ReportContext(Scores.load(older), str(older)))
-    assert any(out.glob("*.gguf")) and not (out / "imatrix.gguf").exists()
+    plan_file = plan.save(tmp_path / "plan.json")
+    for scores_file, label in ((saved, "new"), (older, "older")):
+        out = tmp_path / label
+        assert main([str(folder), str(out), "--format", "gguf", "--plan", str(plan_file), "--scores", str(scores_file),
+                     "--outtype", "f16", "--no-report", "--no-progress"]) == 0
+        assert any(out.glob("*.gguf")) and (out / "imatrix.gguf").exists() == (label == "new")
