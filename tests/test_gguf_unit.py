@@ -153,18 +153,22 @@ def _edit_config(src: Path, **changes: object) -> None:
     path.write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("case", ["outtype", "pre", "rope", "attention_scale", "untied_gemma", "activation"])
+@pytest.mark.parametrize("case", ["outtype", "pre", "rope", "attention_scale", "untied_gemma", "activation",
+                                  "granite_head_dim"])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, gpt2_tokenizer: Path,
                                                   capsys: pytest.CaptureFixture[str], case: str) -> None:
-    family = {"attention_scale": "gemma2", "untied_gemma": "gemma2"}.get(case, "llama")
+    family = {"attention_scale": "gemma2", "untied_gemma": "gemma2", "granite_head_dim": "granite"}.get(case, "llama")
     overrides: dict[str, object] = {"query_pre_attn_scalar": 16} if family == "gemma2" else {}
+    if case == "granite_head_dim":  # transformers' Granite honours head_dim; llama.cpp's takes hidden/heads
+        overrides["head_dim"] = 8
     if case == "untied_gemma":
         overrides["tie_word_embeddings"] = False
     src, plan = _model(tmp_path, family, gpt2_tokenizer, **overrides)
     extra: list[str] = []
     needles = {"outtype": ("--outtype 'q3_x'",), "pre": ("--pre 'nonsense'",), "rope": ("rope_type 'dynamic'",),
                "attention_scale": ("query_pre_attn_scalar", "1/sqrt(16)"), "untied_gemma": ("untied lm_head",),
-               "activation": ("hidden_act", "gelu")}[case]
+               "activation": ("hidden_act", "gelu"),
+               "granite_head_dim": ("'head_dim' is 8", "hidden_size / num_attention_heads = 16")}[case]
     if case == "outtype":
         extra = ["--outtype", "q3_x"]
     elif case == "pre":
