@@ -80,14 +80,19 @@ class PrunedCheckpoint:
                          d.kv_heads, d.head_dim)
 
     def _cut(self, slot: TensorSlot | None) -> tuple[int | None, tuple[int, ...] | None]:
+        """The axis a slot is cut along and the indices kept on it; an axis of k blocks of a dimension
+        (`2*ffn`: gate rows then up rows) keeps the same indices in every block."""
         if slot is None:
             return None, None
-        for dim, keep in (("vocab", self.plan.kept_token_ids), ("ffn", None)):
-            axis = slot.axis(dim)
-            if axis is None:
+        for dim in ("vocab", "ffn"):
+            cut = slot.cut(dim)
+            if cut is None:
                 continue
-            if dim == "ffn":
-                keep = self.plan.kept_ffn_channels[slot.layer or 0]
+            axis, copies = cut
+            keep = self.plan.kept_token_ids if dim == "vocab" else self.plan.kept_ffn_channels[slot.layer or 0]
+            if copies > 1:
+                size = self.spec.dims.size(dim)
+                keep = tuple(block * size + i for block in range(copies) for i in keep)
             return axis, keep
         return None, None
 

@@ -40,6 +40,7 @@ from tests.support.tiny_tokenizers import train_byte_level_bpe
 from tools.make_varied_corpus import read_corpus
 
 TOKENIZER_OF = {"llama": "gpt2", "mistral": "gpt2", "qwen2": "qwen2", "qwen3": "qwen2", "gemma": "gemma",
+                "phi3": "gpt2",
                 "gemma2": "gemma", "gemma3_text": "gemma", "olmo2": "gpt2", "smollm3": "gpt2", "granite": "gpt2"}
 OVERRIDES: dict[str, dict[str, object]] = {
     "gemma2": {"query_pre_attn_scalar": 16},

@@ -47,6 +47,7 @@ CASES: dict[str, dict[str, object]] = {
     "gemma3_text": {"query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]},
     "olmo2": {},
     "smollm3": {},  # 4 layers, the last without RoPE: two layer templates
+    "phi3": {},  # fused qkv/gate_up, partial rotary, LongRoPE (tiny_config): positions within the original 256
     "granite": {},  # the four multipliers of tiny_config: two in the layer trace, two in prologue/epilogue
 }
 # onnxruntime-genai has no 'olmo2' type; its 'olmo' runs the same plain decoder loop.

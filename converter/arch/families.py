@@ -217,8 +217,27 @@ SMOLLM3 = replace(
     gguf=GgufConventions(arch="smollm3", permute_qk=True, no_rope_step=4),
 )
 
+# Phi-3 / Phi-3.5 / Phi-4-mini: q, k and v rows fused in one qkv_proj, gate and up rows in one
+# gate_up_proj ("2*ffn": both halves cut with the same kept channels), partial rotary and LongRoPE.
+# llama.cpp keeps both fused (attn_qkv; ffn_up holding gate then up) and rotates neox-style.
+PHI3 = replace(
+    LLAMA, name="phi3", architectures=("Phi3ForCausalLM",), model_types=("phi3",),
+    tensors=(
+        *_GLOBAL,
+        TensorTemplate(LAYER + "self_attn.qkv_proj.weight", "attn_qkv", ("q_dim+2*kv_dim", "hidden")),
+        TensorTemplate(LAYER + "self_attn.o_proj.weight", "attn_output", ("hidden", "q_dim")),
+        TensorTemplate(LAYER + "mlp.gate_up_proj.weight", "ffn_gate_up", ("2*ffn", "hidden")),
+        TensorTemplate(LAYER + "mlp.down_proj.weight", "ffn_down", ("hidden", "ffn")),
+        *_NORMS,
+    ),
+    gguf=GgufConventions(arch="phi3", sliding_window="cap_context", rope_scaling=("default", "longrope"),
+                         partial_rotary=True, phi3_keys=True, vocab_size_key=False,
+                         head_dim_keys=False),
+)
+
 # Every family, by name, in the order error messages list them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, GRANITE, SMOLLM3)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, GRANITE, SMOLLM3, PHI3)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

@@ -30,10 +30,16 @@ TENSOR_NAMES: dict[str, str] = {
     "ffn_gate": "blk.{layer}.ffn_gate.weight",
     "ffn_up": "blk.{layer}.ffn_up.weight",
     "ffn_down": "blk.{layer}.ffn_down.weight",
+    # Fused tensors llama.cpp keeps fused (phi3): q, k and v rows; gate rows then up rows under ffn_up.
+    "attn_qkv": "blk.{layer}.attn_qkv.weight",
+    "ffn_gate_up": "blk.{layer}.ffn_up.weight",
 }
 
 # The per-layer rope frequency factors llama.cpp's llama graph reads for rope_type "llama3".
 ROPE_FREQS_NAME = "rope_freqs.weight"
+# The LongRoPE frequency factors llama.cpp's phi3 graph reads: long ones when the context exceeds
+# `rope.scaling.original_context_length`, short ones otherwise.
+ROPE_FACTORS_NAMES = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}
 
 # Roles whose rows the llama permutation reorders, and with how many heads.
 PERMUTED_ROLES: dict[str, str] = {"attn_q": "heads", "attn_q_bias": "heads", "attn_k": "kv_heads",
@@ -95,6 +101,15 @@ class GgufConventions:
     # Whether `{arch}.attention.key_length`/`value_length` are written. llama.cpp's converter drops
     # config `head_dim` for Granite, whose graph then takes hidden/heads, so any other head size is refused.
     head_dim_keys: bool = True
+    # llama.cpp rotates only the first `rope.dimension_count` = head_dim * partial_rotary_factor
+    # dimensions of each head (phi3), as transformers does; False: a partial factor is refused.
+    partial_rotary: bool = False
+    # llama.cpp's converter always writes `{arch}.attention.sliding_window` (0 when unset) and
+    # `rope.scaling.original_context_length`, and LongRoPE as factor tensors plus an attention
+    # factor (phi3); its graph ignores the window (hence `sliding_window` "cap_context").
+    phi3_keys: bool = False
+    # Whether `{arch}.vocab_size` is written (llama.cpp's phi3 converter does not; the runtime counts tokens).
+    vocab_size_key: bool = True
 
     @property
     def computes_gelu(self) -> bool:

@@ -58,8 +58,19 @@ class TensorSlot:
         return tuple(dims.size(d) for d in self.dims)
 
     def axis(self, dim: str) -> int | None:
-        """Which axis a plan cuts for `dim` ("vocab" or "ffn"), if any."""
-        return self.dims.index(dim) if dim in self.dims else None
+        """Which axis a plan cuts for `dim` ("vocab" or "ffn"), if any: one named `dim` or `k*dim`."""
+        cut = self.cut(dim)
+        return None if cut is None else cut[0]
+
+    def cut(self, dim: str) -> tuple[int, int] | None:
+        """(axis, copies) of the axis a plan cuts for `dim`: copies is k for an axis named `k*dim`, a fused
+        tensor holding k blocks of `dim` one after another (Phi-3's gate_up_proj: "2*ffn"), each block cut
+        with the same kept indices."""
+        for index, name in enumerate(self.dims):
+            count, star, base = name.replace(" ", "").rpartition("*")
+            if base == dim and (not star or count.isdigit()):
+                return index, int(count) if star else 1
+        return None
 
 
 @dataclass(frozen=True)

@@ -247,20 +247,24 @@ def pad_batches(windows: list[np.ndarray], seq_len: int, batch_tokens: int,
 
 
 def weight_magnitude(source: Source) -> np.ndarray:
-    """L2 norm of each channel's weights (gate row, up row, down column), per layer."""
+    """L2 norm of each channel's weights (gate row, up row, down column), per layer.
+
+    The tensors are those the plan cuts along "ffn", found from the family's shapes, so a fused
+    gate_up_proj ("2*ffn") adds both of its blocks' rows to the same channel."""
     from converter.io.dtypes import raw_to_torch
 
     ckpt = source.checkpoint
     dims = source.spec.dims
-    out = np.zeros((dims.layers, dims.ffn), dtype=np.float32)
-    for layer in range(dims.layers):
-        total = torch.zeros(dims.ffn, dtype=torch.float64)
-        for part, axis in (("gate_proj", 1), ("up_proj", 1), ("down_proj", 0)):
-            info = ckpt.info(f"model.layers.{layer}.mlp.{part}.weight")
-            w = raw_to_torch(ckpt.raw(info.name), info.dtype, info.shape).to(torch.float64)
-            total += w.square().sum(dim=axis)
-        out[layer] = total.sqrt().numpy()
-    return out
+    out = np.zeros((dims.layers, dims.ffn), dtype=np.float64)
+    for slot in source.spec.slots:
+        cut = slot.cut("ffn")
+        if cut is None or slot.layer is None or slot.name not in ckpt.tensors:
+            continue
+        axis, copies = cut
+        info = ckpt.info(slot.name)
+        w = raw_to_torch(ckpt.raw(info.name), info.dtype, info.shape).to(torch.float64).movedim(axis, 0)
+        out[slot.layer] += w.square().reshape(copies, dims.ffn, -1).sum(dim=(0, 2)).numpy()
+    return np.sqrt(out).astype(np.float32)
 
 
 def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,

@@ -22,6 +22,14 @@ from converter.arch.gguf_names import GgufConventions
 from converter.arch.rotary_layers import describe, rotary_layers
 from converter.errors import ConvertError
 from converter.prune import PrunedCheckpoint
+from exporters.gguf.longrope import (
+    LONGROPE,
+    LONGROPE_ALIASES,
+    attention_factor,
+    factor_tensors,
+    original_context,
+    rotary_dims,
+)
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,13 @@ def _rope_kvs(arch: str, llama_cpp: GgufConventions, config: Mapping[str, Any], 
     full, sliding = rope_parameters(config, where)
     kvs = [f32(Keys.Rope.FREQ_BASE.format(arch=arch), _number(full, "rope_theta", where))]
     kind = full["rope_type"]
+    if kind in LONGROPE_ALIASES and LONGROPE in llama_cpp.rope_scaling:
+        kind = LONGROPE
     if kind not in llama_cpp.rope_scaling:
         raise ConvertError(f"rope_type {kind!r} cannot be expressed in llama.cpp's {arch} GGUF (it handles "
                            f"{', '.join(llama_cpp.rope_scaling)})", where)
+    if llama_cpp.phi3_keys:
+        kvs += _phi3_kvs(arch, full, config, kind, where)
     if kind in ("linear", "yarn"):
         kvs.append(Kv(Keys.Rope.SCALING_TYPE.format(arch=arch), RopeScalingType(kind).value, GGUFValueType.STRING))
         kvs.append(f32(Keys.Rope.SCALING_FACTOR.format(arch=arch), _number(full, "factor", where)))
@@ -114,6 +126,33 @@ def _rope_kvs(arch: str, llama_cpp: GgufConventions, config: Mapping[str, Any], 
         raise ConvertError(f"a separate sliding-attention rope cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
     return kvs
+
+
+def _phi3_kvs(arch: str, full: Mapping[str, Any], config: Mapping[str, Any], kind: str, where: Path) -> list[Kv]:
+    """What llama.cpp's phi3 converter always writes (the window its graph ignores, 0 when unset; the
+    original context) and, for LongRoPE, the attention factor (the factor lists are tensors)."""
+    window = config.get("sliding_window")
+    kvs = [u32(Keys.Attention.SLIDING_WINDOW.format(arch=arch), 0 if window is None else
+               int(_number(config, "sliding_window", where))),
+           u32(Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch), original_context(full, config, where))]
+    if kind == LONGROPE:
+        kvs.append(f32(Keys.Rope.SCALING_ATTN_FACTOR.format(arch=arch), attention_factor(full, config, where)))
+    return kvs
+
+
+def _rotated(llama_cpp: GgufConventions, config: Mapping[str, Any], head_dim: int, where: Path) -> int:
+    """`rope.dimension_count`: the whole head, or its partial rotary share where llama.cpp's graph has one."""
+    return rotary_dims(rope_parameters(config, where)[0], config, head_dim, where) if llama_cpp.partial_rotary \
+        else head_dim
+
+
+def rope_factors(llama_cpp: GgufConventions, config: Mapping[str, Any], head_dim: int,
+                 where: Path) -> dict[str, np.ndarray]:
+    """LongRoPE's short and long factor tensors by llama.cpp name, for a family whose graph reads them."""
+    full, _ = rope_parameters(config, where)
+    if not llama_cpp.phi3_keys or full["rope_type"] not in (LONGROPE, *LONGROPE_ALIASES):
+        return {}
+    return factor_tensors(full, _rotated(llama_cpp, config, head_dim, where), where)
 
 
 def rope_freqs(config: Mapping[str, Any], head_dim: int, where: Path) -> np.ndarray | None:
@@ -190,7 +229,7 @@ def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCh
         if config.get(key) is not None:
             raise ConvertError(f"'{key}' is set ({config[key]!r}), which llama.cpp's {arch} graph ignores", where)
     partial = config.get("partial_rotary_factor")
-    if partial is not None and partial != 1:
+    if partial is not None and partial != 1 and not llama_cpp.partial_rotary:
         raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
     dims = pruned.spec.dims
@@ -216,7 +255,7 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
     _check_unexpressible(arch, llama_cpp, pruned, where)
     window, context = _window_kvs(arch, llama_cpp, pruned, where)
     kvs = [
-        u32(Keys.LLM.VOCAB_SIZE.format(arch=arch), dims.vocab),
+        *([u32(Keys.LLM.VOCAB_SIZE.format(arch=arch), dims.vocab)] if llama_cpp.vocab_size_key else []),
         u32(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), context),
         u32(Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), dims.hidden),
         u32(Keys.LLM.BLOCK_COUNT.format(arch=arch), dims.layers),
@@ -225,7 +264,7 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
         u32(Keys.Attention.HEAD_COUNT_KV.format(arch=arch), dims.kv_heads),
         *([u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
            u32(Keys.Attention.VALUE_LENGTH.format(arch=arch), dims.head_dim)] if llama_cpp.head_dim_keys else []),
-        u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), dims.head_dim),
+        u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), _rotated(llama_cpp, config, dims.head_dim, where)),
         f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
     ]
     kvs += [f32(key.format(arch=arch), _number(config, source, where, default))

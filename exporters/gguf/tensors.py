@@ -102,6 +102,11 @@ def plan_tensors(pruned: PrunedCheckpoint, llama_cpp: GgufConventions, outtype: 
     return out
 
 
+def float_tensors(values: dict[str, np.ndarray]) -> list[GgufTensor]:
+    """Tensors computed from the config rather than read from the checkpoint (LongRoPE's factors), in float32."""
+    return [GgufTensor(name, v.shape, Q.F32, None, values=v) for name, v in values.items()]
+
+
 def _passthrough(t: GgufTensor) -> bool:
     planned = t.planned
     return (planned is not None and t.row_order is None and t.offset == 0.0

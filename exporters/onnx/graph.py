@@ -106,13 +106,16 @@ def trace(built: ExportModel, family: Family) -> TracedModel:
                              list(GRAPH_INPUTS), prologue.output_names(),
                              ({0: batch, 1: seq}, {0: batch, 1: Dim("total_sequence_length")}, {0: batch, 1: seq}))
 
+    # The rotary tables' width: head_dim, or its rotated part under a partial rotary factor (Phi-3).
+    with torch.no_grad():
+        rotary = prologue(ids, torch.ones(b, p + s, dtype=torch.int64), positions)[-1].shape[-1]
     templates: dict[LayerKind, tuple[int, TracedPart]] = {}
     for index, kind in enumerate(kinds):
         if kind in templates:
             continue
         past_kv = torch.zeros(b, kv_heads, p, head_dim)
-        args = (torch.randn(b, s, cfg.hidden_size), torch.zeros(b, 1, s, p + s), torch.ones(b, s, head_dim),
-                torch.zeros(b, s, head_dim), past_kv, past_kv.clone())
+        args = (torch.randn(b, s, cfg.hidden_size), torch.zeros(b, 1, s, p + s), torch.ones(b, s, rotary),
+                torch.zeros(b, s, rotary), past_kv, past_kv.clone())
         tokens, cache = {0: batch, 1: seq}, {0: batch, 2: past}
         shapes = (tokens, {0: batch, 2: seq, 3: total}, tokens, tokens, cache, cache)
         step = LayerStep(model.model.layers[index], index)

@@ -38,10 +38,12 @@ from converter.arch import ArchSpec
 from converter.arch.families import FAMILIES, Family
 from converter.arch.rotary_layers import rotary_layers
 from converter.errors import ConvertError
+from exporters.onnx.longrope import LONGROPE, LongRopeTables, is_longrope
 
 # RoPE variants whose frequencies change with the sequence length at run time (a data-dependent
 # branch that a traced graph would freeze at the example length).
-LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+# LongRoPE's short/long switch is a graph op (exporters.onnx.longrope), so it is not among them.
+LENGTH_DEPENDENT_ROPE = ("dynamic",)
 DEFAULT_ROPE = "default"
 
 
@@ -68,6 +70,9 @@ def check_supported(spec: ArchSpec, path: Path) -> None:
                            "a fixed ONNX graph cannot follow; export a model with static RoPE (default, linear, "
                            "llama3, yarn) or use --format hf", path)
     rotary_layers(spec.config, spec.family_record, spec.dims.layers, path)
+    if LONGROPE in _rope_types(spec.config) and spec.family_record.rope_per_layer_type:
+        raise ConvertError("LongRoPE with one rotary table per layer type cannot be exported to ONNX; use --format hf",
+                           path)
     if spec.config.get("use_bidirectional_attention"):
         raise ConvertError("'use_bidirectional_attention' is set (an embedding model); the ONNX exporter writes "
                            "causal decoders only", path)
@@ -111,7 +116,8 @@ class Prologue(nn.Module):
         self.embed = model.get_input_embeddings()
         key = family.embedding_multiplier
         self.multiplier: float | None = float(getattr(model.config, key)) if key is not None else None
-        self.rotary = model.model.rotary_emb
+        self.rotary = LongRopeTables(model.model.rotary_emb, model.config) if is_longrope(model.config) \
+            else model.model.rotary_emb
         self.windows = sorted({k.window for k in kinds}, key=lambda w: -1 if w is None else w)
         self.ropes = sorted({k.rope for k in kinds})
 

@@ -19,7 +19,11 @@ def prune_state_dict(state: dict[str, torch.Tensor], plan: PrunePlan) -> dict[st
         elif ".mlp." in name:
             layer = int(name.split(".")[2])
             channels = torch.tensor(plan.kept_ffn_channels[layer])
-            tensor = tensor[:, channels] if "down_proj" in name else tensor[channels]
+            if "gate_up_proj" in name:  # gate rows then up rows, the same channels kept in each
+                gate, up = tensor.chunk(2)
+                tensor = torch.cat([gate[channels], up[channels]])
+            else:
+                tensor = tensor[:, channels] if "down_proj" in name else tensor[channels]
         out[name] = tensor.contiguous()
     return out
 

@@ -13,7 +13,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "granite", "smollm3"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2",
+            "phi3", "granite", "smollm3"]
+
+# Every special feature of a family switched on. Phi-3: partial rotary and LongRoPE with factors
+# other than 1, the context scaled 4x over the original 256 (attention factor sqrt(1.25)).
+FEATURES: dict[str, dict[str, object]] = {
+    "phi3": {"max_position_embeddings": 1024, "original_max_position_embeddings": 256,
+             "partial_rotary_factor": 0.5,
+             "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                 "short_factor": [1.0, 1.3, 1.7, 2.5], "long_factor": [1.5, 2.0, 3.0, 4.5]}},
+}
 
 
 def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = None, **overrides: object):
@@ -30,6 +40,7 @@ def tiny_config(model_type: str, vocab_size: int = 2000, tied: bool | None = Non
                       logits_scaling=8.0)
     if model_type == "smollm3":  # 4 layers: transformers' default no_rope_layers [1, 1, 1, 0] skips RoPE on the last
         kwargs["num_hidden_layers"] = 4
+    kwargs.update(FEATURES.get(model_type, {}))
     if tied is not None:
         kwargs["tie_word_embeddings"] = tied
     kwargs.update(overrides)
