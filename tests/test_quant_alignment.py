@@ -3,10 +3,11 @@
 A tiny Llama with hidden size 256 (so llama.cpp's K-quants apply to every weight) and two layers
 (so q4_k_m gives ffn_down both Q4_K and Q6_K) is exported as q4_k_m dense, with a hand-written
 plan whose FFN width (480) is not a multiple of 256, and with one that is (256). The types are
-read back with gguf-py and compared tensor by tensor with the dense export's; the fallback plan
-must warn in exactly one line and the report must list the types and the bytes without fallback.
-The ONNX int4 report shows the zero padding of a row that is not whole blocks. The grid data is
-checked against gguf-py's block sizes and the GGUF exporter's out types.
+read back with gguf-py (and with the exporter's own header reader, which must agree) and compared
+tensor by tensor with the dense export's; the fallback plan must warn in exactly one line and the
+report must list the types and the bytes without fallback. The ONNX int4 report shows the zero
+padding of a row that is not whole blocks. The grid data is checked against gguf-py's block
+sizes and the GGUF exporter's out types.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
 from converter.pipeline import export
 from converter.row_grid import GGUF_ROW_BLOCKS, K_QUANT_BLOCK, LEGACY_BLOCK, row_block
@@ -39,6 +40,14 @@ def source_dir(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_di
                            tokenizer_dir=byte_level_tokenizer_dir)
 
 
+def _read_back(path: Path) -> dict:
+    """The file's tensor types and shapes, read with gguf-py's GGUFReader (and by the exporter's header reader)."""
+    types = {t.name: (GGMLQuantizationType(t.tensor_type), tuple(int(d) for d in t.shape))
+             for t in GGUFReader(path).tensors}
+    assert read_types(path) == types
+    return types
+
+
 def _q4_k_m(source_dir: Path, out: Path, keep_tokens: int | None, channels: int) -> Path:
     plan = random_plan(VOCAB, FFN, LAYERS, keep_tokens, channels, seed=3)
     export(open_source(source_dir), plan, out, "gguf", ExportOptions(outtype="q4_k_m", progress=False,
@@ -48,7 +57,7 @@ def _q4_k_m(source_dir: Path, out: Path, keep_tokens: int | None, channels: int)
 
 @pytest.fixture(scope="module")
 def dense_types(source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return read_types(_q4_k_m(source_dir, tmp_path_factory.mktemp("dense") / "out", None, FFN))
+    return _read_back(_q4_k_m(source_dir, tmp_path_factory.mktemp("dense") / "out", None, FFN))
 
 
 def _warnings(err: str) -> list[str]:
@@ -63,7 +72,7 @@ def test_hand_written_plan_off_the_grid_warns_once_and_reports_the_fallback(
     assert len(warnings) == 1
     assert "blk.*.ffn_down.weight" in warnings[0] and "Q4_K -> Q5_0 x1" in warnings[0] and \
         "Q6_K -> Q8_0 x1" in warnings[0]
-    types = read_types(path)
+    types = _read_back(path)
     for i in range(LAYERS):
         name = f"blk.{i}.ffn_down.weight"
         assert types[name][1] == (480, HIDDEN)
@@ -91,7 +100,7 @@ def test_plan_on_the_grid_keeps_every_dense_type(source_dir: Path, dense_types: 
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = _q4_k_m(source_dir, tmp_path / "out", 1500, 256)
     assert not _warnings(capsys.readouterr().err)
-    types = read_types(path)
+    types = _read_back(path)
     weights = {n for n, (_, shape) in types.items() if len(shape) == 2}
     assert weights == {n for n, (_, shape) in dense_types.items() if len(shape) == 2}
     assert [n for n in sorted(weights) if types[n][0] != dense_types[n][0]] == []
