@@ -3,8 +3,8 @@
 Quantised outputs do not always store a weight in the requested type: llama.cpp falls back to a
 32-block type (or F16) for rows that are not whole blocks, and onnxruntime's MatMulNBits pads such
 rows with zeros. Which happened is read from the export itself, after it is written: the GGUF's
-tensor types with gguf-py (exporters.gguf.written_types, which also says which tensors fell back
-from their dense counterpart's type), the ONNX graph's initializers and MatMulNBits /
+tensor table (exporters.gguf.written_types, which also says which tensors fell back from their
+dense counterpart's type), the ONNX graph's initializers and MatMulNBits /
 GatherBlockQuantized nodes (weights not loaded). Each kind (layer numbers replaced by `*`) gets its
 types, row length before and after, bytes, and the bytes it would have had without the fallback
 or padding, so a user sees what an FFN width off the block grid costs.
@@ -57,7 +57,8 @@ def _gguf(path: Path, pruned: PrunedCheckpoint, options: ExportOptions) -> dict[
     extra = sum(k["bytes"] - k["bytes_without_fallback"] for k in rows)
     size = path.stat().st_size
     return {"available": True, "format": "gguf", "outtype": outtype.name, "file": path.name,
-            "read_back_with": "gguf-py", "kinds": rows, "fallback_tensors": sum(k["fell_back"] for k in rows),
+            "read_back_with": "the GGUF's tensor table", "kinds": rows,
+            "fallback_tensors": sum(k["fell_back"] for k in rows),
             "file_bytes": size, "file_bytes_without_fallback": size - extra,
             "note": "tensors of one dimension (norms, biases) are F32; a fallback is a type other than the one "
                     "the dense model's export gives the same tensor"}
@@ -115,7 +116,7 @@ def output_types_lines(section: dict[str, Any]) -> list[str]:
     if not section.get("available"):
         return [*lines, f"{section.get('reason', 'not available')}.", ""]
     if section["format"] == "gguf":
-        lines += [f"Read back from `{section['file']}` with gguf-py ({section['outtype']}).", "",
+        lines += [f"Read back from `{section['file']}`'s tensor table ({section['outtype']}).", "",
                   "| tensor kind | tensors | row length (dense) | type | dense export's type | bytes | without "
                   "fallback |", "| --- | ---: | ---: | --- | --- | ---: | ---: |"]
         for k in section["kinds"]:
