@@ -110,6 +110,12 @@ class GgufConventions:
     phi3_keys: bool = False
     # Whether `{arch}.vocab_size` is written (llama.cpp's phi3 converter does not; the runtime counts tokens).
     vocab_size_key: bool = True
+    # Whether `{arch}.rope.dimension_count` is written (llama.cpp's olmo2 converter does not; its graph
+    # then rotates the whole head, as transformers does for the family).
+    rope_dimension_key: bool = True
+    # llama.cpp's graph sizes q and the attention output hidden x hidden (olmo2), so only
+    # head_dim = hidden / heads loads; any other head size is refused.
+    q_dim_is_hidden: bool = False
 
     @property
     def computes_gelu(self) -> bool:

@@ -233,7 +233,7 @@ def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCh
         raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
     dims = pruned.spec.dims
-    if not llama_cpp.head_dim_keys and dims.head_dim * dims.heads != dims.hidden:
+    if (not llama_cpp.head_dim_keys or llama_cpp.q_dim_is_hidden) and dims.head_dim * dims.heads != dims.hidden:
         raise ConvertError(f"'head_dim' is {dims.head_dim}, but llama.cpp's {arch} graph takes the head size as "
                            f"hidden_size / num_attention_heads = {dims.hidden / dims.heads:g}", where)
     scale = pruned.spec.family_record.attention_scale
@@ -264,7 +264,8 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
         u32(Keys.Attention.HEAD_COUNT_KV.format(arch=arch), dims.kv_heads),
         *([u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
            u32(Keys.Attention.VALUE_LENGTH.format(arch=arch), dims.head_dim)] if llama_cpp.head_dim_keys else []),
-        u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), _rotated(llama_cpp, config, dims.head_dim, where)),
+        *([u32(Keys.Rope.DIMENSION_COUNT.format(arch=arch), _rotated(llama_cpp, config, dims.head_dim, where))]
+          if llama_cpp.rope_dimension_key else []),
         f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
     ]
     kvs += [f32(key.format(arch=arch), _number(config, source, where, default))
