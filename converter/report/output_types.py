@@ -29,12 +29,14 @@ def kind_of(name: str) -> str:
 def output_types_section(fmt: str, staged: Path, pruned: PrunedCheckpoint, options: ExportOptions) -> dict[str, Any]:
     """report.json's "output_types": per tensor kind, the type stored and any fallback, with their bytes."""
     if fmt == "gguf":
-        files = sorted(staged.glob("*.gguf"))
-        if len(files) == 1:
-            return _gguf(files[0], pruned, options)
+        from exporters.gguf.provenance import file_stem
+
+        model = staged / f"{file_stem(pruned)}.gguf"
+        if model.is_file():
+            return _gguf(model, pruned, options)
     if fmt == "onnx" and (staged / "model.onnx").is_file():
         return _onnx(staged / "model.onnx")
-    return {"available": False, "reason": HF_REASON if fmt == "hf" else f"no single {fmt} model file was found"}
+    return {"available": False, "reason": HF_REASON if fmt == "hf" else f"the {fmt} model file was not found"}
 
 
 def _gguf(path: Path, pruned: PrunedCheckpoint, options: ExportOptions) -> dict[str, Any]:
