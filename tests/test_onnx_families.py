@@ -46,7 +46,9 @@ CASES: dict[str, dict[str, object]] = {
     "gemma2": {"query_pre_attn_scalar": 16},
     "gemma3_text": {"query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]},
     "olmo2": {},
-    "smollm3": {},  # 4 layers, the last without RoPE: two layer templates
+    # 4 layers; layers 0 and 3 without RoPE (transformers' default skips only 3, which is what
+    # llama.cpp can express; the traced graph takes any pattern): two templates, the first no-RoPE.
+    "smollm3": {"no_rope_layers": [0, 1, 1, 0]},
     "phi3": {},  # fused qkv/gate_up, partial rotary, LongRoPE (tiny_config): positions within the original 256
     "granite": {},  # the four multipliers of tiny_config: two in the layer trace, two in prologue/epilogue
 }
@@ -127,6 +129,12 @@ def test_graph_contract(exported: Exported) -> None:
     assert dims[past[0]] == ["batch_size", cfg.num_key_value_heads, "past_sequence_length", cfg.head_dim]
     assert dims[present[-1]] == ["batch_size", cfg.num_key_value_heads, "total_sequence_length", cfg.head_dim]
     assert next(o.version for o in graph.opset_import if o.domain == "") >= 18
+    # A layer reads a rotary table (beyond the trace's Shape guards) exactly when it applies RoPE.
+    rotates = [bool(flag) for flag in getattr(cfg, "no_rope_layers", None) or [1] * layers]
+    reads = [any(name.startswith("rope.") for node in graph.graph.node
+                 if node.name.startswith(f"layers.{i}/") and node.op_type != "Shape" for name in node.input)
+             for i in range(layers)]
+    assert reads == rotates
 
     external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     locations = {e.value for t in external for e in t.external_data if e.key == "location"}

@@ -1,39 +1,34 @@
 """SmolLM3's layers without RoPE, checked where a mistake would hide.
 
-The family tests (test_spine, test_gguf_tiny, test_onnx_families) run the tiny SmolLM3 with
-transformers' default pattern (4 layers, the last without RoPE). Here: that the pattern matters
-(rotating the no-RoPE layer moves the logits by over 10x the ONNX and 50x the GGUF
-tolerance, so those tests would catch it); that the traced ONNX graph follows a non-default pattern, layer by layer
-(the no-RoPE template reads no rotary table, the first layer is one); that the fused graph is
-never chosen; and that the GGUF exporter, whose llama.cpp graph hard-codes every fourth layer,
-refuses any other pattern, and both refuse a malformed one, in one line naming config.json.
+The family tests run the tiny SmolLM3 (4 layers) with transformers' default pattern (the last
+layer without RoPE) in test_spine and test_gguf_tiny, and with layers 0 and 3 without RoPE in
+test_onnx_families (whose graph contract checks that exactly the rotating layers read a rotary
+table). Here: that the pattern matters (rotating the no-RoPE layer moves the logits by over 10x
+the ONNX and 50x the GGUF tolerance, so those tests would catch it); the pattern read from the
+config; that the fused ONNX graph is never chosen; and that the GGUF exporter, whose llama.cpp
+graph hard-codes every fourth layer, refuses any other pattern, and both exporters refuse a
+malformed one, in one line naming config.json.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 import torch
 
 from converter.arch import resolve_arch
 from converter.arch.rotary_layers import rotary_layers
-from converter.pipeline import export
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.source import open_source
 from exporters.gguf.hparams import hyperparameters
 from exporters.onnx.fused import recipe_for
-from exporters.options import ExportOptions
-from tests.support.onnx_runner import cached_decode_error, pruned_hf_model
-from tests.support.reference_prune import random_plan
 from tests.support.refusal import Case, assert_refused, edit_json
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 # The looser of the family tests' tolerances (GGUF f32 2e-5, ONNX fp32 1e-4 of the logit scale).
 TOLERANCE = 1e-4
-PATTERN = [0, 1, 0, 1]  # not transformers' default: the first layer has no RoPE, the last has
+PATTERN = [0, 1, 0, 1]  # not llama.cpp's every-fourth-layer pattern
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,40 +55,6 @@ def test_rotary_layers_read_the_config() -> None:
     assert rotary_layers(without_list, record, 6, Path("config.json")) == (True, False) * 3
     llama = resolve_arch(build_tiny_model("llama").config.to_dict(), Path("config.json")).family_record
     assert rotary_layers({"no_rope_layers": [0, 0]}, llama, 2, Path("config.json")) == (True, True)
-
-
-@pytest.fixture(scope="module")
-def patterned(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("smollm3-pattern")
-    model = build_tiny_model("smollm3", seed=3, no_rope_layers=PATTERN)
-    src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
-    cfg = model.config
-    plan = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, 1500, 96, seed=2)
-    export(open_source(src), plan, root / "onnx", "onnx", ExportOptions(outtype="fp32", progress=False))
-    plan.save(root / "plan.json")
-    return src, root
-
-
-def test_onnx_follows_a_non_default_pattern(patterned: tuple[Path, Path]) -> None:
-    src, root = patterned
-    reference = pruned_hf_model(src, PrunePlan.load(root / "plan.json"), root / "hf")
-    rng = np.random.default_rng(4)
-    ids = rng.integers(3, reference.config.vocab_size, size=(2, 28))
-    mask = np.ones_like(ids)
-    mask[1, :3] = 0
-    error = cached_decode_error(root / "onnx", reference, ids, mask, 20)
-    print(f"\nsmollm3 no_rope_layers={PATTERN}: max |onnx - hf| / logit scale = {error:.2e}")
-    assert error <= TOLERANCE
-
-
-def test_onnx_no_rope_layers_read_no_rotary_table(patterned: tuple[Path, Path]) -> None:
-    _, root = patterned
-    graph = onnx.load(root / "onnx" / "model.onnx", load_external_data=False).graph
-    tables = {"rope.default.cos", "rope.default.sin"}
-    # Shape nodes (the trace's dynamic-shape guards) read no values; any other reader rotates.
-    read = [bool(tables & {name for node in graph.node if node.name.startswith(f"layers.{i}/")
-                           and node.op_type != "Shape" for name in node.input}) for i in range(len(PATTERN))]
-    assert read == [bool(flag) for flag in PATTERN]
 
 
 def test_fused_graph_is_not_chosen(tmp_path: Path) -> None:
