@@ -60,7 +60,11 @@ def written_type(target: GGMLQuantizationType, cols: int) -> GGMLQuantizationTyp
 
 def intended_type(written: GGMLQuantizationType, cols: int, outtype: OutType,
                   embed_or_output: bool) -> GGMLQuantizationType:
-    """The type a tensor written as `written` was meant to have before any fallback."""
+    """The type a tensor written as `written` was meant to have before any fallback.
+
+    Unique for the 32-block fallbacks (Q5_0 <- Q4_K, Q5_1 <- Q5_K, Q8_0 <- Q6_K); an F16 row that no
+    32-block type fits could have been meant as any type of the mixture, and counts as its base type.
+    """
     if outtype.needs_llama_cpp:
         candidates = MIXTURE_TYPES.get(outtype.name, ())
     else:
