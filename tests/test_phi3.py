@@ -5,10 +5,12 @@ halves). (b) Scoring a tiny Phi-3 (fused gate_up_proj, partial rotary, LongRoPE)
 equals scoring it whole, weight magnitudes equal norms taken from the unfused halves here, the
 predicted parameter count equals the exported one, and the scorer's simulated cut (dropped
 channels zeroed at down_proj's input), with and without the least-squares refit, gives the bits
-per byte of the exported pruned model. (c) LongRoPE past the original context: with
-original_max_position_embeddings 12, the ONNX graph's cached decode that crosses position 12
-equals transformers' cached decode (short factors before, long after, past keys kept), and
-llama.cpp with a context above 12 uses the long factors, as transformers does for a longer prompt.
+per byte of the exported pruned model. (c) LongRoPE past the original context (256 of 1024):
+the ONNX graph's cached decode that crosses position 256 equals transformers' cached decode
+(short factors before, long after, past keys kept), and llama.cpp with a context above 256 uses
+the long factors, as transformers does for a longer prompt.
+(d) `verify` passes on all three exports: its windows stay within the original context, where
+llama.cpp (which picks the factors by its context size) and transformers both use the short ones.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from converter.arch.spec import TensorSlot
+from converter.cli import main
 from converter.pipeline import export
+from converter.prune import PrunedCheckpoint
+from converter.report.components import params_by_component
 from converter.score.autosplit import Budget, SplitEvaluator, make_plan
 from converter.score.bpb import text_bytes
 from converter.score.corpus import open_corpus
@@ -35,8 +40,7 @@ from tests.support.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, ti
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, gram=True)
-ORIGINAL = 12
-SHORT_CONTEXT = {"original_max_position_embeddings": ORIGINAL, "max_position_embeddings": 48}
+ORIGINAL = 256  # tiny_config's phi3: original context 256 of 1024
 
 
 def test_an_axis_of_k_blocks_is_cut_in_each_block() -> None:
@@ -44,6 +48,20 @@ def test_an_axis_of_k_blocks_is_cut_in_each_block() -> None:
     assert gate_up.cut("ffn") == (0, 2) and gate_up.axis("ffn") == 0
     assert TensorSlot("w", "ffn_down", ("hidden", "ffn"), 0, True).cut("ffn") == (1, 1)
     assert TensorSlot("w", "attn_qkv", ("q_dim+2*kv_dim", "hidden"), 0, True).cut("ffn") is None
+
+
+def test_the_fused_tensors_count_as_ffn_and_attention(tmp_path: Path) -> None:
+    src = save_tiny_model(build_tiny_model("phi3"), tmp_path / "in")
+    source = open_source(src)
+    plan = random_plan(2000, 160, 2, None, 96, seed=1)
+    pruned = PrunedCheckpoint(source.checkpoint, source.spec, plan)
+    gate_up = next(p for p in pruned.planned() if p.name == "model.layers.1.mlp.gate_up_proj.weight")
+    kept = plan.kept_ffn_channels[1]
+    assert gate_up.keep == (*kept, *(160 + c for c in kept)) and gate_up.shape == (192, 64)
+    counts = params_by_component(pruned)
+    # per layer: gate_up 2*ffn*64 + down 64*ffn; qkv (64+2*32)*64 + o 64*64
+    assert counts["before"]["ffn"] == 2 * 3 * 160 * 64 and counts["after"]["ffn"] == 2 * 3 * 96 * 64
+    assert counts["before"]["attention"] == counts["after"]["attention"] == 2 * (128 + 64) * 64
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +109,10 @@ def test_simulated_cut_equals_the_exported_model(tmp_path: Path, scored, refit: 
 
 
 @pytest.fixture(scope="module")
-def short_context(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path):
-    """A tiny Phi-3 whose original context is 12 positions, pruned and exported as HF, ONNX and GGUF."""
+def exported(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path):
+    """The tiny Phi-3 (original context 256), pruned and exported as HF, ONNX and GGUF."""
     root = tmp_path_factory.mktemp("phi3-longrope")
-    model = build_tiny_model("phi3", seed=2, **SHORT_CONTEXT)
+    model = build_tiny_model("phi3", seed=2)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config
     plan = random_plan(cfg.vocab_size, cfg.intermediate_size, cfg.num_hidden_layers, 1500, 96, seed=1)
@@ -122,11 +140,11 @@ def _hf_cached(model, ids: np.ndarray, mask: np.ndarray, prefill: int) -> np.nda
     return torch.cat(outs, dim=1).numpy()
 
 
-@pytest.mark.parametrize("prefill", [8, 20], ids=["crossing-in-decode", "long-prefill"])
-def test_onnx_longrope_switch_matches_transformers(short_context, prefill: int) -> None:
-    root, reference = short_context
+@pytest.mark.parametrize("prefill", [ORIGINAL - 8, ORIGINAL + 4], ids=["crossing-in-decode", "long-prefill"])
+def test_onnx_longrope_switch_matches_transformers(exported, prefill: int) -> None:
+    root, reference = exported
     rng = np.random.default_rng(7)
-    ids = rng.integers(3, reference.config.vocab_size, size=(2, 24))
+    ids = rng.integers(3, reference.config.vocab_size, size=(2, ORIGINAL + 16))
     mask = np.ones_like(ids)
     expected = _hf_cached(reference, ids, mask, prefill)
     got = teacher_forced(OnnxDecoder(root / "onnx"), ids, mask, prefill)
@@ -139,12 +157,24 @@ def test_onnx_longrope_switch_matches_transformers(short_context, prefill: int) 
         assert np.abs(whole[:, prefill:ORIGINAL] - expected[:, prefill:ORIGINAL]).max() / scale > 1e-2
 
 
-def test_gguf_uses_long_factors_beyond_the_original_context(short_context) -> None:
-    root, reference = short_context
+def test_gguf_uses_long_factors_beyond_the_original_context(exported) -> None:
+    root, reference = exported
     tok = AutoTokenizer.from_pretrained(root / "hf")
-    prompt = tok.encode("def area(radius):\n    return 3.14159 * radius ** 2  # the circle's area")
-    assert len(prompt) > ORIGINAL
+    prompt = tok.encode("def area(radius):\n    return 3.14159 * radius ** 2  # the circle's area\n" * 12)
+    assert ORIGINAL < len(prompt) <= 512
     with torch.no_grad():
         expected = reference(torch.tensor([prompt])).logits[0].numpy()
-    got = llama_logits(load_llama(the_gguf(list((root / "gguf").iterdir())), n_ctx=64), prompt)
+    got = llama_logits(load_llama(the_gguf(list((root / "gguf").iterdir())), n_ctx=512), prompt)
     assert float(np.abs(got - expected).max() / np.abs(expected).max()) < 2e-5
+
+
+@pytest.mark.parametrize("fmt", ["hf", "gguf", "onnx"])
+def test_verify_passes_within_the_original_context(exported, capsys: pytest.CaptureFixture[str],
+                                                   fmt: str) -> None:
+    root, _ = exported
+    text = root / "text.txt"
+    text.write_text("The module defines a class.\n" * 20 + "x = [1, 2, 3]\n", encoding="utf-8")
+    code = main(["verify", str(root / fmt), "--reference", str(root / "in"), "--text", str(text), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert next(line for line in out.splitlines() if line.startswith("logit parity")).endswith("PASS")

@@ -14,7 +14,7 @@ from converter.prune import PrunedCheckpoint
 COMPONENTS = ("embedding", "attention", "ffn", "lm_head", "norms_other")
 LABELS = {"embedding": "embedding", "attention": "attention", "ffn": "FFN", "lm_head": "LM head",
           "norms_other": "norms & other"}
-FFN_ROLES = ("ffn_gate", "ffn_up", "ffn_down")
+FFN_ROLES = ("ffn_gate", "ffn_up", "ffn_gate_up", "ffn_down")
 
 
 def component_of(role: str | None) -> str:

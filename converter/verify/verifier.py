@@ -101,7 +101,15 @@ def _config(folder: Path) -> dict[str, Any]:
 
 
 def _window(folder: Path) -> int:
-    positions = _config(folder).get("max_position_embeddings")
+    config = _config(folder)
+    positions = config.get("max_position_embeddings")
+    # LongRoPE takes its long factors past the original context, llama.cpp whenever its context is longer
+    # than that, transformers only for calls that reach it: windows stay inside, where both use the short ones.
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("longrope", "su"):
+        original = rope.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+        if isinstance(original, int) and isinstance(positions, int):
+            positions = min(positions, original)
     return min(MAX_WINDOW, positions) if isinstance(positions, int) and positions > 8 else MAX_WINDOW
 
 
