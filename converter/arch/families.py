@@ -197,7 +197,8 @@ OLMO2 = replace(
     QWEN2, name="olmo2", architectures=("Olmo2ForCausalLM",), model_types=("olmo2",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MLP, *_POST_NORMS),
     genai_model_type="olmo",
-    gguf=GgufConventions(arch="olmo2", vocab_size_key=False, rope_dimension_key=False, q_dim_is_hidden=True),
+    gguf=GgufConventions(arch="olmo2", lm_head="required", vocab_size_key=False, rope_dimension_key=False,
+                         q_dim_is_hidden=True),
 )
 
 # Granite 3: Llama's tensors and rope layout with four multipliers: the embedding output, each

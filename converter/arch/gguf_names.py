@@ -67,8 +67,9 @@ class GgufConventions:
     activation_key: str = "hidden_act"
     activations: tuple[str, ...] = ("silu",)
     # "output" when llama.cpp's graph loads an untied `output` tensor, "absent" when it always
-    # reuses the embedding (gemma, gemma2), so an untied head cannot be expressed.
-    lm_head: Literal["output", "absent"] = "output"
+    # reuses the embedding (gemma, gemma2), so an untied head cannot be expressed; "required" when
+    # it always loads `output` (olmo2), so a tied head is written as a copy of the embedding.
+    lm_head: Literal["output", "absent", "required"] = "output"
     # The llama architecture stores q/k rows with each head's two rotary halves interleaved
     # (LlamaModel.permute in the converter): `(heads, 2, head_dim/2)` becomes
     # `(heads, head_dim/2, 2)`, for weights and biases alike (the roles in PERMUTED_ROLES).

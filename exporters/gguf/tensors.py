@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -93,6 +93,9 @@ def plan_tensors(pruned: PrunedCheckpoint, llama_cpp: GgufConventions, outtype: 
         offset = norm_offset if role.endswith("norm") else 0.0
         qtype = tensor_type(outtype, name, planned.shape, role in ("embed", "lm_head"))
         out.append(GgufTensor(name, planned.shape, qtype, planned, order, offset))
+        if role == "embed" and pruned.spec.tied_embeddings and llama_cpp.lm_head == "required":
+            head = TENSOR_NAMES["lm_head"]
+            out.append(replace(out[-1], name=head, qtype=tensor_type(outtype, head, planned.shape, True)))
     if rope_freqs is not None:
         out.append(GgufTensor(ROPE_FREQS_NAME, rope_freqs.shape, Q.F32, None, values=rope_freqs))
     names = [t.name for t in out]
