@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from converter.errors import ConvertError
+
 K_QUANT_BLOCK = 256  # QK_K
 LEGACY_BLOCK = 32  # QK4_0 .. QK8_0
 GGUF_ROW_BLOCKS: dict[str, int] = {
@@ -24,7 +26,7 @@ GGUF_ROW_BLOCKS: dict[str, int] = {
     "q8_0": LEGACY_BLOCK, "q4_0": LEGACY_BLOCK, "q4_1": LEGACY_BLOCK, "q5_0": LEGACY_BLOCK, "q5_1": LEGACY_BLOCK,
 }
 GGUF_FLOAT = ("auto", "f32", "f16", "bf16")
-ONNX_BLOCKED = ("int4", "int8")  # MatMulNBits in blocks of --int4-block-size (int8: the fused graph's)
+ONNX_BLOCKED = ("int8", "int4")  # MatMulNBits in blocks of --int4-block-size (int8: the fused graph's)
 ONNX_FLOAT = ("fp32", "fp16")
 
 
@@ -38,10 +40,17 @@ class RowBlock:
 
 def row_block(fmt: str | None, outtype: str | None, int4_block_size: int) -> RowBlock:
     """The block the rows of `fmt`/`outtype` come in; `fmt` None: told by the out type's name, which
-    no two formats share (the standalone `plan` command knows only --outtype)."""
-    name = (outtype or "auto").lower()
-    if fmt == "hf" or (fmt is None and outtype is None):
+    no two formats share (the standalone `plan` command knows only --outtype). An out type the
+    format does not have is refused here, before any scoring."""
+    if fmt == "hf" or outtype is None:
         return RowBlock()
+    name = outtype.lower()
+    known = {"gguf": (*GGUF_FLOAT, *GGUF_ROW_BLOCKS), "onnx": (*ONNX_FLOAT, *ONNX_BLOCKED)}
+    allowed = known.get(fmt or "", (*known["gguf"], *known["onnx"]))
+    if name not in allowed:
+        kind = fmt.upper() if fmt else "GGUF or ONNX"
+        raise ConvertError(f"--outtype {outtype!r} is not a {kind} type; choose one of "
+                           f"{', '.join(dict.fromkeys(allowed))}")
     if fmt in (None, "gguf") and name in GGUF_ROW_BLOCKS:
         kind = "llama.cpp K-quant" if GGUF_ROW_BLOCKS[name] == K_QUANT_BLOCK else "GGUF"
         return RowBlock(GGUF_ROW_BLOCKS[name], f"{kind} {name} rows come in blocks of {GGUF_ROW_BLOCKS[name]}")

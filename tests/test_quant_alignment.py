@@ -18,11 +18,14 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
 
 from converter.pipeline import export
-from converter.row_grid import GGUF_ROW_BLOCKS, K_QUANT_BLOCK, LEGACY_BLOCK, row_block
+from converter.errors import ConvertError
+from converter.row_grid import (GGUF_FLOAT, GGUF_ROW_BLOCKS, K_QUANT_BLOCK, LEGACY_BLOCK, ONNX_BLOCKED, ONNX_FLOAT,
+                                row_block)
 from converter.score.stage_options import Budget
 from converter.source import open_source
 from exporters.gguf.quant import OUTTYPES
 from exporters.gguf.written_types import FALLBACK, MIXTURE_TYPES, read_types
+from exporters.onnx.precision import OUTTYPES as ONNX_OUTTYPES
 from exporters.options import ExportOptions
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
@@ -131,5 +134,10 @@ def test_row_blocks_are_the_exporters_blocks() -> None:
     assert row_block(None, None, 32).block == 1
     assert row_block("onnx", "int4", 128).block == row_block(None, "int8", 128).block == 128
     assert row_block("onnx", "fp16", 128).block == 1
+    assert set(GGUF_ROW_BLOCKS) | set(GGUF_FLOAT) == set(OUTTYPES) | {"auto"}
+    assert set(ONNX_BLOCKED) | set(ONNX_FLOAT) == set(ONNX_OUTTYPES)
+    for fmt, wrong in (("gguf", "int4"), ("onnx", "q4_k_m"), ("onnx", "auto"), (None, "q3_k_m")):
+        with pytest.raises(ConvertError, match="is not a"):
+            row_block(fmt, wrong, 32)
     assert Budget(ffn_multiple=48, row_block=256).ffn_grid == 768
     assert Budget(row_block=K_QUANT_BLOCK).ffn_grid == 256 and Budget().ffn_grid == 32
