@@ -109,7 +109,7 @@ def test_every_field_says_whether_it_is_a_flag() -> None:
     internal = {f.name for cls in (ScoreOptions, Budget, ExportOptions) for f in dataclasses.fields(cls)
                 if flag_of(f) is None}
     assert internal == {"heldout_percent", "bins_per_octave", "progress", "refine_rounds", "eval_seq_len", "ridge",
-                        "command_line", "row_block", "row_block_why"}
+                        "command_line", "row_block", "row_block_why", "importance"}
 
 
 def test_generated_flags_keep_their_spellings_defaults_and_types() -> None:
