@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from converter.errors import ConvertError
 from converter.flag_fields import Flag, check_minimums, flag, internal
 from converter.score.matmul_inputs import MatmulSums
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+# MatMulNBits' accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (onnxruntime-genai's CPU choice).
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+LM_HEAD_TYPES = ("int4", "int8", "fp16", "fp32")
 
 
 def parse_size(text: str) -> int:
@@ -30,6 +34,13 @@ def parse_size(text: str) -> int:
     return int(value * factor)
 
 
+def parse_accuracy_level(text: str) -> int:
+    """One of MatMulNBits' accuracy levels, 0 to 4."""
+    if text.strip() not in [str(level) for level in ACCURACY_LEVELS]:
+        raise ValueError(f"accuracy level {text!r} must be one of {', '.join(map(str, ACCURACY_LEVELS))}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """Settings shared by all exporters; each exporter ignores what does not apply to it."""
@@ -41,6 +52,16 @@ class ExportOptions:
     pre_tokenizer: str | None = flag(None, Flag(
         "GGUF pre-tokenizer name, overriding the one derived from the source tokenizer", name="pre"))
     int4_block_size: int = flag(32, Flag("block size of ONNX int4 weights (default 32)"))
+    int4_accuracy_level: int = flag(4, Flag(
+        "accuracy_level of every ONNX MatMulNBits node (int4, int8): 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 "
+        "activations (default 4, what onnxruntime-genai's builder uses on CPU)", parse=parse_accuracy_level,
+        metavar="{0,1,2,3,4}"))
+    int4_symmetric: bool | None = flag(None, Flag(
+        "ONNX int4 blocks symmetric, or with --no-int4-symmetric uint4 codes with a zero point per block; default: "
+        "symmetric on the fused graph (Llama, Qwen2, Qwen3), asymmetric on the traced graph"))
+    int4_lm_head: str | None = flag(None, Flag(
+        "the ONNX LM head's type under --outtype int4: int4 (default), int8 (MatMulNBits 8 bits), fp16 or fp32 "
+        "(a plain MatMul)", choices=LM_HEAD_TYPES))
     progress: bool = internal(True)
     command_line: str = internal("")
     report_plots: bool = flag(True, Flag(
@@ -51,4 +72,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         check_minimums(self)
+        if self.int4_accuracy_level not in ACCURACY_LEVELS:
+            raise ConvertError(f"--int4-accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
+                               f"got {self.int4_accuracy_level}")
+        if self.int4_lm_head is not None and self.int4_lm_head not in LM_HEAD_TYPES:
+            raise ConvertError(f"--int4-lm-head must be one of {', '.join(LM_HEAD_TYPES)}, got {self.int4_lm_head!r}")
 

@@ -108,11 +108,12 @@ def _dequantized_lm_head(graph: onnx.ModelProto, folder: Path) -> tuple[onnx.Nod
     lookup = next(n for n in graph.graph.node if n.op_type == "GatherBlockQuantized")
     matmul = next(n for n in graph.graph.node if n.op_type == "MatMulNBits" and n.input[2] == lookup.input[2])
     hidden = next(a.i for a in matmul.attribute if a.name == "K")
-    packed, scales, zeros = (onnx.numpy_helper.to_array(inits[name], base_dir=str(folder))
-                             for name in matmul.input[1:4])
+    packed, scales, *zeros = (onnx.numpy_helper.to_array(inits[name], base_dir=str(folder))
+                              for name in matmul.input[1:4])
     vocab, blocks, _ = packed.shape
     values = np.stack([packed & 15, packed >> 4], -1).reshape(vocab, blocks, -1).astype(np.float32)
-    zero = np.stack([zeros & 15, zeros >> 4], -1).reshape(vocab, -1)[:, :blocks, None].astype(np.float32)
+    zero = np.stack([zeros[0] & 15, zeros[0] >> 4], -1).reshape(vocab, -1)[:, :blocks, None].astype(np.float32) \
+        if zeros else np.float32(8)  # symmetric (the default): codes offset by 8
     return lookup, ((values - zero) * scales[:, :, None]).reshape(vocab, -1)[:, :hidden]
 
 
@@ -153,6 +154,25 @@ def test_int4_tied_lookup_reads_the_lm_head_rows(gemma3: Path, tmp_path: Path, b
     session = ort.InferenceSession(_subgraph(graph, out, lookup.input[1], result).SerializeToString())
     got = session.run(None, {lookup.input[1]: ids})[0]
     np.testing.assert_array_equal(got, table[ids])
+
+
+def test_int4_options_reach_the_traced_graph(gemma3: Path, tmp_path: Path) -> None:
+    """Asymmetric (the traced graph's default) gives every MatMulNBits and the tied lookup zero points,
+    --int4-symmetric none; --int4-accuracy-level is written into each MatMulNBits. The lookup still
+    returns the rows the lm_head computes with."""
+    for name, level, symmetric in (("default", 4, False), ("sym", 2, True)):
+        out = tmp_path / name
+        shutil.copytree(gemma3, out)
+        convert(out / MODEL_NAME, "int4", 32, DATA_NAME, *((level, symmetric) if symmetric else ()))
+        graph = onnx.load(out / MODEL_NAME, load_external_data=False)
+        nodes = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
+        attrs = {(len(n.input), next(a.i for a in n.attribute if a.name == "accuracy_level")) for n in nodes}
+        assert nodes and attrs == {(3 if symmetric else 4, level)}
+        lookup, table = _dequantized_lm_head(graph, out)
+        assert len(lookup.input) == (3 if symmetric else 4)
+        ids = np.array([0, 5, table.shape[0] - 1], dtype=np.int64)
+        session = ort.InferenceSession(_subgraph(graph, out, lookup.input[1], lookup.output[0]).SerializeToString())
+        np.testing.assert_array_equal(session.run(None, {lookup.input[1]: ids})[0][:, :table.shape[1]], table[ids])
 
 
 def test_int4_tracks_fp32(gemma3: Path, tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ out type, block size, missing packages) is refused before the first byte is writ
 The pipeline: exporters.onnx.model builds the model with only the template layers loaded,
 exporters.onnx.wrapper and .graph trace a prologue, one decoder layer per layer kind and an
 epilogue, exporters.onnx.assemble repeats the templates for every layer and streams the weights,
-exporters.onnx.precision converts to fp16/int8/int4, exporters.onnx.genai writes genai_config.json.
+exporters.onnx.precision converts to fp16/int8/int4 (honouring --int4-symmetric and
+--int4-accuracy-level; --int4-lm-head other than int4 is refused there, before any work),
+exporters.onnx.genai writes genai_config.json.
 
 Llama, Qwen2 and Qwen3 decoders (exporters.onnx.fused.recipe says which exactly) skip all of that:
 exporters.onnx.fused writes them by hand in onnxruntime's fused contrib ops, the layout
@@ -27,6 +29,7 @@ import onnx  # noqa: F401  (a missing package is reported by name before any wor
 import onnxruntime  # noqa: F401
 import onnxscript  # noqa: F401
 
+from converter.errors import ConvertError
 from converter.progress import progress_bar
 from converter.prune import PrunedCheckpoint
 from exporters.companions import write_companions
@@ -49,14 +52,26 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
     """Validate everything the export depends on; returns the out type. Raises ConvertError."""
     outtype = check_outtype(options.outtype, options.int4_block_size)
     check_supported(pruned.spec, pruned.source.folder / "config.json")
+    head = options.int4_lm_head
+    if head is not None and outtype != "int4":
+        raise ConvertError(f"--int4-lm-head {head} sets the LM head under --outtype int4; this export's out type "
+                           f"is {outtype}")
+    if head not in (None, "int4") and _recipe(pruned, outtype, options) is None:
+        raise ConvertError(f"--int4-lm-head {head} is not available for {pruned.spec.family} (traced ONNX graph, "
+                           f"{pruned.source.folder / 'config.json'}); its LM head is int4 like the other weights")
     return outtype
+
+
+def _recipe(pruned: PrunedCheckpoint, outtype: str, options: ExportOptions) -> FusedRecipe | None:
+    return recipe_for(pruned, outtype, options.int4_block_size, options.int4_accuracy_level,
+                      options.int4_symmetric is not False, options.int4_lm_head)
 
 
 def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,
            options: ExportOptions) -> list[Path]:
     """Write the ONNX decoder, its weights, tokenizer and configs for the pruned checkpoint into out_dir."""
     outtype = check(pruned, options)
-    recipe = recipe_for(pruned, outtype, options.int4_block_size)
+    recipe = _recipe(pruned, outtype, options)
     if recipe is not None:
         return _export_fused(pruned, recipe, tokenizer, out_dir, options)
     family = pruned.spec.family_record
@@ -71,7 +86,8 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
         gc.collect()
         bar.update()
         bar.set_postfix_str(f"convert to {outtype}")
-        convert(graph, outtype, options.int4_block_size, DATA_NAME)
+        convert(graph, outtype, options.int4_block_size, DATA_NAME, options.int4_accuracy_level,
+                options.int4_symmetric is True)
         bar.update()
         bar.set_postfix_str("tokenizer and configs")
         written = [graph, out_dir / DATA_NAME]

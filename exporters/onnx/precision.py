@@ -6,7 +6,8 @@ exactly where transformers upcasts them (squares of a residual stream above 256 
 int8 is onnxruntime's dynamic quantization (int8 MatMul weights, activations quantized at run
 time). int4 is weight-only: onnxruntime's MatMulNBitsQuantizer turns every MatMul weight into a
 `MatMulNBits` and the embedding into a `GatherBlockQuantized`, in blocks of `int4_block_size`
-along the input axis. The result always keeps all weights in one `model.onnx.data`.
+along the input axis, with zero points (asymmetric) unless --int4-symmetric asks for none, and
+--int4-accuracy-level (default 4) on every MatMulNBits. The result always keeps all weights in one `model.onnx.data`.
 """
 from __future__ import annotations
 
@@ -159,13 +160,16 @@ def _share_int4_lm_head(model: onnx.ModelProto, gather_name: str, transpose_name
         model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == weight))
 
 
-def to_int4(model: onnx.ModelProto, block_size: int) -> onnx.ModelProto:
+def to_int4(model: onnx.ModelProto, block_size: int, accuracy_level: int = 4,
+            symmetric: bool = False) -> onnx.ModelProto:
     """MatMul weights as MatMulNBits; the embedding as GatherBlockQuantized (shared with a tied lm_head)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     _name_nodes(model)
     tied = _tied_lookup(model)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
+    # onnxruntime's quantizer leaves accuracy_level 0 out of the node, which means the same.
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=accuracy_level or None,
                                      op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
                                      quant_axes=(("MatMul", 0), ("Gather", 1)))
     quantizer.process()
@@ -195,8 +199,10 @@ def _quiet_quantizers() -> Iterator[None]:
         logging.disable(previous)
 
 
-def convert(path: Path, outtype: str, block_size: int, data_name: str) -> None:
-    """Rewrite the fp32 graph at `path` (and its data file) in place as `outtype`."""
+def convert(path: Path, outtype: str, block_size: int, data_name: str, accuracy_level: int = 4,
+            symmetric: bool = False) -> None:
+    """Rewrite the fp32 graph at `path` (and its data file) in place as `outtype`; int4 in blocks of
+    `block_size` with MatMulNBits' `accuracy_level`, symmetric or with zero points."""
     if outtype == "fp32":
         return
     with _quiet_quantizers():
@@ -209,7 +215,7 @@ def convert(path: Path, outtype: str, block_size: int, data_name: str) -> None:
         if outtype == "fp16":
             model = onnx.shape_inference.infer_shapes(model)
         onnx.load_external_data_for_model(model, str(path.parent))
-        model = to_fp16(model) if outtype == "fp16" else to_int4(model, block_size)
+        model = to_fp16(model) if outtype == "fp16" else to_int4(model, block_size, accuracy_level, symmetric)
         save_with_external_data(model, path, data_name)
 
 

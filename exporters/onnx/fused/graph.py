@@ -8,7 +8,8 @@ also appends the new keys/values to the cache (in place when onnxruntime-genai s
 and present buffers). Positions come from the attention mask inside GQA (`seqlens_k` = tokens
 so far - 1, `total_sequence_length`), so the graph has no position_ids input, and, like
 onnxruntime-genai's own builder graphs, it reads a batch as right-padded. Matrices are MatMul on
-[K, N] float initializers or `MatMulNBits`; the MLP's gate and up rows are one packed MatMul
+[K, N] float initializers or `MatMulNBits` (with zero points when asymmetric; the LM head may
+differ in type, --int4-lm-head); the MLP's gate and up rows are one packed MatMul
 (split after it), one activation quantization and one kernel call fewer per layer than the
 builder's graph. I/O follow the builder's CPU graphs: input_ids,
 attention_mask, past_key_values.{i}.key/value in; logits, present.{i}.key/value out.
@@ -23,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from exporters.onnx.fused import names
-from exporters.onnx.fused.recipe import FusedRecipe
+from exporters.onnx.fused.recipe import FusedRecipe, Precision
 
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
@@ -57,15 +58,24 @@ class Wiring:
     total_length: str
 
 
-def _linear(g: Nodes, recipe: FusedRecipe, x: str, base: str, k: int, n: int, prefix: str) -> str:
-    bits = recipe.precision.bits
+def _linear(g: Nodes, recipe: FusedRecipe, x: str, base: str, k: int, n: int, prefix: str,
+            precision: Precision | None = None) -> str:
+    """x @ W for `base`'s weight stored as `precision` (default: the recipe's); a float weight of another
+    type than the activations (an fp16 LM head under int4) gets its input and output cast."""
+    p = precision or recipe.precision
     out = f"{prefix}/MatMul"
-    if bits is None:
-        g.add("MatMul", [x, names.weight(base, None)], [out], out)
-    else:
-        g.add("MatMulNBits", [x, names.weight(base, bits), names.scales(base)], [out], out, MS_DOMAIN,
-              K=k, N=n, bits=bits, block_size=recipe.precision.block_size,
-              accuracy_level=recipe.precision.accuracy_level)
+    if p.bits is None:
+        activations = recipe.precision.float_type
+        if p.float_type == activations:
+            return g.add("MatMul", [x, names.weight(base, None)], [out], out)[0]
+        cast = g.add("Cast", [x], [f"{prefix}/cast_in"], f"{prefix}/CastIn", to=p.float_type)[0]
+        g.add("MatMul", [cast, names.weight(base, None)], [f"{out}/raw"], out)
+        return g.add("Cast", [f"{out}/raw"], [out], f"{prefix}/CastOut", to=activations)[0]
+    inputs = [x, names.weight(base, p.bits), names.scales(base)]
+    if not p.symmetric:
+        inputs.append(names.zero_points(base))
+    g.add("MatMulNBits", inputs, [out], out, MS_DOMAIN, K=k, N=n, bits=p.bits, block_size=p.block_size,
+          accuracy_level=p.accuracy_level)
     return out
 
 
@@ -83,21 +93,26 @@ def _mask_inputs(g: Nodes) -> Wiring:
 
 def _embedding(g: Nodes, recipe: FusedRecipe) -> str:
     """The token embeddings [batch, seq, hidden]; a tied model reads them from the lm_head's storage."""
-    bits, hidden, vocab = recipe.precision.bits, recipe.dims.hidden, recipe.dims.vocab
+    precision = recipe.head if recipe.tied else recipe.precision
+    bits, hidden, vocab = precision.bits, recipe.dims.hidden, recipe.dims.vocab
     base = names.LM_HEAD if recipe.tied else names.EMBED
     out = "embed/output"
     if bits is None:
         if not recipe.tied:
             return g.add("Gather", [names.weight(base, None), "input_ids"], [out], "embed/Gather")[0]
         g.add("Gather", [names.weight(base, None), "input_ids"], ["embed/columns"], "embed/Gather", axis=1)
-        return g.add("Transpose", ["embed/columns"], [out], "embed/Transpose", perm=[1, 2, 0])[0]
-    block = recipe.precision.block_size
+        if precision.float_type == recipe.precision.float_type:
+            return g.add("Transpose", ["embed/columns"], [out], "embed/Transpose", perm=[1, 2, 0])[0]
+        g.add("Transpose", ["embed/columns"], ["embed/rows"], "embed/Transpose", perm=[1, 2, 0])
+        return g.add("Cast", ["embed/rows"], [out], "embed/Cast", to=recipe.precision.float_type)[0]
+    block = precision.block_size
     padded = -(-hidden // block) * block
     table = names.weight(base, bits)
     if recipe.tied:
         table = g.add("Reshape", [table, g.int64([vocab, padded * bits // 8])], ["embed/rows"], "embed/Reshape")[0]
     looked_up = out if padded == hidden else "embed/padded"
-    g.add("GatherBlockQuantized", [table, "input_ids", names.scales(base)], [looked_up], "embed/Lookup", MS_DOMAIN,
+    inputs = [table, "input_ids", names.scales(base)] + ([] if precision.symmetric else [names.zero_points(base)])
+    g.add("GatherBlockQuantized", inputs, [looked_up], "embed/Lookup", MS_DOMAIN,
           bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
     if padded != hidden:
         g.add("Slice", [looked_up, g.int64([0]), g.int64([hidden]), g.int64([2])], [out], "embed/Unpad")
@@ -191,7 +206,7 @@ def build_graph(recipe: FusedRecipe, initializers: list[TensorProto], producer: 
         delta = _mlp(g, recipe, normed, i)
     final, _ = _skip_norm(g, recipe, residual, delta, names.FINAL_NORM, "final_norm", keep_sum=False)
     d = recipe.dims
-    _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head")
+    _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head", recipe.head)
     g.nodes[-1].output[0] = "logits"
     inputs, outputs = _io(recipe)
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs,

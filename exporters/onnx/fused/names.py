@@ -1,7 +1,8 @@
 """Initializer names of the fused graph, shared by the weight writer and the graph builder.
 
 A projection `base` is stored as `{base}.weight` ([K, N], the MatMul layout) in float types, or as
-`{base}.weight_Q{bits}` and `{base}.weight_scales` (MatMulNBits' B and scales) when quantized;
+`{base}.weight_Q{bits}` and `{base}.weight_scales` (MatMulNBits' B and scales) when quantized, plus
+`{base}.weight_zero_points` when asymmetric;
 its bias, if any, is `{base}.bias`. Packed q/k/v live under `attn.qkv_proj`, as in the builder, and
 packed gate/up rows under `mlp.gate_up_proj`.
 """
@@ -27,6 +28,10 @@ def weight(base: str, bits: int | None) -> str:
 
 def scales(base: str) -> str:
     return f"{base}.weight_scales"
+
+
+def zero_points(base: str) -> str:
+    return f"{base}.weight_zero_points"
 
 
 def bias(base: str) -> str:

@@ -1,11 +1,15 @@
-"""Symmetric block quantization of one weight matrix into onnxruntime's MatMulNBits layout.
+"""Block quantization of one weight matrix into onnxruntime's MatMulNBits layout.
 
 A weight W [N, K] (N outputs, the PyTorch Linear layout) is cut along K into blocks of
-`block_size` (K padded with zeros to a whole block). Each block's scale maps the value of largest
-magnitude, sign kept, onto the most negative code, -2^(bits-1); codes are stored offset by
-2^(bits-1) as unsigned, the zero point MatMulNBits and GatherBlockQuantized assume when none is
-given. 4-bit codes pack two to a byte, the even k in the low nibble. Rows are quantized in
-chunks, so the float temporaries stay a small multiple of one chunk, not of the tensor.
+`block_size` (K padded with zeros to a whole block). Symmetric: each block's scale maps the value
+of largest magnitude, sign kept, onto the most negative code, -2^(bits-1); codes are stored offset
+by 2^(bits-1) as unsigned, the zero point MatMulNBits and GatherBlockQuantized assume when none is
+given. Asymmetric: the block's range [min(w, 0), max(w, 0)] spans all 2^bits codes and each block
+stores its own zero point, rounded as onnxruntime's MLAS quantizer does (half away from zero);
+zero points are [N, blocks] bytes for 8 bits and, for 4 bits, packed two to a byte along the
+blocks with a row's odd last block padded by 8 (onnxruntime's `quantize_matmul_4bits` layout).
+4-bit codes pack two to a byte, the even k in the low nibble. Rows are quantized in chunks, so
+the float temporaries stay a small multiple of one chunk, not of the tensor.
 """
 from __future__ import annotations
 
@@ -18,18 +22,45 @@ ROW_CHUNK = 4096
 
 @dataclass(frozen=True)
 class BlockQuantized:
-    """MatMulNBits inputs B [N, blocks, block_size * bits / 8] (uint8) and scales [N, blocks] (float32)."""
+    """MatMulNBits inputs B [N, blocks, block_size * bits / 8] (uint8), scales [N, blocks] (float32) and,
+    when asymmetric, zero_points [N, blocks * bits / 8 rounded up] (uint8)."""
 
     packed: np.ndarray
     scales: np.ndarray
+    zero_points: np.ndarray | None = None
 
 
-def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _pack_nibbles(codes: np.ndarray, pad: int) -> np.ndarray:
+    """Two 4-bit codes a byte along the last axis, the even one low; an odd count is padded with `pad`."""
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.full((*codes.shape[:-1], 1), pad, np.uint8)], axis=-1)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4)
+
+
+def _grouped(weight: np.ndarray, block_size: int) -> np.ndarray:
     rows, cols = weight.shape
     blocks = -(-cols // block_size)
     padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
     padded[:, :cols] = weight
-    grouped = padded.reshape(rows, blocks, block_size)
+    return padded.reshape(rows, blocks, block_size)
+
+
+def _quantize_rows_asymmetric(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, ...]:
+    grouped = _grouped(weight, block_size)
+    top = np.float32((1 << bits) - 1)
+    low = np.minimum(grouped.min(axis=2), 0)
+    scales = (np.maximum(grouped.max(axis=2), 0) - low) / top
+    safe = np.where(scales == 0, 1.0, scales).astype(np.float32)
+    zeros = np.clip(np.floor(-low / safe + np.float32(0.5)), 0, top).astype(np.float32)
+    codes = np.clip(np.floor(grouped / safe[..., None] + zeros[..., None] + np.float32(0.5)), 0, top).astype(np.uint8)
+    zero_points = zeros.astype(np.uint8)
+    if bits == 4:
+        codes, zero_points = _pack_nibbles(codes, 0), _pack_nibbles(zero_points, 8)
+    return codes, scales.astype(np.float32), zero_points
+
+
+def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, ...]:
+    grouped = _grouped(weight, block_size)
     index = np.abs(grouped).argmax(axis=2)[..., None]
     peak = np.take_along_axis(grouped, index, axis=2)[..., 0]
     offset = 1 << (bits - 1)
@@ -37,22 +68,32 @@ def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.n
     safe = np.where(scales == 0, 1.0, scales)[..., None]
     codes = np.clip(np.rint(grouped / safe) + offset, 0, 2 * offset - 1).astype(np.uint8)
     if bits == 4:
-        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)
+        codes = _pack_nibbles(codes, 0)
     return codes, scales.astype(np.float32)
 
 
-def quantize_blocks(weight: np.ndarray, bits: int, block_size: int) -> BlockQuantized:
+def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True) -> BlockQuantized:
     """Quantize float W [N, K]; `bits` is 4 or 8, `block_size` a power of two of at least 16."""
     if bits not in (4, 8):
         raise ValueError(f"MatMulNBits weights of {bits} bits are not written; use 4 or 8")
-    parts = [_quantize_rows(np.asarray(weight[i:i + ROW_CHUNK], dtype=np.float32), bits, block_size)
+    rows = _quantize_rows if symmetric else _quantize_rows_asymmetric
+    parts = [rows(np.asarray(weight[i:i + ROW_CHUNK], dtype=np.float32), bits, block_size)
              for i in range(0, weight.shape[0], ROW_CHUNK)]
-    return BlockQuantized(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    packed, scales = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return BlockQuantized(packed, scales, None if symmetric else np.concatenate([p[2] for p in parts]))
+
+
+def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    return np.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:-1], -1)
 
 
 def dequantize_blocks(quantized: BlockQuantized, bits: int, cols: int) -> np.ndarray:
     """The float W [N, K] that MatMulNBits computes with (for tests and error reports)."""
-    packed = quantized.packed
-    codes = np.stack([packed & 15, packed >> 4], -1).reshape(*packed.shape[:2], -1) if bits == 4 else packed
-    values = (codes.astype(np.float32) - (1 << (bits - 1))) * quantized.scales[..., None]
+    packed, scales = quantized.packed, quantized.scales
+    codes = _unpack_nibbles(packed) if bits == 4 else packed
+    zeros: np.ndarray | int = 1 << (bits - 1)
+    if quantized.zero_points is not None:
+        points = quantized.zero_points
+        zeros = (_unpack_nibbles(points) if bits == 4 else points)[:, :scales.shape[1], None].astype(np.float32)
+    values = (codes.astype(np.float32) - zeros) * scales[..., None]
     return values.reshape(packed.shape[0], -1)[:, :cols]

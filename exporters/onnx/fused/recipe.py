@@ -6,8 +6,10 @@ RMSNorm, SiLU-gated MLP without biases, grouped-query attention with optional q/
 returns None for anything else, and the exporter falls back to the traced graph, so a family is
 moved onto the fused path by widening this check and the graph, nothing more. The recipe also
 fixes the weight precision: float initializers (fp32/fp16) or onnxruntime's `MatMulNBits`
-(4 or 8 bits, symmetric blocks, `accuracy_level` 4 lets the CPU kernel use int8 activations,
-the setting onnxruntime-genai's builder picks for CPU).
+(4 or 8 bits; 4-bit blocks symmetric or, asked for, asymmetric with zero points; `accuracy_level`
+4 by default lets the CPU kernel use int8 activations, the setting onnxruntime-genai's builder
+picks for CPU), and the LM head's own precision, which under int4 may be 8-bit blocks or a float
+MatMul (fp16 or fp32 weights) instead; a tied embedding reads the head's storage either way.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Precision:
     bits: int | None
     block_size: int
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    symmetric: bool = True
 
     @property
     def float_type(self) -> int:
@@ -56,6 +59,7 @@ class FusedRecipe:
     tied: bool
     context: int
     precision: Precision
+    head: Precision  # the LM head's (and a tied embedding's) storage; `precision` unless --int4-lm-head says otherwise
 
     @property
     def q_dim(self) -> int:
@@ -74,8 +78,21 @@ def _sliding(config: dict) -> bool:
     return config.get("sliding_window") is not None and config.get("use_sliding_window", True) is not False
 
 
-def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int) -> FusedRecipe | None:
-    """The fused graph's recipe, or None when the model needs the traced graph instead."""
+def _precisions(outtype: str, block_size: int, accuracy_level: int, symmetric: bool,
+                lm_head: str | None) -> tuple[Precision, Precision]:
+    """(weights, LM head); symmetric applies to 4-bit blocks, an int8 head is symmetric like --outtype int8."""
+    bits = {"int4": 4, "int8": 8}.get(outtype)
+    weights = Precision(outtype, bits, block_size, accuracy_level, symmetric or bits != 4)
+    if lm_head is None or lm_head == outtype:
+        return weights, weights
+    head_bits = {"int4": 4, "int8": 8}.get(lm_head)
+    return weights, Precision(lm_head, head_bits, block_size, accuracy_level, symmetric or head_bits != 4)
+
+
+def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+               symmetric: bool = True, lm_head: str | None = None) -> FusedRecipe | None:
+    """The fused graph's recipe, or None when the model needs the traced graph instead. `lm_head`, the
+    head's type (int4/int8/fp16/fp32), is for int4 weights only; the exporter's check refuses it otherwise."""
     spec = pruned.spec
     config = dict(spec.config)
     if spec.family not in FUSED_FAMILIES:
@@ -90,7 +107,7 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int) -> Fused
     names = {p.name for p in pruned.planned()}
     if any(name.endswith(UNSUPPORTED_BIASES) for name in names):
         return None
-    bits = {"int4": 4, "int8": 8}.get(outtype)
+    weights, head = _precisions(outtype, block_size, accuracy_level, symmetric, lm_head)
     return FusedRecipe(
         model_type=spec.model_type,
         dims=pruned.dims,
@@ -99,5 +116,6 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int) -> Fused
         qk_norm="model.layers.0.self_attn.q_norm.weight" in names,
         tied=spec.tied_embeddings,
         context=int(config.get("max_position_embeddings") or DEFAULT_CONTEXT),
-        precision=Precision(outtype, bits, block_size),
+        precision=weights,
+        head=head,
     )

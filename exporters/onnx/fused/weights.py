@@ -4,7 +4,8 @@ Every initializer of the fused graph is one `Job`: the checkpoint tensors it is 
 v rows concatenated into the packed QKV projection, their biases likewise, gate and up rows into
 one gate/up projection), read through the
 PrunedCheckpoint (only kept rows and channels), converted to the graph's float type and MatMul
-layout, or quantized into MatMulNBits blocks (exporters.onnx.fused.quantize). The next job is
+layout, or quantized into MatMulNBits blocks (exporters.onnx.fused.quantize); the LM head follows
+the recipe's head precision, which --int4-lm-head may set apart from the other weights. The next job is
 read and converted in a worker thread while the current one is written (converter.readahead), so
 at most two jobs' tensors are in memory: one layer's q/k/v at worst, never the model.
 """
@@ -23,7 +24,7 @@ from converter.readahead import read_ahead
 from exporters.onnx.external import ExternalData
 from exporters.onnx.fused import names
 from exporters.onnx.fused.quantize import quantize_blocks
-from exporters.onnx.fused.recipe import FusedRecipe
+from exporters.onnx.fused.recipe import FusedRecipe, Precision
 
 Array = tuple[str, int, np.ndarray]  # initializer name, ONNX data type, value
 
@@ -63,8 +64,8 @@ def jobs(recipe: FusedRecipe, cos: np.ndarray, sin: np.ndarray) -> list[Job]:
     return out
 
 
-def _float_type(recipe: FusedRecipe) -> tuple[int, type]:
-    return (TensorProto.FLOAT16, np.float16) if recipe.precision.float_type == TensorProto.FLOAT16 \
+def _float_type(precision: Precision) -> tuple[int, type]:
+    return (TensorProto.FLOAT16, np.float16) if precision.float_type == TensorProto.FLOAT16 \
         else (TensorProto.FLOAT, np.float32)
 
 
@@ -88,8 +89,8 @@ class _Reader:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def __call__(self, job: Job) -> list[Array]:
-        onnx_type, np_type = _float_type(self.recipe)
-        precision = self.recipe.precision
+        precision = self.recipe.head if job.base == names.LM_HEAD else self.recipe.precision
+        onnx_type, np_type = _float_type(precision)
         if job.table is not None:
             return [(job.base, onnx_type, job.table.astype(np_type))]
         if job.kind == "norm":
@@ -100,13 +101,15 @@ class _Reader:
             value = weight if job.kind == "embed" else weight.T
             out.append((names.weight(job.base, None), onnx_type, np.ascontiguousarray(value, dtype=np_type)))
         else:
-            quantized = quantize_blocks(weight, precision.bits, precision.block_size)
+            quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric)
             del weight
             packed = quantized.packed
             if job.kind == "embed":
                 packed = packed.reshape(packed.shape[0], -1)
             out.append((names.weight(job.base, precision.bits), TensorProto.UINT8, packed))
             out.append((names.scales(job.base), onnx_type, quantized.scales.astype(np_type)))
+            if quantized.zero_points is not None:
+                out.append((names.zero_points(job.base), TensorProto.UINT8, quantized.zero_points))
         if job.biases:
             out.append((names.bias(job.base), onnx_type, self.rows(job.biases).astype(np_type)))
         return out
