@@ -3,7 +3,8 @@
 A tiny tied Llama (fused graph; the tied embedding reads the LM head's storage, so the head's type
 reaches the embedding lookup too) and an untied one (its own int4 embedding table) are pruned and
 exported in fp32 and int4 under each option. Each option must show in the graph as stated (node
-attributes, MatMulNBits / GatherBlockQuantized input counts, initializer types and shapes), the
+attributes, MatMulNBits / GatherBlockQuantized input counts, initializer types and shapes, the
+report's output types read back from the graph), the
 model must still run in onnxruntime and track the fp32 export: asymmetric int4's relative RMS
 logit error within 1.2x of symmetric's, an int8 head's top-1 agreement with the fp32 head on the
 same int4 body >= 0.9, an fp16 head's logits within 2e-2 of the fp32 head's. onnxruntime-genai
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import json
 
 import numpy as np
 import onnx
@@ -80,6 +83,12 @@ def _nodes(folder: Path, op: str) -> list[onnx.NodeProto]:
     return [n for n in _graph(folder).node if n.op_type == op]
 
 
+def _head_type(folder: Path) -> str:
+    """The LM head's type in report.json's output types (read back from the written graph)."""
+    section = json.loads((folder / "report.json").read_text())["output_types"]
+    return next(k["type"] for k in section["kinds"] if k["kind"].startswith("lm_head."))
+
+
 def _top1(got: np.ndarray, want: np.ndarray) -> float:
     return float((got.argmax(-1) == want.argmax(-1)).mean())
 
@@ -93,6 +102,7 @@ def test_accuracy_level_is_written_into_every_matmulnbits(exports: Exports) -> N
         nodes = _nodes(exports.folders[name], "MatMulNBits")
         assert len(nodes) == 4 * 2 + 1 and {_attrs(n)["accuracy_level"] for n in nodes} == {level}
     assert _top1(exports.logits["level0"], exports.logits["fp32"]) >= 0.5
+    assert _head_type(exports.folders["level0"]) == "int4 MatMulNBits (block 32, accuracy level 0)"
 
 
 def test_asymmetric_writes_zero_points_and_tracks_fp32(exports: Exports) -> None:
@@ -110,6 +120,7 @@ def test_asymmetric_writes_zero_points_and_tracks_fp32(exports: Exports) -> None
     sym = _graph(exports.folders["sym"])
     assert {len(n.input) for n in sym.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")} == {3}
     assert not [t for t in sym.initializer if t.name.endswith("zero_points")]
+    assert _head_type(exports.folders["asym"]) == "int4 MatMulNBits (block 32, zero points, accuracy level 4)"
     want = exports.logits["fp32"]
     asym, symmetric = _rms(exports.logits["asym"], want), _rms(exports.logits["sym"], want)
     print(f"\ntied={exports.tied} int4 relative RMS logit error vs fp32: symmetric {symmetric:.4f}, asymmetric "
@@ -137,6 +148,7 @@ def test_int8_head(exports: Exports) -> None:
     print(f"\ntied={exports.tied} int4 body: int8 head's top-1 agreement with the fp32 head {top1:.3f}, with the "
           f"fp32 export {_top1(exports.logits['head8'], exports.logits['fp32']):.3f}")
     assert top1 >= 0.9
+    assert _head_type(exports.folders["head8"]) == "int8 MatMulNBits (block 32, accuracy level 4)"
 
 
 @pytest.mark.parametrize("head,data_type", [("head16", onnx.TensorProto.FLOAT16), ("head32", onnx.TensorProto.FLOAT)])
@@ -151,6 +163,7 @@ def test_float_head(exports: Exports, head: str, data_type: int) -> None:
     assert len(casts) == (0 if data_type == onnx.TensorProto.FLOAT else 2 + exports.tied)
     assert producers["logits"].op_type == ("MatMul" if data_type == onnx.TensorProto.FLOAT else "Cast")
     assert [n.op_type for n in graph.node].count("GatherBlockQuantized") == (0 if exports.tied else 1)
+    assert _head_type(exports.folders[head]) == ("float16" if head == "head16" else "float")
     error = _rms(exports.logits[head], exports.logits["head32"])
     print(f"\ntied={exports.tied} {head}: relative RMS logit error vs the fp32 head {error:.2e}")
     assert error <= 2e-2
@@ -198,3 +211,18 @@ def test_lm_head_needs_int4_and_levels_are_checked(tmp_path: Path) -> None:
                                                                    progress=False))
     with pytest.raises(ConvertError, match="--int4-accuracy-level"):
         ExportOptions(int4_accuracy_level=5)
+
+
+def test_flags_fill_the_options() -> None:
+    """The one-shot command's parser (flags generated from ExportOptions) sets the three fields."""
+    from converter.commands import convert
+    from converter.commands.flags import options_from
+
+    parser = convert.build_parser()
+    given = ["in", "out", "--int4-accuracy-level", "1", "--no-int4-symmetric", "--int4-lm-head", "int8"]
+    options = options_from(parser.parse_args(given), ExportOptions)
+    assert (options.int4_accuracy_level, options.int4_symmetric, options.int4_lm_head) == (1, False, "int8")
+    defaults = options_from(parser.parse_args(["in", "out"]), ExportOptions)
+    assert (defaults.int4_accuracy_level, defaults.int4_symmetric, defaults.int4_lm_head) == (4, None, None)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["in", "out", "--int4-accuracy-level", "5"])

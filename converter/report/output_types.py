@@ -86,8 +86,10 @@ def _onnx(path: Path) -> dict[str, Any]:
         rows, blocks = dims[0], dims[1] if len(dims) == 3 else dims[-1] * 8 // bits // block
         cols = int(attrs["K"]) if "K" in attrs else blocks * block
         padded = -(-cols // block) * block
+        settings = [f"block {block}", *(["zero points"] if len(node.input) > 3 and node.input[3] else []),
+                    *([f"accuracy level {attrs.get('accuracy_level', 0)}"] if node.op_type == "MatMulNBits" else [])]
         k = kinds.setdefault(kind_of(weight), {"kind": kind_of(weight), "tensors": 0,
-                                               "type": f"int{bits} {node.op_type} (block {block})",
+                                               "type": f"int{bits} {node.op_type} ({', '.join(settings)})",
                                                "row_length": cols, "padded_row_length": padded, "bytes": 0,
                                                "bytes_without_padding": 0})
         k["tensors"] += 1
