@@ -9,7 +9,8 @@ once with the scores' importance matrix (what the product does) and once without
 measured by llama.cpp (the installed binding) on the held-out evaluation paragraphs, tokenized
 by the export's own tokenizer in windows that begin with the start token, exactly as
 tools/eval_quality measures HF folders: bits per byte = total NLL in bits over UTF-8 bytes.
-The f16 export of each plan is measured too, as the ceiling the quantisation falls from.
+The f16 export of each plan is measured too, as the ceiling the quantisation falls from
+(--no-f16 skips it). Scores are kept in the work folder and reused.
 
     python -m tools.bench_imatrix [--models smollm2 gemma] [--work /tmp/bench-imatrix] [--json OUT]
 """
@@ -31,6 +32,7 @@ from converter.score.autosplit import Budget, make_plan
 from converter.score.bpb import eval_windows, start_id, text_bytes
 from converter.score.corpus import open_corpus
 from converter.score.scorer import score
+from converter.score.scores import Scores
 from converter.score.stage_options import ScoreOptions
 from converter.score.tokens import load_tokenizer
 from converter.source import open_source
@@ -83,8 +85,13 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict[str, A
     calib_file.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents(calib)), encoding="utf-8")
     options = ScoreOptions(calib_tokens=args.calib_tokens, seq_len=512, device="cpu", probe_prompts=0,
                            probe_heldout=0, progress=False)
+    cached = work / f"{name}-scores.safetensors"
     started = time.time()
-    scores = score(source, open_corpus([calib_file]), options)
+    if cached.is_file():
+        scores = Scores.load(cached)
+    else:
+        scores = score(source, open_corpus([calib_file]), options)
+        scores.save(cached)
     print(f"{name}: scored {scores.describe()} in {time.time() - started:.0f}s", flush=True)
     plans = {"dense": PrunePlan.identity(source.spec, source.checkpoint.fingerprint()),
              "pruned": make_plan(source, scores, CUTS[name], "bench")}
@@ -93,6 +100,9 @@ def measure(name: str, work: Path, args: argparse.Namespace) -> list[dict[str, A
         row: dict[str, Any] = {"model": name, "plan": label, "vocab": plan.vocab_size, "ffn": plan.intermediate_size}
         for column, outtype, importance in (("f16", "f16", None), ("q4_k_m", "q4_k_m", None),
                                             ("q4_k_m+imatrix", "q4_k_m", scores.matmul)):
+            if column == "f16" and args.no_f16:
+                row[column] = row[f"{column} MB"] = float("nan")
+                continue
             out = work / f"{name}-{label}-{column}"
             export(source, plan, out, "gguf", ExportOptions(outtype=outtype, progress=False, report_plots=False,
                                                             importance=importance), force=True)
@@ -125,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--no-f16", action="store_true", help="skip the f16 ceiling (saves two exports per model)")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = [row for name in args.models for row in measure(name, args.work, args)]
