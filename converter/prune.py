@@ -183,11 +183,13 @@ class PrunedCheckpoint:
 
     def new_config(self) -> dict[str, Any]:
         """config.json of the pruned model: new sizes, and no keys that would run or load foreign code."""
-        config = copy.deepcopy(dict(self.spec.config))
+        section = self.spec.family_record.text_config
+        config = copy.deepcopy(dict(self.spec.file_config or self.spec.config))
         for key in CONFIG_KEYS_DROPPED:
             config.pop(key, None)
-        config["vocab_size"] = self.plan.vocab_size
-        config["intermediate_size"] = self.plan.intermediate_size
+        text = config.setdefault(section, {}) if section is not None else config
+        text["vocab_size"] = self.plan.vocab_size
+        text["intermediate_size"] = self.plan.intermediate_size
         return config
 
     def summary(self) -> dict[str, int]:

@@ -22,7 +22,7 @@ def check_against(spec: ArchSpec, ckpt: Checkpoint) -> None:
                 f"tensor '{slot.name}' has shape {list(info.shape)} but config.json implies {list(expected)}; "
                 "the config does not match the weights", info.file)
     for info in ckpt:
-        if spec.slot(info.name) is None and not is_ignored_tensor(info.name):
+        if spec.slot(info.name) is None and not is_ignored_tensor(info.name) and not spec.passes_through(info.name):
             raise ConvertError(f"tensor '{info.name}' is not part of the {spec.architecture} architecture; "
                                "compact-convert will not guess how to prune it", info.file)
     check_config_dtype(spec.config, ckpt)

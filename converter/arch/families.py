@@ -84,6 +84,14 @@ class Family:
     genai_model_type: str | None = None
     # llama.cpp's conventions for the family; None when llama.cpp has no graph for it.
     gguf: GgufConventions | None = None
+    # Multimodal checkpoints (Gemma 3 4B/12B/27B): the config section that describes the language model
+    # (None: the top level is it), the values transformers' text config class takes for keys the section
+    # leaves out, the prefix in front of every template name, and the name prefixes of the other towers'
+    # tensors, copied unchanged into HF output and left out of GGUF and ONNX.
+    text_config: str | None = None
+    text_defaults: tuple[tuple[str, object], ...] = ()
+    text_prefix: str = ""
+    passthrough: tuple[str, ...] = ()
 
 
 def optional(*tensors: TensorTemplate) -> tuple[TensorTemplate, ...]:
@@ -193,6 +201,23 @@ GEMMA3 = replace(
     gguf=_GEMMA3_GGUF,
 )
 
+# Gemma 3 4B/12B/27B (Gemma3ForConditionalGeneration): the Gemma 3 text model under `language_model.`
+# (the layout transformers 5 saves and the hub releases use), its config in `text_config` (which the
+# releases write sparsely: Gemma3TextConfig's defaults fill it), and a SigLIP vision tower and projector
+# kept as they are. llama.cpp's converter writes the same text model (arch gemma3) and the vision side
+# to a separate mmproj file, which compact-convert does not write.
+GEMMA3_VISION = replace(
+    GEMMA3, name="gemma3_vision", architectures=("Gemma3ForConditionalGeneration",), model_types=("gemma3",),
+    text_config="text_config", text_prefix="language_model.",
+    text_defaults=(("vocab_size", 262208), ("num_attention_heads", 8), ("num_key_value_heads", 4),
+                   ("head_dim", 256), ("rms_norm_eps", 1e-6), ("query_pre_attn_scalar", 256),
+                   ("max_position_embeddings", 131072), ("rope_theta", 1_000_000.0),
+                   ("rope_local_base_freq", 10_000.0), ("sliding_window", 4096),
+                   ("hidden_activation", "gelu_pytorch_tanh"), ("final_logit_softcapping", None),
+                   ("attn_logit_softcapping", None)),
+    passthrough=("vision_tower.", "multi_modal_projector."), onnx=False,
+)
+
 OLMO2 = replace(
     QWEN2, name="olmo2", architectures=("Olmo2ForCausalLM",), model_types=("olmo2",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MLP, *_POST_NORMS),
@@ -239,7 +264,7 @@ PHI3 = replace(
 
 # Every family, by name, in the order error messages list them.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, OLMO2, GRANITE, SMOLLM3, PHI3)}
+    LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, GEMMA3_VISION, OLMO2, GRANITE, SMOLLM3, PHI3)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

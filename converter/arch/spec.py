@@ -83,12 +83,19 @@ class ArchSpec:
     dims: ModelDims
     tied_embeddings: bool
     slots: tuple[TensorSlot, ...]
+    # The language model's config (a multimodal checkpoint's text section, its defaults filled in and the
+    # top level's other keys beside it); `file_config` is config.json as written.
     config: Mapping[str, Any] = field(repr=False, hash=False, compare=False)
+    file_config: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     @property
     def family(self) -> str:
         """The family's name: llama, qwen2, gemma3, ..."""
         return self.family_record.name
+
+    def passes_through(self, name: str) -> bool:
+        """Whether a tensor belongs to another tower (vision, projector) that is copied unchanged."""
+        return name.startswith(self.family_record.passthrough) if self.family_record.passthrough else False
 
     def slot(self, name: str) -> TensorSlot | None:
         return self._by_name().get(name)
@@ -158,22 +165,36 @@ def _slots(family: Family, dims: ModelDims, tied: bool) -> tuple[TensorSlot, ...
     for required in (True, False):
         for t in (t for t in family.tensors if t.required == required):
             for layer in range(dims.layers) if t.per_layer else [None]:
-                name = t.name.format(layer=layer) if layer is not None else t.name
+                name = family.text_prefix + (t.name.format(layer=layer) if layer is not None else t.name)
                 slots.append(TensorSlot(name, t.role, t.shape, layer, required and not (tied and t.role == "lm_head")))
     return tuple(slots)
+
+
+def text_config_of(family: Family, config: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+    """The language model's config: config.json itself, or its text section (multimodal checkpoints) over
+    the text config class's defaults, with the top level's scalar keys (dtype, token ids) beside it."""
+    if family.text_config is None:
+        return config
+    section = config.get(family.text_config, {})
+    if not isinstance(section, Mapping):
+        raise ConvertError(f"'{family.text_config}' must be an object, got {section!r}", path)
+    outer = {k: v for k, v in config.items() if not isinstance(v, Mapping) and k != "architectures"}
+    return {**outer, **dict(family.text_defaults), **section}
 
 
 def resolve_arch(config: Mapping[str, Any], path: Path) -> ArchSpec:
     """Turn a parsed config.json into an ArchSpec, or raise a ConvertError naming the problem."""
     family, arch = _family_of(config, path)
+    file_config, config = config, text_config_of(family, config, path)
     dims = dims_from_config(config, path)
-    tied = config.get("tie_word_embeddings", family.tied_embeddings)
+    tied = file_config.get("tie_word_embeddings", config.get("tie_word_embeddings", family.tied_embeddings))
     if not isinstance(tied, bool):
         raise ConvertError(f"'tie_word_embeddings' must be true or false, got {tied!r}", path)
     params = sum(math.prod(s.shape(dims)) for s in _slots(family, dims, tied))
     if params > 10**13:
         raise ConvertError(f"describes {params:.3g} parameters, which is absurd; the config is corrupt", path)
-    return ArchSpec(family, arch, str(config.get("model_type", "")), dims, tied, _slots(family, dims, tied), config)
+    return ArchSpec(family, arch, str(file_config.get("model_type", "")), dims, tied, _slots(family, dims, tied),
+                    config, file_config)
 
 
 def load_arch(folder: Path) -> ArchSpec:

@@ -95,7 +95,11 @@ class ModelRunner:
             config = AutoConfig.from_pretrained(str(source.folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ConvertError(f"config.json cannot be loaded by transformers ({exc})", source.folder) from exc
+        if source.spec.family_record.text_config is not None:
+            config = config.get_text_config()  # a multimodal checkpoint: score its language model
         config.use_cache = False
+        # The language model's tensors sit under this prefix in the checkpoint (multimodal checkpoints).
+        self.prefix = source.spec.family_record.text_prefix
         with init_empty_weights():
             model = AutoModelForCausalLM.from_config(config)
         self.config = config
@@ -105,11 +109,11 @@ class ModelRunner:
         self.layers: nn.ModuleList = model.model.layers
         self.embed_device = torch.device("cpu") if layerwise else device
         self._move_buffers(model)
-        self._load(self.base.embed_tokens, "model.embed_tokens.", self.embed_device)
-        self._load(self.base.norm, "model.norm.", device)
+        self._load(self.base.embed_tokens, self.prefix + "model.embed_tokens.", self.embed_device)
+        self._load(self.base.norm, self.prefix + "model.norm.", device)
         if not layerwise:
             for index, layer in enumerate(self.layers):
-                self._load(layer, f"model.layers.{index}.", device)
+                self._load(layer, f"{self.prefix}model.layers.{index}.", device)
         self._probe: Probe | None = None
         self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._hook(index))
                          for index, layer in enumerate(self.layers)]
@@ -119,7 +123,7 @@ class ModelRunner:
         for index, layer in enumerate(self.layers):
             for path, module in layer.named_modules():
                 if isinstance(module, nn.Linear):
-                    name = f"model.layers.{index}.{path}.weight"
+                    name = f"{self.prefix}model.layers.{index}.{path}.weight"
                     self.linear_widths[name] = module.in_features
                     self._handles.append(module.register_forward_pre_hook(self._linear_hook(name)))
 
@@ -227,7 +231,7 @@ class ModelRunner:
                 self.layers[index] = layer
             self.base.norm = norm
         for index, layer in enumerate(originals):
-            self._load(layer, f"model.layers.{index}.", self.device)
+            self._load(layer, f"{self.prefix}model.layers.{index}.", self.device)
             try:
                 for b, hidden in enumerate(states):
                     self._batch = b
@@ -245,11 +249,12 @@ class ModelRunner:
 
     def output_rows(self, rows: Sequence[int] | None) -> torch.Tensor:
         """The output projection (lm_head, or the tied embedding) restricted to `rows`."""
-        name = "model.embed_tokens.weight" if self.source.spec.tied_embeddings else "lm_head.weight"
+        embed = self.prefix + "model.embed_tokens.weight"
+        name = embed if self.source.spec.tied_embeddings else self.prefix + "lm_head.weight"
         if name not in self.source.checkpoint:
-            name = "model.embed_tokens.weight"
+            name = embed
         embedding = self.base.embed_tokens.weight
-        if rows is None and name == "model.embed_tokens.weight" and embedding.device == self.device:
+        if rows is None and name == embed and embedding.device == self.device:
             return embedding  # tied and already loaded on the device: no second copy
         return self.weight(name, rows)
 

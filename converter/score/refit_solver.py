@@ -64,7 +64,7 @@ def fit_refit(source: Source, scores: Scores, plan: PrunePlan, ridge: float = DE
     ckpt = source.checkpoint
     weights = []
     for layer, kept in enumerate(plan.kept_ffn_channels):
-        info = ckpt.info(f"model.layers.{layer}.mlp.down_proj.weight")
+        info = ckpt.info(f"{source.spec.family_record.text_prefix}model.layers.{layer}.mlp.down_proj.weight")
         w = raw_to_torch(ckpt.raw(info.name), info.dtype, info.shape).to(torch.float64).numpy()
         weights.append((w @ refit_map(gram[layer], kept, ridge).T).astype(np.float32))
     return PrunePlan(plan.kept_token_ids, plan.kept_ffn_channels, plan.source_fingerprint,

@@ -1,10 +1,10 @@
 """Token ids inside config.json and generation_config.json, found and renumbered.
 
-Fields ending in `_token_id` or `_token_ids` (bos, eos — possibly a list —, pad,
-decoder_start, forced_bos, ...) at any depth, so nested configs such as `text_config` are
-covered. A negative id is a "none" sentinel and is left alone. Generation's suppress lists are
-filtered (a token that no longer exists needs no suppressing); fields that hold id sequences
-this module cannot renumber faithfully are refused.
+Fields ending in `_token_id`, `_token_ids` or `_token_index` (bos, eos — possibly a list —, pad,
+decoder_start, forced_bos, a multimodal model's image/boi/eoi tokens, ...) at any depth, so nested
+configs such as `text_config` are covered. A negative id is a "none" sentinel and is left alone.
+Generation's suppress lists are filtered (a token that no longer exists needs no suppressing);
+fields that hold id sequences this module cannot renumber faithfully are refused.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from converter.tokenizer.errors import TokenizerError
 
-ID_SUFFIXES = ("_token_id", "_token_ids")
+ID_SUFFIXES = ("_token_id", "_token_ids", "_token_index")  # _token_index: multimodal configs (image_token_index)
 FILTERED_LISTS = ("suppress_tokens", "begin_suppress_tokens")
 UNSUPPORTED = ("forced_decoder_ids", "bad_words_ids", "sequence_bias", "force_words_ids")
 

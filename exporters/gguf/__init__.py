@@ -12,6 +12,8 @@ tensor_mapping.py, llama.cpp's src/llama-vocab.cpp.
 """
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +58,10 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
     """Write `<name>.gguf` and the companion files into out_dir; return the paths written."""
     llama_cpp = gguf_conventions(pruned)
     arch = llama_cpp.arch
+    towers = [prefix.rstrip(".") for prefix in pruned.spec.family_record.passthrough]
+    if towers:
+        print(f"note: GGUF holds the text model only; the {' and '.join(towers)} tensors are not exported "
+              "(no mmproj file is written)", file=sys.stderr)
     outtype = resolve_outtype(options.outtype, _source_dtype(pruned))
     written_type = intermediate(outtype, _source_dtype(pruned))
     kvs = hyperparameters(pruned)

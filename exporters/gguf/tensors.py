@@ -56,9 +56,12 @@ def llama_permutation(rows: int, heads: int) -> tuple[int, ...]:
 
 
 def _gguf_name(pruned: PrunedCheckpoint, planned: PlannedTensor, llama_cpp: GgufConventions) -> str | None:
-    """The llama.cpp name, None for a tied head (llama.cpp reuses token_embd), or a ConvertError."""
+    """The llama.cpp name, None for a tied head (llama.cpp reuses token_embd) or a tensor of another tower, or a
+    ConvertError."""
     where = pruned.source.folder
     role = planned.role
+    if pruned.spec.passes_through(planned.name):
+        return None  # another tower (vision, projector): llama.cpp's converter writes it to an mmproj file
     if role is None or role not in TENSOR_NAMES:
         raise ConvertError(f"tensor '{planned.name}' has no counterpart in llama.cpp's {llama_cpp.arch} "
                            "architecture; GGUF export cannot carry it", where)
