@@ -22,6 +22,8 @@ from safetensors import safe_open
 from transformers import (AutoTokenizer, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig,
                           SiglipVisionConfig)
 
+from converter.arch.families import FAMILIES
+from converter.arch.spec import resolve_arch
 from converter.errors import ConvertError
 from converter.pipeline import export
 from converter.plan import PrunePlan
@@ -74,9 +76,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     plan = PrunePlan(tuple(i for i in plan.kept_token_ids if i not in ids.values()), plan.kept_ffn_channels,
                      None, plan.metadata)
     export(open_source(src), plan, root / "hf", "hf", ExportOptions(progress=False))
-    gguf = the_gguf(export(open_source(src), plan, root / "gguf", "gguf", ExportOptions(outtype="f32",
-                                                                                        progress=False)))
-    return {"in": src, "hf": root / "hf", "gguf": gguf, "root": root}
+    plan.save(root / "plan.json")
+    return {"in": src, "hf": root / "hf", "plan": root / "plan.json", "root": root}
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -146,11 +147,15 @@ def test_hf_keeps_towers_and_matches_reference(exported: dict[str, Path]) -> Non
     assert not torch.equal(got_image, text_only)  # the image reached the language model
 
 
-def test_gguf_text_model_matches_transformers(exported: dict[str, Path]) -> None:
+def test_gguf_text_model_matches_transformers(exported: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
     out = exported["hf"]
+    gguf = the_gguf(export(open_source(exported["in"]), PrunePlan.load(exported["plan"]), exported["root"] / "gguf",
+                           "gguf", ExportOptions(outtype="f32", progress=False)))
+    notes = [line for line in capfd.readouterr().err.splitlines() if "text model only" in line]
+    assert len(notes) == 1 and "vision_tower" in notes[0] and "multi_modal_projector" in notes[0], notes
     tok = AutoTokenizer.from_pretrained(out)
     model = Gemma3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
-    llm = load_llama(exported["gguf"])
+    llm = load_llama(gguf)
     assert llm.n_vocab() == model.config.text_config.vocab_size
     assert llm.metadata["general.architecture"] == "gemma3"
     assert not any(k.startswith("clip.") for k in llm.metadata)
@@ -179,6 +184,29 @@ def test_scoring_reads_the_text_model(exported: dict[str, Path]) -> None:
     assert scores.layers == config["num_hidden_layers"] and scores.act2.shape[-1] == config["intermediate_size"]
     assert np.isfinite(scores.act2).all() and (scores.act2 > 0).all()
     assert scores.counts.shape == (config["vocab_size"],) and scores.counts.sum() == scores.tokens_counted > 0
+
+
+def test_sparse_release_config_takes_transformers_defaults() -> None:
+    """The releases' config.json names only a few text keys; the rest are Gemma3TextConfig's defaults."""
+    family = FAMILIES["gemma3_vision"]
+    text = Gemma3TextConfig()
+    rope = text.rope_parameters
+    for key, value in family.text_defaults:
+        expected = {"rope_theta": rope["full_attention"]["rope_theta"],
+                    "rope_local_base_freq": rope["sliding_attention"]["rope_theta"]}.get(key, getattr(text, key, None))
+        assert value == expected, key
+    release = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+               "image_token_index": 262144, "vision_config": {"hidden_size": 1152},
+               "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                               "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                               "sliding_window": 1024}}
+    spec = resolve_arch(release, Path("config.json"))
+    assert spec.family_record is family and spec.model_type == "gemma3"
+    assert (spec.dims.vocab, spec.dims.heads, spec.dims.kv_heads, spec.dims.head_dim) == (262208, 8, 4, 256)
+    assert spec.config["sliding_window"] == 1024 and spec.config["image_token_index"] == 262144
+    assert spec.slot("language_model.model.layers.33.mlp.down_proj.weight") is not None
+    assert spec.passes_through("vision_tower.vision_model.post_layernorm.weight")
+    assert not spec.passes_through("language_model.model.norm.weight")
 
 
 def test_onnx_refused_naming_other_formats(exported: dict[str, Path]) -> None:
