@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporters.gguf.imatrix import model_ggufs
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / ".fixtures"
 QWEN_1_5B = {
@@ -165,7 +167,7 @@ def run_pair(label: str, model: Path, work: Path, source: Path, repeat: int) -> 
             best[f"{who}_s"] = min(best[f"{who}_s"], seconds)
             best[f"{who}_mib"] = max(best[f"{who}_mib"], mib)
             print(f"  {label:9s} {who:6s} {seconds:6.1f} s  {mib:7.0f} MiB peak RSS", flush=True)
-    mine = next((work / f"{label}-ours").glob("*.gguf"))
+    mine = model_ggufs(work / f"{label}-ours")[0]
     print("  " + compare_files(mine, work / f"{label}-theirs" / "model.gguf"), flush=True)
     for who in ("ours", "theirs"):
         shutil.rmtree(work / f"{label}-{who}", ignore_errors=True)

@@ -25,6 +25,7 @@ from converter.plan import PrunePlan
 from converter.row_grid import ffn_grid, row_block
 from converter.score.budget import budget_for, param_model
 from converter.source import Source, open_source
+from exporters.gguf.imatrix import model_ggufs
 from exporters.gguf.written_types import read_types
 from exporters.options import ExportOptions
 
@@ -61,7 +62,7 @@ def exported(source: Source, plan: PrunePlan, out: Path) -> tuple[Path, dict, st
     with contextlib.redirect_stderr(caught):
         export(source, plan, out, "gguf", ExportOptions(outtype="q4_k_m", progress=False, report_plots=False))
     warning = "\n".join(line for line in caught.getvalue().splitlines() if line.startswith("warning: --outtype"))
-    return next(out.glob("*.gguf")), json.loads((out / "report.json").read_text()), warning
+    return model_ggufs(out)[0], json.loads((out / "report.json").read_text()), warning
 
 
 def main(argv: list[str] | None = None) -> int:

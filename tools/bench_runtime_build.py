@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporters.gguf.imatrix import model_ggufs
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / ".fixtures"
 FORMATS = {"gguf-f16": ("gguf", "f16"), "gguf-q8_0": ("gguf", "q8_0"),
@@ -166,13 +168,13 @@ def artefact(src: Path, v: Variant, work: Path, fmt: str) -> Path:
 
 def model_file(folder: Path) -> Path:
     """The file a runtime loads: the .gguf, or model.onnx."""
-    gguf = sorted(folder.glob("*.gguf"))
+    gguf = model_ggufs(folder)
     return gguf[0] if gguf else folder / "model.onnx"
 
 
 def file_bytes(folder: Path) -> int:
     """What a user ships: the .gguf, or model.onnx + model.onnx.data."""
-    gguf = sorted(folder.glob("*.gguf"))
+    gguf = model_ggufs(folder)
     if gguf:
         return gguf[0].stat().st_size
     return sum((folder / n).stat().st_size for n in ("model.onnx", "model.onnx.data") if (folder / n).is_file())

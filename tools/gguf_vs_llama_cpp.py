@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from exporters.gguf.imatrix import model_ggufs
 from tools.bench_gguf import compare_files, llama_cpp_source, ours, theirs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         ours(model, work / "ours", plan)
         (work / "theirs").mkdir()
         theirs(model, work / "theirs" / "model.gguf", source)
-        mine = next((work / "ours").glob("*.gguf"))
+        mine = model_ggufs(work / "ours")[0]
         print(compare_files(mine, work / "theirs" / "model.gguf"))
         for line in key_differences(mine, work / "theirs" / "model.gguf"):
             print("  " + line)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converter.errors import ConvertError
+from exporters.gguf.imatrix import model_ggufs
 
 ONNX_MODEL = "model.onnx"
 
@@ -37,7 +38,7 @@ def detect(folder: Path) -> Output:
     if (folder / ONNX_MODEL).is_file():
         model = folder / ONNX_MODEL
         return Output(folder, "onnx", model, _onnx_outtype(model), _config_architecture(folder))
-    ggufs = sorted(folder.glob("*.gguf"))
+    ggufs = model_ggufs(folder)
     if len(ggufs) > 1:
         raise ConvertError(f"holds {len(ggufs)} .gguf files ({', '.join(p.name for p in ggufs)}); verify checks one "
                            "model per folder", folder)

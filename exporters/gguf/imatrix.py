@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from exporters.gguf.tensors import GgufTensor
 
 IMATRIX_FILE = "imatrix.gguf"
+
+
+def model_ggufs(folder: Path) -> list[Path]:
+    """The model .gguf files in an export folder, sorted: every .gguf but the importance matrix beside them."""
+    return sorted(p for p in folder.glob("*.gguf") if p.name != IMATRIX_FILE)
 MATMUL_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up",
                           "ffn_gate_up", "ffn_down", "lm_head"})
 

@@ -19,6 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from exporters.gguf.pre_tokenizer_table import QWEN2_REGEX
+from exporters.gguf.imatrix import IMATRIX_FILE
 from tests.support.tiny_tokenizers import CHAT_TEMPLATE, SPECIAL_TOKENS, corpus_lines
 
 GGML_TYPE_F32 = 0
@@ -35,7 +36,7 @@ def load_llama(path: Path, n_ctx: int = 256, threads: int = 1, vocab_only: bool 
 
 
 def the_gguf(files: list[Path]) -> Path:
-    found = [f for f in files if f.suffix == ".gguf"]
+    found = [f for f in files if f.suffix == ".gguf" and f.name != IMATRIX_FILE]
     assert len(found) == 1, files
     return found[0]
 
