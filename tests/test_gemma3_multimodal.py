@@ -7,7 +7,8 @@ the image tokens (the keep-set rules must put them back). HF: the vision tower a
 input's bytes, the text logits and an image+text forward equal the in-memory pruned reference, and
 the configs name the image tokens by their new ids. GGUF f32: llama.cpp runs the text model with
 transformers' logits within the Gemma tolerance and the same greedy continuation. Scoring loads the
-text model from the multimodal checkpoint; ONNX refuses in one line naming the other formats.
+text model from the multimodal checkpoint. ONNX fp32 writes the text model (a text-only config.json,
+genai type gemma3_text, one stderr note): cached decoding, greedy and onnxruntime-genai equal the reference.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from transformers import (AutoTokenizer, Gemma3Config, Gemma3ForConditionalGener
 
 from converter.arch.families import FAMILIES
 from converter.arch.spec import resolve_arch
-from converter.errors import ConvertError
 from converter.pipeline import export
 from converter.plan import PrunePlan
 from converter.score.corpus import open_corpus
@@ -33,6 +33,7 @@ from converter.source import open_source
 from exporters.options import ExportOptions
 from tests.support.gguf_runtime import (hf_greedy, leading_agreement, llama_greedy, llama_logits, load_llama,
                                         the_gguf, tokenize, train_gemma_style_spm)
+from tests.support.onnx_runner import OnnxDecoder, cached_decode_error, genai_greedy, greedy
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, write_corpus
 
@@ -42,6 +43,7 @@ PROMPT = "def area(radius):\n    return 3.14159 * radius ** 2  # the circle's ar
 STEPS = 32
 TOLERANCE = 2e-3  # the Gemma families' f32 tolerance in tests/test_gguf_tiny.py
 MM_TOKENS = 4
+ONNX_STEPS = 16
 
 
 def _tiny_multimodal(vocab: int, ids: dict[str, int]) -> Gemma3ForConditionalGeneration:
@@ -209,10 +211,32 @@ def test_sparse_release_config_takes_transformers_defaults() -> None:
     assert not spec.passes_through("language_model.model.norm.weight")
 
 
-def test_onnx_refused_naming_other_formats(exported: dict[str, Path]) -> None:
-    with pytest.raises(ConvertError, match="--format hf .*--format gguf") as caught:
-        vocab = json.loads((exported["in"] / "config.json").read_text())["text_config"]["vocab_size"]
-        export(open_source(exported["in"]), random_plan(vocab, 160, 2, None, 96), exported["root"] / "onnx", "onnx",
-               ExportOptions(progress=False))
-    assert "\n" not in str(caught.value)
-    assert not (exported["root"] / "onnx").exists()
+def test_onnx_text_model_matches_reference(exported: dict[str, Path], capfd: pytest.CaptureFixture[str]) -> None:
+    """ONNX fp32 holds the text model: cached decoding, greedy and onnxruntime-genai equal the pruned reference."""
+    out = exported["root"] / "onnx"
+    export(open_source(exported["in"]), PrunePlan.load(exported["plan"]), out, "onnx",
+           ExportOptions(outtype="fp32", progress=False))
+    notes = [line for line in capfd.readouterr().err.splitlines() if "text model only" in line]
+    assert len(notes) == 1 and "vision_tower" in notes[0] and "multi_modal_projector" in notes[0], notes
+    plan = json.loads((out / "prune_plan.json").read_text())
+    kept = plan["kept_token_ids"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "gemma3_text" and config["architectures"] == ["Gemma3ForCausalLM"]
+    assert config["vocab_size"] == len(kept) and config["intermediate_size"] == 96 and "vision_config" not in config
+    assert json.loads((out / "genai_config.json").read_text())["model"]["type"] == "gemma3_text"
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok(PROMPT).input_ids == AutoTokenizer.from_pretrained(exported["hf"])(PROMPT).input_ids
+
+    reference = _reference(exported["in"], kept, tuple(tuple(c) for c in plan["kept_ffn_channels"]))
+    reference.config.image_token_id = tok.convert_tokens_to_ids("<image_soft_token>")
+    prompt = tok.encode(PROMPT, add_special_tokens=True)
+    pad = 5
+    ids = np.array([prompt, [0] * pad + prompt[:-pad]])
+    mask = np.ones_like(ids)
+    mask[1, :pad] = 0
+    error = cached_decode_error(out, reference, ids, mask, 6)
+    assert error <= 1e-4, error
+    expected = hf_greedy(reference, prompt, ONNX_STEPS).tokens
+    assert greedy(OnnxDecoder(out), prompt, ONNX_STEPS) == expected
+    assert genai_greedy(out, prompt, ONNX_STEPS) == expected
+    print(f"\n[gemma3 multimodal] ONNX fp32 max|dlogit|/max|logit| = {error:.2e}, greedy {ONNX_STEPS}/{ONNX_STEPS}")

@@ -215,7 +215,8 @@ GEMMA3_VISION = replace(
                    ("rope_local_base_freq", 10_000.0), ("sliding_window", 4096),
                    ("hidden_activation", "gelu_pytorch_tanh"), ("final_logit_softcapping", None),
                    ("attn_logit_softcapping", None)),
-    passthrough=("vision_tower.", "multi_modal_projector."), onnx=False,
+    passthrough=("vision_tower.", "multi_modal_projector."),
+    genai_model_type="gemma3_text",  # ONNX holds the text model only: onnxruntime-genai's text-only decoder type
 )
 
 OLMO2 = replace(

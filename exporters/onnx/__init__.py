@@ -4,7 +4,9 @@
 `attention_mask`, `position_ids`, `past_key_values.{i}.key/value` and outputs `logits`,
 `present.{i}.key/value` (the names onnxruntime-genai and optimum use), dynamic batch and
 sequence axes, opset 18; beside it the rewritten tokenizer, config.json, generation_config.json,
-prune_plan.json and genai_config.json. Everything that can be refused (family, RoPE variant,
+prune_plan.json and genai_config.json. A multimodal checkpoint (Gemma 3 4B and up) is exported as
+its text model, with its text config as config.json (exporters.onnx.text_config) and a note on
+stderr naming the towers left out. Everything that can be refused (family, RoPE variant,
 out type, block size, missing packages) is refused before the first byte is written.
 
 The pipeline: exporters.onnx.model builds the model with only the template layers loaded,
@@ -39,6 +41,7 @@ from exporters.onnx.genai import write_genai_config
 from exporters.onnx.graph import template_layers, trace
 from exporters.onnx.model import build_model, export_weights, hf_config
 from exporters.onnx.precision import check_outtype, convert
+from exporters.onnx.text_config import note_text_only, write_text_config
 from exporters.onnx.wrapper import check_supported
 from exporters.options import ExportOptions
 
@@ -75,6 +78,7 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
     if recipe is not None:
         return _export_fused(pruned, recipe, tokenizer, out_dir, options)
     family = pruned.spec.family_record
+    note_text_only(pruned)
     with progress_bar(options.progress, total=4, desc="onnx", unit="step") as bar:
         bar.set_postfix_str("trace")
         built = build_model(pruned, template_layers(hf_config(pruned), family))
@@ -91,7 +95,8 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
         bar.update()
         bar.set_postfix_str("tokenizer and configs")
         written = [graph, out_dir / DATA_NAME]
-        written += write_companions(pruned, tokenizer, out_dir)
+        written += write_companions(pruned, tokenizer, out_dir, write_config=False)
+        written.append(write_text_config(pruned, out_dir))
         written.append(write_genai_config(pruned, out_dir, MODEL_NAME))
         bar.update()
     return written

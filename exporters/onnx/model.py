@@ -1,11 +1,12 @@
 """Build the pruned model for export: transformers' own classes, pruned weights, MatMul layout.
 
-The model is constructed from `pruned.new_config()` with every parameter on the meta device (no
-random weights are allocated or initialised; buffers such as rotary frequencies are computed as
-usual). Tracing only needs shapes: torch.export runs on fake tensors and the traced graphs keep
-no initializer data, so the parameters the trace touches (embedding, final norm, lm_head and the
-template layers) get uninitialised CPU placeholders, never read, never resident. Every real
-weight reaches the ONNX data file later, one tensor at a time, through `export_weights`.
+The model is constructed from the pruned config (a multimodal checkpoint's text model config:
+exporters.onnx.text_config) with every parameter on the meta device (no random weights are
+allocated or initialised; buffers such as rotary frequencies are computed as usual). Tracing
+only needs shapes: torch.export runs on fake tensors and the traced graphs keep no initializer
+data, so the parameters the trace touches (embedding, final norm, lm_head and the template
+layers) get uninitialised CPU placeholders, never read, never resident. Every real weight
+reaches the ONNX data file later, one tensor at a time, through `export_weights`.
 
 Each `nn.Linear` becomes a `MatMulLinear` holding its weight transposed, [in, out], which is
 what ONNX `MatMul` and onnxruntime's quantizers expect, so the graph carries no Transpose per
@@ -27,6 +28,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from converter.io.dtypes import raw_to_torch
 from converter.prune import PlannedTensor, PrunedCheckpoint
+from exporters.onnx.text_config import text_model_config
 
 Holders = list[tuple[nn.Module, str]]  # (module, attribute) pairs that hold one tensor
 
@@ -103,7 +105,7 @@ def parameters_on_meta() -> Iterator[None]:
 
 def hf_config(pruned: PrunedCheckpoint):
     """The transformers config of the pruned model, with eager attention (explicit, traceable masks)."""
-    raw = pruned.new_config()
+    raw = text_model_config(pruned)
     config = CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
     config._attn_implementation = "eager"
     config.use_cache = True
@@ -167,11 +169,14 @@ def build_model(pruned: PrunedCheckpoint, template_layers: set[int]) -> ExportMo
     raw_slots = _to_matmul_layout(model, tied, pruned.spec.family_record.embed_scale_sqrt_hidden)
     slots: dict[str, Slot] = {}
     for planned in pruned.planned():
-        if tied and planned.name == "lm_head.weight":
+        if pruned.spec.passes_through(planned.name):
+            continue  # another tower of a multimodal checkpoint (vision, projector): not in the text graph
+        name = planned.name.removeprefix(pruned.spec.family_record.text_prefix)
+        if tied and name == "lm_head.weight":
             continue
-        if planned.name not in raw_slots:
+        if name not in raw_slots:
             raise RuntimeError(f"{planned.name} has no place in {type(model).__name__}")
-        holders, transpose = raw_slots[planned.name]
+        holders, transpose = raw_slots[name]
         spec_slot = pruned.spec.slot(planned.name)
         slot = Slot(tuple(holders), transpose, spec_slot.layer if spec_slot else None)
         slots[planned.name] = slot

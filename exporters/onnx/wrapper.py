@@ -60,10 +60,6 @@ def _rope_types(config: Mapping[str, Any]) -> set[str]:
 
 def check_supported(spec: ArchSpec, path: Path) -> None:
     """Refuse, before anything is written, a model this exporter cannot trace faithfully."""
-    if spec.family_record.passthrough:
-        raise ConvertError(f"the ONNX exporter does not write multimodal {spec.architecture} checkpoints (its vision "
-                           "tower and projector have no place in the decoder graph); use --format hf (the whole "
-                           "model) or --format gguf (the text model)", path)
     if not spec.family_record.onnx:
         supported = [name for name, family in FAMILIES.items() if family.onnx]
         raise ConvertError(f"the ONNX exporter does not support the {spec.architecture} ({spec.family}) family; "
