@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.gguf.imatrix import model_ggufs
+from converter.io.gguf_files import model_ggufs
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / ".fixtures"

@@ -25,7 +25,7 @@ from converter.plan import PrunePlan
 from converter.row_grid import ffn_grid, row_block
 from converter.score.budget import budget_for, param_model
 from converter.source import Source, open_source
-from exporters.gguf.imatrix import model_ggufs
+from converter.io.gguf_files import model_ggufs
 from exporters.gguf.written_types import read_types
 from exporters.options import ExportOptions
 

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from exporters.gguf.imatrix import model_ggufs
+from converter.io.gguf_files import model_ggufs
 from tools.bench_gguf import compare_files, llama_cpp_source, ours, theirs
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from converter.errors import ConvertError
-from exporters.gguf.imatrix import model_ggufs
+from converter.io.gguf_files import model_ggufs
 
 ONNX_MODEL = "model.onnx"
 

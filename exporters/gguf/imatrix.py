@@ -21,17 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from converter.errors import ConvertError
+from converter.io.gguf_files import IMATRIX_FILE
 
 if TYPE_CHECKING:
     from converter.score.matmul_inputs import MatmulSums
     from exporters.gguf.tensors import GgufTensor
 
-IMATRIX_FILE = "imatrix.gguf"
-
-
-def model_ggufs(folder: Path) -> list[Path]:
-    """The model .gguf files in an export folder, sorted: every .gguf but the importance matrix beside them."""
-    return sorted(p for p in folder.glob("*.gguf") if p.name != IMATRIX_FILE)
 MATMUL_ROLES = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up",
                           "ffn_gate_up", "ffn_down", "lm_head"})
 

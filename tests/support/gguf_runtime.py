@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from exporters.gguf.pre_tokenizer_table import QWEN2_REGEX
-from exporters.gguf.imatrix import IMATRIX_FILE
+from converter.io.gguf_files import IMATRIX_FILE
 from tests.support.tiny_tokenizers import CHAT_TEMPLATE, SPECIAL_TOKENS, corpus_lines
 
 GGML_TYPE_F32 = 0
