@@ -75,11 +75,14 @@ def plot(rows: list[dict[str, Any]], model: str, out: Path) -> None:
         xs = [100 * r["domain_delta"] for r in line]
         ys = [r["answer_ratio"] for r in line]
         ax.plot(xs, ys, marker="o", label=f"-{100 * key[0]:.0f}%{' + refit' if key[1] else ''}")
+        labels: dict[tuple[float, float], list[str]] = {}
         for r, x, y in zip(line, xs, ys):
-            ax.annotate(f"w={r['weight']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            labels.setdefault((x, y), []).append(f"{r['weight']:g}")
+        for (x, y), weights in labels.items():  # weights that chose the same plan share one label
+            ax.annotate("w=" + ", ".join(weights), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("domain bits per byte vs dense (%)")
     ax.set_ylabel("general answers: bits per byte vs dense (x)")
-    ax.set_title(f"{model}: --general-weight trades domain for general use")
+    ax.set_title(f"{model}: --general-weight", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
