@@ -33,7 +33,8 @@ from converter.score.bpb import text_bytes
 from converter.score.corpus import open_corpus
 from converter.score.stage_options import DEFAULT_GENERAL_WEIGHT, ScoreOptions
 from converter.source import open_source
-from tools.eval_quality import cached_scores, exported_bpb, hf_bits_per_byte, model_folder, split_domain
+from tools.eval_quality import (cached_scores, exported_bpb, hf_bits_per_byte, licence_calibration_file,
+                                model_folder, split_domain)
 
 
 def measure_plan(source: Any, scores: Any, budget: Budget, texts: list[str], seq_len: int, work: Path,
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="eval-frontier-"))
     rows: list[dict[str, Any]] = []
     try:
-        calib_file = work / "licences-calib.txt"
-        calib_file.write_text("\n\n".join(calib) + "\n", encoding="utf-8")
+        calib_file = licence_calibration_file(work, calib)
         options = ScoreOptions(calib_tokens=args.calib_tokens, seq_len=args.seq_len, device="cpu", gram=args.refit)
         scores = cached_scores(source, open_corpus([calib_file]), options, "in-domain", args.scores_dir, calib_file)
         dense = hf_bits_per_byte(folder, texts, args.seq_len)

@@ -108,6 +108,13 @@ def split_domain(eval_chars: int) -> tuple[list[str], list[str]]:
     return docs, calib
 
 
+def licence_calibration_file(work: Path, calib: list[str]) -> Path:
+    """The in-domain calibration paragraphs as one text file in `work`, the form --calib reads."""
+    path = work / "licences-calib.txt"
+    path.write_text("\n\n".join(calib) + "\n", encoding="utf-8")
+    return path
+
+
 @torch.inference_mode()
 def hf_bits_per_byte(folder: Path, texts: list[str], seq_len: int, batch_tokens: int = 2048) -> float:
     """Bits per byte of a saved HF model with its own tokenizer, through stock transformers."""
@@ -320,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="eval-quality-"))
     log: list[dict[str, Any]] = []
     try:
-        calib_file = work / "licences-calib.txt"
-        calib_file.write_text("\n\n".join(calib) + "\n", encoding="utf-8")
+        calib_file = licence_calibration_file(work, calib)
         print(f"model {folder}; eval: {len(texts)} licence documents, {text_bytes(texts):,} bytes; in-domain "
               f"calibration: {len(calib)} disjoint licence paragraphs, {calib_file.stat().st_size:,} bytes",
               flush=True)
