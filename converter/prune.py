@@ -4,19 +4,22 @@ Nothing is materialised up front. `planned()` lists every output tensor with its
 (so writers can lay out headers first); `raw_tensors()` then yields each tensor's bytes, reading
 only the kept rows of row-pruned tensors with pread/preadv at offsets taken from the headers
 (the HF exporter copies whole runs of kept rows file to file instead, see `is_file_copy`). Bytes are sliced without
-reinterpretation, so every dtype (bf16 included) survives bit for bit.
+reinterpretation, so every dtype (bf16 included) survives bit for bit. A stacked expert tensor
+([experts, rows, cols], each expert cut with its own channels) is read and written one expert's slab at
+a time.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from converter.arch import ArchSpec, check_against, is_ignored_tensor
+from converter.arch import ArchSpec, check_against, is_ignored_tensor, with_checkpoint_layout
 from converter.arch.spec import ModelDims, TensorSlot
 from converter.errors import ConvertError
 from converter.io import Checkpoint, TensorInfo
@@ -50,6 +53,8 @@ class PlannedTensor:
     keep: tuple[int, ...] | None
     layer: int | None = None
     refit: bool = False
+    # A stacked expert tensor: per expert (its axis 0), the indices kept on `axis` (then `keep` is None).
+    experts_keep: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -64,6 +69,7 @@ class PrunedCheckpoint:
     """A Checkpoint, its ArchSpec and a validated PrunePlan, streamed as pruned tensors."""
 
     def __init__(self, ckpt: Checkpoint, spec: ArchSpec, plan: PrunePlan) -> None:
+        spec = with_checkpoint_layout(spec, ckpt)
         check_against(spec, ckpt)
         plan.validate(spec, ckpt.fingerprint() if plan.source_fingerprint else None)
         self.source = ckpt
@@ -75,26 +81,34 @@ class PrunedCheckpoint:
     @property
     def dims(self) -> ModelDims:
         """Dimensions of the pruned model."""
-        d = self.spec.dims
-        return ModelDims(self.plan.vocab_size, d.hidden, self.plan.intermediate_size, d.layers, d.heads,
-                         d.kv_heads, d.head_dim)
+        return replace(self.spec.dims, vocab=self.plan.vocab_size, ffn=self.plan.intermediate_size,
+                       moe_ffn=self.plan.moe_intermediate_size)
 
-    def _cut(self, slot: TensorSlot | None) -> tuple[int | None, tuple[int, ...] | None]:
-        """The axis a slot is cut along and the indices kept on it; an axis of k blocks of a dimension
-        (`2*ffn`: gate rows then up rows) keeps the same indices in every block."""
+    def _kept(self, dim: str, slot: TensorSlot, expert: int | None) -> tuple[int, ...]:
+        if dim == "vocab":
+            return self.plan.kept_token_ids
+        if dim == "ffn":
+            return self.plan.kept_ffn_channels[slot.layer or 0]
+        return self.plan.kept_expert_channels[slot.layer or 0][expert or 0]
+
+    def _cut(self, slot: TensorSlot | None) -> tuple[int | None, tuple[int, ...] | None,
+                                                     tuple[tuple[int, ...], ...] | None]:
+        """The axis a slot is cut along and the indices kept on it (or, for a stacked expert tensor, per
+        expert); an axis of k blocks of a dimension (`2*ffn`: gate rows then up rows) keeps the same indices
+        in every block."""
         if slot is None:
-            return None, None
-        for dim in ("vocab", "ffn"):
+            return None, None, None
+        stacked = slot.cut("experts") is not None and slot.cut("moe_ffn") is not None
+        for dim in ("vocab", "ffn", "moe_ffn"):
             cut = slot.cut(dim)
             if cut is None:
                 continue
             axis, copies = cut
-            keep = self.plan.kept_token_ids if dim == "vocab" else self.plan.kept_ffn_channels[slot.layer or 0]
-            if copies > 1:
-                size = self.spec.dims.size(dim)
-                keep = tuple(block * size + i for block in range(copies) for i in keep)
-            return axis, keep
-        return None, None
+            size = self.spec.dims.size(dim)
+            keeps = [tuple(block * size + i for block in range(copies) for i in self._kept(dim, slot, expert))
+                     for expert in (range(self.spec.dims.experts) if stacked else [slot.expert])]
+            return (axis, None, tuple(keeps)) if stacked else (axis, keeps[0], None)
+        return None, None, None
 
     def _plan_tensors(self) -> list[PlannedTensor]:
         out = []
@@ -102,13 +116,14 @@ class PrunedCheckpoint:
             if is_ignored_tensor(info.name):
                 continue
             slot = self.spec.slot(info.name)
-            axis, keep = self._cut(slot)
+            axis, keep, experts_keep = self._cut(slot)
             shape = list(info.shape)
-            if axis is not None and keep is not None:
-                shape[axis] = len(keep)
+            kept = keep if experts_keep is None else experts_keep[0]
+            if axis is not None and kept is not None:
+                shape[axis] = len(kept)
             refit = self.plan.refit is not None and slot is not None and slot.role == "ffn_down"
             out.append(PlannedTensor(info.name, info.dtype, tuple(shape), info, slot.role if slot else None, axis,
-                                     keep, slot.layer if slot else None, refit))
+                                     keep, slot.layer if slot else None, refit, experts_keep))
         return out
 
     def _check_refit_dtypes(self) -> None:
@@ -136,7 +151,7 @@ class PrunedCheckpoint:
         frequency) would cost one system call per run, about 50 us each: reading the tensor in one
         pass and gathering its rows in memory, in the read-ahead thread, is faster.
         """
-        if cls.is_passthrough(planned):
+        if cls.is_passthrough(planned) or planned.experts_keep is not None:  # experts: one slab at a time
             return True
         if planned.axis != 0 or planned.keep is None or not planned.shape[0]:
             return False
@@ -149,6 +164,11 @@ class PrunedCheckpoint:
         """Append an unchanged or row-pruned tensor to an open file without going through Python memory."""
         if self.is_passthrough(planned):
             self.source.copy_range(planned.source.name, dest_fd)
+        elif planned.experts_keep is not None:
+            for slab in self.expert_slabs(planned):
+                view = memoryview(slab).cast("B")
+                while view.nbytes:
+                    view = view[os.write(dest_fd, view):]
         elif planned.axis == 0 and planned.keep is not None:
             self.source.copy_rows(planned.source.name, planned.keep, dest_fd)
         else:
@@ -162,6 +182,8 @@ class PrunedCheckpoint:
         src = planned.source
         if planned.refit and self.plan.refit is not None:
             return self.plan.refit.output_bytes(planned.layer or 0, src.dtype)
+        if planned.experts_keep is not None and planned.shape != src.shape:
+            return np.stack(list(self.expert_slabs(planned)))
         if planned.axis is None or planned.keep is None or planned.shape == src.shape:
             return self.source.raw(src.name).reshape(*planned.shape, src.itemsize)
         if planned.axis == 0:
@@ -171,6 +193,14 @@ class PrunedCheckpoint:
         else:
             raise ValueError(f"cannot cut axis {planned.axis} of {src.name}")
         return data.reshape(*planned.shape, src.itemsize)
+
+    def expert_slabs(self, planned: PlannedTensor) -> Iterator[np.ndarray]:
+        """A stacked expert tensor's output, one expert at a time ([*shape[1:], itemsize] bytes each): only one
+        expert's source slab is in memory at once, however large the stack."""
+        src = planned.source
+        for expert, keep in enumerate(planned.experts_keep or ()):
+            slab = self.source.raw_rows(src.name, [expert]).reshape(*src.shape[1:], src.itemsize)
+            yield np.take(slab, np.asarray(keep, dtype=np.int64), axis=(planned.axis or 1) - 1)
 
     def raw_tensors(self) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
         """Yield (planned tensor, bytes) one at a time, the next one read ahead in a worker thread."""
@@ -188,8 +218,12 @@ class PrunedCheckpoint:
         for key in CONFIG_KEYS_DROPPED:
             config.pop(key, None)
         text = config.setdefault(section, {}) if section is not None else config
+        family = self.spec.family_record
         text["vocab_size"] = self.plan.vocab_size
-        text["intermediate_size"] = self.plan.intermediate_size
+        if family.ffn_key is not None:
+            text[family.ffn_key] = self.plan.intermediate_size
+        if family.moe_ffn_key is not None:
+            text[family.moe_ffn_key] = self.plan.moe_intermediate_size
         return config
 
     def summary(self) -> dict[str, int]:
@@ -205,4 +239,6 @@ class PrunedCheckpoint:
             "vocab_after": self.plan.vocab_size,
             "ffn_before": self.spec.dims.ffn,
             "ffn_after": self.plan.intermediate_size,
+            **({"moe_ffn_before": self.spec.dims.moe_ffn, "moe_ffn_after": self.plan.moe_intermediate_size}
+               if self.spec.dims.experts else {}),
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from converter.arch import ArchSpec, check_against, load_arch
+from converter.arch import ArchSpec, check_against, load_arch, with_checkpoint_layout
 from converter.errors import ConvertError
 from converter.io import Checkpoint
 from converter.io.model_folder import check_links
@@ -32,5 +32,6 @@ def open_source(folder: Path) -> Source:
     check_links(folder)  # before config.json is parsed: a link out of the folder is refused as a link
     spec = load_arch(folder)
     ckpt = Checkpoint.open(folder)
+    spec = with_checkpoint_layout(spec, ckpt)
     check_against(spec, ckpt)
     return Source(folder, ckpt, spec)

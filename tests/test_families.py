@@ -17,6 +17,7 @@ from converter.arch import ModelDims, resolve_arch, supported_architectures
 from converter.arch.families import FAMILIES, Family, gguf_conventions_of
 from converter.arch.gguf_names import SOFTCAPPING_KEYS
 from tests.support.tiny_models import FAMILIES as MODEL_TYPES
+from tests.support.tiny_models import MOE_FAMILIES
 from tests.support.tiny_models import build_tiny_model
 
 
@@ -30,7 +31,8 @@ def test_every_model_type_and_architecture_belongs_to_one_family() -> None:
     assert len(set(model_types)) == len(model_types) and len(set(architectures)) == len(architectures)
     assert supported_architectures() == sorted(architectures)
     # Multimodal records (their text model is a listed family's) have their own tests: tests/test_gemma3_multimodal.py.
-    assert sorted(t for f in FAMILIES.values() if f.text_config is None for t in f.model_types) == sorted(MODEL_TYPES)
+    assert sorted(t for f in FAMILIES.values() if f.text_config is None for t in f.model_types) == sorted(
+        MODEL_TYPES + MOE_FAMILIES)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -61,7 +63,9 @@ def test_fused_shapes_are_sums_of_multiples_of_named_dimensions() -> None:
     assert [dims.size(d) for d in ("vocab", "q_dim", "kv_dim", "head_dim")] == [100, 64, 32, 16]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+# Mixture-of-experts records have no GGUF conventions yet (issue 23: HF first); the GGUF export refuses them.
+@pytest.mark.parametrize("family", [f for f in FAMILIES.values() if f.moe_ffn_key is None],
+                         ids=[name for name, f in FAMILIES.items() if f.moe_ffn_key is None])
 def test_llama_cpp_conventions_fit_the_family(family: Family) -> None:
     llama_cpp = family.gguf
     assert llama_cpp is not None and gguf_conventions_of(llama_cpp.arch) is llama_cpp

@@ -5,9 +5,9 @@
 """
 from __future__ import annotations
 
-from converter.arch.check import check_against
+from converter.arch.check import check_against, with_checkpoint_layout
 from converter.arch.spec import (ArchSpec, ModelDims, TensorSlot, is_ignored_tensor, load_arch, read_config,
                                  resolve_arch, supported_architectures)
 
 __all__ = ["ArchSpec", "ModelDims", "TensorSlot", "check_against", "is_ignored_tensor", "load_arch", "read_config",
-           "resolve_arch", "supported_architectures"]
+           "resolve_arch", "supported_architectures", "with_checkpoint_layout"]

@@ -28,10 +28,17 @@ class TensorTemplate:
     role: str
     shape: tuple[str, ...]
     required: bool = True
+    # Expert tensors come in alternative on-disk layouts (stacked 3-D, or one 2-D tensor per `{expert}`):
+    # a checkpoint holds every tensor of exactly one of them (converter.arch.check).
+    layout: str | None = None
 
     @property
     def per_layer(self) -> bool:
         return "{layer}" in self.name
+
+    @property
+    def per_expert(self) -> bool:
+        return "{expert}" in self.name
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,12 @@ class Family:
     genai_model_type: str | None = None
     # llama.cpp's conventions for the family; None when llama.cpp has no graph for it.
     gguf: GgufConventions | None = None
+    # The config key of the `ffn` dimension (a dense MLP's width; Qwen2-MoE's shared expert's), None when
+    # the model has no dense FFN. Mixture of experts: the key of every expert's width (`moe_ffn`) and
+    # the keys of the expert count, the first present wins; None and () for dense models.
+    ffn_key: str | None = "intermediate_size"
+    moe_ffn_key: str | None = None
+    experts_keys: tuple[str, ...] = ()
     # Multimodal checkpoints (Gemma 3 4B/12B/27B): the config section that describes the language model
     # (None: the top level is it), the values transformers' text config class takes for keys the section
     # leaves out, the prefix in front of every template name, and the name prefixes of the other towers'
@@ -263,9 +276,71 @@ PHI3 = replace(
                          head_dim_keys=False),
 )
 
+# Mixture of experts: each layer's MLP is a router (not cut) and `experts` FFNs of width `moe_ffn`, each cut
+# with its own kept channels. transformers 5 holds the experts stacked (gate and up rows of every expert in
+# one [experts, 2*moe_ffn, hidden] tensor, down_proj in [experts, hidden, moe_ffn]) and saves them as
+# the released checkpoints do, one 2-D tensor per expert; either layout is read and kept as it is.
+EXPERTS = LAYER + "mlp.experts.{expert}."
+_MOE_STACKED = (
+    TensorTemplate(LAYER + "mlp.experts.gate_up_proj", "ffn_gate_up_exps", ("experts", "2*moe_ffn", "hidden"),
+                   layout="stacked"),
+    TensorTemplate(LAYER + "mlp.experts.down_proj", "ffn_down_exps", ("experts", "hidden", "moe_ffn"),
+                   layout="stacked"),
+)
+_MOE_PER_EXPERT = (
+    TensorTemplate(EXPERTS + "gate_proj.weight", "ffn_gate_exp", ("moe_ffn", "hidden"), layout="per_expert"),
+    TensorTemplate(EXPERTS + "up_proj.weight", "ffn_up_exp", ("moe_ffn", "hidden"), layout="per_expert"),
+    TensorTemplate(EXPERTS + "down_proj.weight", "ffn_down_exp", ("hidden", "moe_ffn"), layout="per_expert"),
+)
+_ROUTER = TensorTemplate(LAYER + "mlp.gate.weight", "ffn_gate_inp", ("experts", "hidden"))
+_MOE = (_ROUTER, *_MOE_STACKED, *_MOE_PER_EXPERT)
+_EXPERT_COUNT = ("num_experts", "num_local_experts")
+
+# Qwen3-MoE: Qwen3's attention, every layer sparse (configs with dense `mlp_only_layers` are refused).
+QWEN3_MOE = replace(
+    QWEN3, name="qwen3_moe", architectures=("Qwen3MoeForCausalLM",), model_types=("qwen3_moe",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
+    ffn_key=None, moe_ffn_key="moe_intermediate_size",
+    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+)
+# Qwen2-MoE: beside the routed experts, a shared expert (the `ffn` dimension, cut by kept_ffn_channels) whose
+# output a sigmoid of its own one-row gate scales.
+QWEN2_MOE = replace(
+    QWEN2, name="qwen2_moe", architectures=("Qwen2MoeForCausalLM",), model_types=("qwen2_moe",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_ATTENTION_BIAS, *_MOE, *_NORMS,
+             TensorTemplate(LAYER + "mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp", ("ffn", "hidden")),
+             TensorTemplate(LAYER + "mlp.shared_expert.up_proj.weight", "ffn_up_shexp", ("ffn", "hidden")),
+             TensorTemplate(LAYER + "mlp.shared_expert.down_proj.weight", "ffn_down_shexp", ("hidden", "ffn")),
+             TensorTemplate(LAYER + "mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp", ("1", "hidden"))),
+    ffn_key="shared_expert_intermediate_size", moe_ffn_key="moe_intermediate_size",
+    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+)
+# Mixtral: Mistral's attention; the experts' width is `intermediate_size`. Released checkpoints name the
+# block `block_sparse_moe` with w1 (gate), w3 (up) and w2 (down) per expert; transformers 5 renames it `mlp`.
+_MIXTRAL_PER_EXPERT = (
+    replace(_ROUTER, name=LAYER + "block_sparse_moe.gate.weight", layout="per_expert"),
+    *(replace(t, name=LAYER + "block_sparse_moe.experts.{expert}." + w)
+      for t, w in zip(_MOE_PER_EXPERT, ("w1.weight", "w3.weight", "w2.weight"))),  # gate, up, down
+)
+MIXTRAL = replace(
+    LLAMA, name="mixtral", architectures=("MixtralForCausalLM",), model_types=("mixtral",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_NORMS, *optional(*_ATTENTION_BIAS),
+             replace(_ROUTER, layout="stacked"), *_MOE_STACKED, *_MIXTRAL_PER_EXPERT),
+    ffn_key=None, moe_ffn_key="intermediate_size",
+    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+)
+# OLMoE: pre-norm layers, q/k norms over the whole projection (as OLMo-2's), experts of width `intermediate_size`.
+OLMOE = replace(
+    LLAMA, name="olmoe", architectures=("OlmoeForCausalLM",), model_types=("olmoe",),
+    tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
+    ffn_key=None, moe_ffn_key="intermediate_size",
+    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+)
+
 # Every family, by name, in the order error messages list them.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, GEMMA3_VISION, OLMO2, GRANITE, SMOLLM3, PHI3)}
+    LLAMA, GEMMA, QWEN2, QWEN3, GEMMA2, GEMMA3, GEMMA3_VISION, OLMO2, GRANITE, SMOLLM3, PHI3,
+    QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE)}
 
 
 def gguf_conventions_of(arch: str) -> GgufConventions | None:

@@ -18,7 +18,7 @@ from converter.io.jsonfile import read_json_object
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 LIMITS = {"vocab": 16_777_216, "hidden": 1_048_576, "ffn": 4_194_304, "layers": 4096, "heads": 4096,
-          "kv_heads": 4096, "head_dim": 65_536}
+          "kv_heads": 4096, "head_dim": 65_536, "experts": 65_536}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -33,10 +33,15 @@ class ModelDims:
     heads: int
     kv_heads: int
     head_dim: int
+    # Mixture of experts: the number of routed experts per layer and each one's FFN width (0: dense).
+    experts: int = 0
+    moe_ffn: int = 0
 
     def size(self, dim: str) -> int:
-        """A named dimension, a derived one (q_dim, kv_dim), or a sum of multiples of them, the
-        shape of a fused tensor: "2*ffn" (gate and up rows), "q_dim+2*kv_dim" (q, k and v rows)."""
+        """A named dimension, a derived one (q_dim, kv_dim), a literal ("1"), or a sum of multiples of
+        them, the shape of a fused tensor: "2*ffn" (gate and up rows), "q_dim+2*kv_dim" (q, k and v rows)."""
+        if dim.isdigit():
+            return int(dim)
         if "+" in dim or "*" in dim:
             return sum(int(count or 1) * self.size(name) for count, _, name in
                        (term.strip().rpartition("*") for term in dim.split("+")))
@@ -53,12 +58,14 @@ class TensorSlot:
     dims: tuple[str, ...]
     layer: int | None
     required: bool
+    expert: int | None = None  # the expert a per-expert 2-D tensor belongs to
+    layout: str | None = None  # the on-disk expert layout it is part of (see TensorTemplate.layout)
 
     def shape(self, dims: ModelDims) -> tuple[int, ...]:
         return tuple(dims.size(d) for d in self.dims)
 
     def axis(self, dim: str) -> int | None:
-        """Which axis a plan cuts for `dim` ("vocab" or "ffn"), if any: one named `dim` or `k*dim`."""
+        """Which axis a plan cuts for `dim` ("vocab", "ffn" or "moe_ffn"), if any: one named `dim` or `k*dim`."""
         cut = self.cut(dim)
         return None if cut is None else cut[0]
 
@@ -140,7 +147,10 @@ def _positive_int(config: Mapping[str, Any], key: str, limit: int, path: Path, d
     return value
 
 
-def dims_from_config(config: Mapping[str, Any], path: Path) -> ModelDims:
+def dims_from_config(config: Mapping[str, Any], path: Path, family: Family | None = None) -> ModelDims:
+    """The named dimensions of `config`; `family` says which keys hold the FFN and expert sizes."""
+    ffn_key = family.ffn_key if family is not None else "intermediate_size"
+    experts, moe_ffn = _expert_dims(config, path, family) if family is not None else (0, 0)
     heads = _positive_int(config, "num_attention_heads", LIMITS["heads"], path)
     hidden = _positive_int(config, "hidden_size", LIMITS["hidden"], path)
     head_dim = config.get("head_dim")
@@ -151,22 +161,41 @@ def dims_from_config(config: Mapping[str, Any], path: Path) -> ModelDims:
     return ModelDims(
         vocab=_positive_int(config, "vocab_size", LIMITS["vocab"], path),
         hidden=hidden,
-        ffn=_positive_int(config, "intermediate_size", LIMITS["ffn"], path),
+        ffn=_positive_int(config, ffn_key, LIMITS["ffn"], path) if ffn_key else 0,
         layers=_positive_int(config, "num_hidden_layers", LIMITS["layers"], path),
         heads=heads,
         kv_heads=_positive_int(config, "num_key_value_heads", LIMITS["kv_heads"], path, default=heads),
         head_dim=_positive_int({"head_dim": head_dim}, "head_dim", LIMITS["head_dim"], path),
+        experts=experts,
+        moe_ffn=moe_ffn,
     )
 
 
+def _expert_dims(config: Mapping[str, Any], path: Path, family: Family) -> tuple[int, int]:
+    """(experts, moe_ffn) of a mixture-of-experts family, (0, 0) for a dense one. Layers with a dense MLP
+    among the sparse ones (Qwen-MoE's `mlp_only_layers`, `decoder_sparse_step`) are refused, not guessed."""
+    if family.moe_ffn_key is None:
+        return 0, 0
+    count_key = next((k for k in family.experts_keys if k in config), family.experts_keys[0])
+    experts = _positive_int(config, count_key, LIMITS["experts"], path)
+    dense = config.get("mlp_only_layers") or []
+    if dense or config.get("decoder_sparse_step", 1) not in (1, None):
+        what = f"mlp_only_layers {dense}" if dense else f"decoder_sparse_step {config.get('decoder_sparse_step')!r}"
+        raise ConvertError(f"{what} mixes dense MLP layers among the expert layers, which compact-convert does "
+                           "not support; only models whose every layer is sparse", path)
+    return experts, _positive_int(config, family.moe_ffn_key, LIMITS["ffn"], path)
+
+
 def _slots(family: Family, dims: ModelDims, tied: bool) -> tuple[TensorSlot, ...]:
-    """Required tensors first, then optional ones, each in table order, per layer."""
+    """Required tensors first, then optional ones, each in table order, per layer (and per expert)."""
     slots: list[TensorSlot] = []
     for required in (True, False):
         for t in (t for t in family.tensors if t.required == required):
             for layer in range(dims.layers) if t.per_layer else [None]:
-                name = family.text_prefix + (t.name.format(layer=layer) if layer is not None else t.name)
-                slots.append(TensorSlot(name, t.role, t.shape, layer, required and not (tied and t.role == "lm_head")))
+                for expert in range(dims.experts) if t.per_expert else [None]:
+                    name = family.text_prefix + t.name.format(layer=layer, expert=expert)
+                    needed = required and not (tied and t.role == "lm_head")
+                    slots.append(TensorSlot(name, t.role, t.shape, layer, needed, expert, t.layout))
     return tuple(slots)
 
 
@@ -186,15 +215,16 @@ def resolve_arch(config: Mapping[str, Any], path: Path) -> ArchSpec:
     """Turn a parsed config.json into an ArchSpec, or raise a ConvertError naming the problem."""
     family, arch = _family_of(config, path)
     file_config, config = config, text_config_of(family, config, path)
-    dims = dims_from_config(config, path)
+    dims = dims_from_config(config, path, family)
     tied = file_config.get("tie_word_embeddings", config.get("tie_word_embeddings", family.tied_embeddings))
     if not isinstance(tied, bool):
         raise ConvertError(f"'tie_word_embeddings' must be true or false, got {tied!r}", path)
-    params = sum(math.prod(s.shape(dims)) for s in _slots(family, dims, tied))
+    slots = _slots(family, dims, tied)
+    first_layout = next((s.layout for s in slots if s.layout), None)  # alternatives: count one of them
+    params = sum(math.prod(s.shape(dims)) for s in slots if s.layout in (None, first_layout))
     if params > 10**13:
         raise ConvertError(f"describes {params:.3g} parameters, which is absurd; the config is corrupt", path)
-    return ArchSpec(family, arch, str(file_config.get("model_type", "")), dims, tied, _slots(family, dims, tied),
-                    config, file_config)
+    return ArchSpec(family, arch, str(file_config.get("model_type", "")), dims, tied, slots, config, file_config)
 
 
 def load_arch(folder: Path) -> ArchSpec:

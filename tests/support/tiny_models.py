@@ -15,6 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2",
             "phi3", "granite", "smollm3"]
+# Mixture-of-experts families (HF only so far, tests/test_moe_hf.py): 4 to 8 experts, top-2.
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe"]
 
 # Every special feature of a family switched on. Phi-3: partial rotary and LongRoPE with factors
 # other than 1, the context scaled 4x over the original 256 (attention factor sqrt(1.25)).
@@ -23,6 +25,11 @@ FEATURES: dict[str, dict[str, object]] = {
              "partial_rotary_factor": 0.5,
              "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                  "short_factor": [1.0, 1.3, 1.7, 2.5], "long_factor": [1.5, 2.0, 3.0, 4.5]}},
+    "qwen3_moe": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 48},
+    "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+                  "shared_expert_intermediate_size": 80},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 64},
+    "olmoe": {"num_experts": 6, "num_experts_per_tok": 2, "intermediate_size": 64},
 }
 
 

@@ -1,0 +1,163 @@
+"""Mixture-of-experts models through the Hugging Face rewrite, on tiny random models of each family.
+
+For Qwen3-MoE, Qwen2-MoE (with its shared expert), Mixtral and OLMoE, in both on-disk expert layouts
+(one 2-D tensor per expert, as save_pretrained writes them, and transformers 5's stacked 3-D tensors):
+a plan that cuts the vocabulary and every expert's channels differently streams to the same tensors as an
+in-memory reference, stock transformers loads the result with the in-memory pruned model's logits, and
+an identity plan copies every byte. Plans: version 1 files still load; unequal expert widths are refused.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from converter.errors import ConvertError
+from converter.pipeline import export
+from converter.plan import PrunePlan, refuse_expert_planning
+from converter.source import open_source
+from tests.support.reference_moe import prune_moe_state_dict, random_moe_plan
+from tests.support.tiny_models import MOE_FAMILIES, build_tiny_model, save_tiny_model
+
+LAYOUTS = ("per_expert", "stacked")
+CASES = [(family, layout) for family in MOE_FAMILIES for layout in LAYOUTS]
+IDS = [f"{f}-{layout}" for f, layout in CASES]
+# The config keys that hold each family's expert width and shared-expert width.
+EXPERT_WIDTH = {"qwen3_moe": "moe_intermediate_size", "qwen2_moe": "moe_intermediate_size",
+                "mixtral": "intermediate_size", "olmoe": "intermediate_size"}
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _save(model: PreTrainedModel, folder: Path, layout: str, tokenizer_dir: Path | None = None) -> Path:
+    """save_pretrained in the released per-expert layout, or in transformers 5's stacked one."""
+    model.save_pretrained(folder, save_original_format=layout == "per_expert")
+    stacked = any(".experts.gate_up_proj" in name for name in _tensors(folder))
+    assert stacked == (layout == "stacked")
+    for f in tokenizer_dir.iterdir() if tokenizer_dir is not None else ():
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+def _plan(model: PreTrainedModel, keep_tokens: int | None, seed: int) -> PrunePlan:
+    cfg = model.config
+    width = getattr(cfg, EXPERT_WIDTH[cfg.model_type])
+    shared = getattr(cfg, "shared_expert_intermediate_size", 0)
+    # Widths stay multiples of 8: transformers' grouped_mm experts kernel on CPU needs rows of 16-byte multiples.
+    return random_moe_plan(cfg.vocab_size, cfg.num_hidden_layers, cfg.num_experts, width, width - 16,
+                           ffn=shared, keep_ffn=shared // 2, keep_tokens=keep_tokens, seed=seed)
+
+
+@pytest.mark.parametrize("family,layout", CASES, ids=IDS)
+def test_expert_plan_streamed_equals_in_memory_and_logits_match(tmp_path: Path, family: str, layout: str,
+                                                                byte_level_tokenizer_dir: Path) -> None:
+    model = build_tiny_model(family, seed=3)
+    src = _save(model, tmp_path / "in", layout, byte_level_tokenizer_dir)
+    requested = _plan(model, 500, seed=5)
+    assert len(set(requested.kept_expert_channels[0])) == model.config.num_experts  # every expert its own cut
+    out = tmp_path / "out"
+    export(open_source(src), requested, out, "hf")
+
+    final = PrunePlan.load(out / "prune_plan.json")
+    assert final.kept_expert_channels == requested.kept_expert_channels and final.vocab_size > 500
+    expected = prune_moe_state_dict(_tensors(src), final)
+    got = _tensors(out)
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+    written = json.loads((out / "config.json").read_text())
+    width = EXPERT_WIDTH[family]
+    assert written[width] == getattr(model.config, width) - 16 and written["vocab_size"] == final.vocab_size
+    if family == "qwen2_moe":
+        assert written["shared_expert_intermediate_size"] == model.config.shared_expert_intermediate_size // 2
+    elif family == "qwen3_moe":  # the dense width it would give mlp_only_layers is not the experts'
+        assert written["intermediate_size"] == model.config.intermediate_size
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_config(reloaded.config).eval()
+    reference.load_state_dict(prune_moe_state_dict(dict(model.state_dict()), final), strict=True)
+    ids = torch.randint(0, final.vocab_size, (2, 12), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,layout", CASES, ids=IDS)
+def test_identity_plan_reproduces_every_byte(tmp_path: Path, family: str, layout: str) -> None:
+    model = build_tiny_model(family, seed=4, dtype=torch.bfloat16)
+    src = _save(model, tmp_path / "in", layout)
+    source = open_source(src)
+    plan = PrunePlan.identity(source.spec, source.checkpoint.fingerprint())
+    assert plan.moe_intermediate_size == getattr(model.config, EXPERT_WIDTH[family])
+    export(source, plan, tmp_path / "out", "hf")
+    before, after = _tensors(src), _tensors(tmp_path / "out")
+    assert set(before) == set(after)
+    for name in before:
+        assert torch.equal(before[name].view(torch.int16), after[name].view(torch.int16)), name
+
+
+def test_an_old_version_1_plan_still_loads_for_a_dense_model(tmp_path: Path) -> None:
+    folder = save_tiny_model(build_tiny_model("llama"), tmp_path / "m")
+    source = open_source(folder)
+    channels = [[3, 1, 7], [0, 2, 9]]
+    (tmp_path / "old.json").write_text(json.dumps({
+        "format_version": 1, "vocab_size": 2000, "intermediate_size": 3, "kept_token_ids": list(range(2000)),
+        "kept_ffn_channels": channels, "metadata": {"method": "hand"}}))
+    plan = PrunePlan.load(tmp_path / "old.json")
+    plan.validate(source.spec, None)
+    assert plan.kept_ffn_channels == ((1, 3, 7), (0, 2, 9)) and plan.kept_expert_channels == ()
+    assert plan.to_json()["format_version"] == 1 and "kept_expert_channels" not in plan.to_json()
+    with pytest.raises(ConvertError, match="kept_expert_channels needs format_version 2"):
+        PrunePlan.from_json({**plan.to_json(), "kept_expert_channels": [[[0]]]}, "p.json")
+
+
+def test_an_expert_plan_round_trips_as_version_2(tmp_path: Path) -> None:
+    model = build_tiny_model("qwen2_moe")
+    plan = _plan(model, None, seed=1)
+    saved = plan.save(tmp_path / "plan.json")
+    raw = json.loads(saved.read_text())
+    assert raw["format_version"] == 2 and raw["moe_intermediate_size"] == 32
+    assert PrunePlan.load(saved) == plan
+
+
+def test_unequal_expert_widths_are_refused_in_one_line(tmp_path: Path) -> None:
+    model = build_tiny_model("qwen3_moe")
+    source = open_source(_save(model, tmp_path / "m", "per_expert"))
+    plan = _plan(model, None, seed=2)
+    kept = [list(experts) for experts in plan.kept_expert_channels]
+    kept[1][5] = kept[1][5][:-1]
+    bad = PrunePlan(plan.kept_token_ids, (), kept_expert_channels=tuple(tuple(e) for e in kept))
+    with pytest.raises(ConvertError, match=r"keeps 31 to 32 channels per expert; every expert") as caught:
+        bad.validate(source.spec, None)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ConvertError, match=r"kept_expert_channels\[1\] lists 3 experts"):
+        PrunePlan(plan.kept_token_ids, (), kept_expert_channels=(kept[0], kept[1][:3])).validate(  # type: ignore[arg-type]
+            source.spec, None)
+
+
+def test_what_is_not_built_yet_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = build_tiny_model("mixtral")
+    source = open_source(_save(model, tmp_path / "m", "stacked"))
+    plan = PrunePlan.identity(source.spec)
+    for fmt in ("gguf", "onnx"):
+        with pytest.raises(ConvertError, match=f"format '{fmt}' is not built yet for mixture-of-experts"):
+            export(source, plan, tmp_path / fmt, fmt)
+        assert not (tmp_path / fmt).exists()
+    with pytest.raises(ConvertError, match="MoE planning from scores is not built yet; pass a plan"):
+        refuse_expert_planning(source.spec, source.folder / "config.json")
+    config = json.loads((source.folder / "config.json").read_text())
+    (source.folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_moe",
+                                                           "architectures": ["Qwen3MoeForCausalLM"],
+                                                           "moe_intermediate_size": 64, "mlp_only_layers": [1]}))
+    with pytest.raises(ConvertError, match=r"mlp_only_layers \[1\] mixes dense MLP layers"):
+        open_source(source.folder)
