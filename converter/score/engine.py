@@ -13,6 +13,9 @@ A `Probe` sees the input of every `mlp.down_proj` (act_fn(gate(x)) * up(x)) and 
 which is how scoring records act² and how candidate plans mask dropped FFN channels. A
 `LinearInputs` callback sees (after any probe) the input of every linear layer of every decoder
 layer, named by its weight's checkpoint name: what llama.cpp's importance matrix sums.
+In a mixture-of-experts layer the probe sees the shared expert's down_proj input (if any), and an
+`ExpertInputs` callback sees the experts module's inputs (converter.score.expert_blocks finds
+it, converter.score.expert_weights stacks its parameters from per-expert checkpoint tensors).
 """
 from __future__ import annotations
 
@@ -25,11 +28,15 @@ from torch import nn
 from converter.errors import ConvertError
 from converter.source import Source
 from converter.io.dtypes import TORCH_DTYPE_NAMES, raw_to_torch
+from converter.score.expert_blocks import dense_down, moe_blocks
+from converter.score.expert_weights import read_moe_parameter
 
 FIT_FRACTION = 0.6
 
 
 LinearInputs = Callable[[int, str, torch.Tensor], None]  # (batch index, weight name, input)
+# (batch index, layer, hidden states [positions, hidden], top-k experts, their router weights)
+ExpertInputs = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 class Probe(Protocol):
@@ -115,8 +122,12 @@ class ModelRunner:
             for index, layer in enumerate(self.layers):
                 self._load(layer, f"{self.prefix}model.layers.{index}.", device)
         self._probe: Probe | None = None
-        self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._hook(index))
-                         for index, layer in enumerate(self.layers)]
+        downs = [(index, dense_down(layer)) for index, layer in enumerate(self.layers)]
+        self._handles = [down.register_forward_pre_hook(self._hook(index)) for index, down in downs if down is not None]
+        self.moe = moe_blocks(self.layers)
+        self._on_experts: ExpertInputs | None = None
+        self._handles += [block.experts.register_forward_pre_hook(self._experts_hook(block.layer), with_kwargs=True)
+                          for block in self.moe]
         self._on_linear: LinearInputs | None = None
         self._batch = 0
         self.linear_widths: dict[str, int] = {}  # weight name -> input width, for every hooked linear
@@ -145,6 +156,14 @@ class ModelRunner:
             return None if out is None else (out, *args[1:])
         return hook
 
+    def _experts_hook(self, layer: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self._on_experts is not None:
+                names = ("hidden_states", "top_k_index", "top_k_weights")
+                values = (*args, *(kwargs[n] for n in names[len(args):]))
+                self._on_experts(self._batch, layer, values[0], values[1], values[2])
+        return hook
+
     def _linear_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if self._on_linear is not None:
@@ -164,14 +183,21 @@ class ModelRunner:
         return raw_to_torch(data, info.dtype, shape).to(device=self.device, dtype=self.dtype)
 
     def _load(self, module: nn.Module, prefix: str, device: torch.device) -> None:
-        for pname, _param in list(module.named_parameters()):
+        for pname, param in list(module.named_parameters()):
             owner_name, _, leaf = pname.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
             name = prefix + pname
-            if name not in self.source.checkpoint:
-                raise ConvertError(f"tensor '{name}' is missing from the checkpoint", self.source.folder)
-            info = self.source.checkpoint.info(name)
-            tensor = raw_to_torch(self.source.checkpoint.raw(name), info.dtype, info.shape)
+            if name in self.source.checkpoint:
+                info = self.source.checkpoint.info(name)
+                tensor = raw_to_torch(self.source.checkpoint.raw(name), info.dtype, info.shape)
+            else:
+                stacked = read_moe_parameter(self.source.checkpoint, name)
+                if stacked is None:
+                    raise ConvertError(f"tensor '{name}' is missing from the checkpoint", self.source.folder)
+                if stacked.shape != param.shape:
+                    raise ConvertError(f"the experts' tensors for '{name}' stack to {tuple(stacked.shape)}, the "
+                                       f"config says {tuple(param.shape)}", self.source.folder)
+                tensor = stacked
             owner._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=self.dtype), requires_grad=False)
 
     def _free(self, module: nn.Module) -> None:
@@ -187,11 +213,13 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batches: Sequence[torch.Tensor], probe: Probe | None = None,
             on_output: Callable[[int, torch.Tensor], None] | None = None,
-            progress: Callable[[float], None] | None = None, on_linear: LinearInputs | None = None) -> None:
+            progress: Callable[[float], None] | None = None, on_linear: LinearInputs | None = None,
+            on_experts: ExpertInputs | None = None) -> None:
         """Run every batch of ids [B, T] (right-padded); on_output gets the final normed hidden states,
-        on_linear every decoder-layer linear's input."""
+        on_linear every decoder-layer linear's input, on_experts every MoE layer's experts' inputs."""
         self._probe = probe
         self._on_linear = on_linear
+        self._on_experts = on_experts
         try:
             if self.layerwise:
                 self._run_layerwise(batches, probe, on_output, progress)
@@ -208,6 +236,7 @@ class ModelRunner:
         finally:
             self._probe = None
             self._on_linear = None
+            self._on_experts = None
 
     def _run_layerwise(self, batches: Sequence[torch.Tensor], probe: Probe | None,
                        on_output: Callable[[int, torch.Tensor], None] | None,

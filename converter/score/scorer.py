@@ -13,6 +13,8 @@ probabilities at every `predict_stride`-th position of each window are summed in
 counts (the output projection costs a vocabulary-sized matmul per position, so only a sample).
 Before counting, the dense model answers the general probe (converter.score.probe_scoring); the
 scores keep those answers, and without --calib the calib answers lead the default corpus.
+In a mixture-of-experts model each expert's channels are scored over the tokens routed to it
+(converter.score.expert_probe), and a shared expert's as the layer's dense FFN.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from converter.progress import progress_bar
 from converter.score.buckets import BucketLayout
 from converter.score.corpus import DEFAULT_KEEPS_PYDOC, Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
+from converter.score.expert_probe import ExpertCollector
+from converter.score.expert_record import ExpertSums
 from converter.score.matmul_inputs import OUTPUT_NAME, MatmulInputCollector, MatmulSums
 from converter.score.probe_scoring import PROBE_ORIGIN, probe_documents, run_probe
 from converter.score.scores import Scores, pick_heldout
@@ -296,6 +300,7 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     gram = np.zeros((dims.layers, dims.ffn, dims.ffn), dtype=np.float64) if options.gram else None
     predicted = np.zeros(dims.vocab, dtype=np.float64)
     matmul: MatmulSums | None = None
+    experts: ExpertSums | None = None
     scored = predicted_positions = 0
     if runner is not None:
         widths = {**runner.linear_widths, OUTPUT_NAME: dims.hidden}
@@ -310,6 +315,8 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         stride = options.predict_stride
         predictor = PredictedCounts(runner, [mask for _, mask in batches], stride) if stride else None
         inputs = MatmulInputCollector(widths, [mask for _, mask in batches], device)
+        routed = (ExpertCollector(dims.layers, runner.moe, layout.buckets, bucket_batches, device)
+                  if runner.moe else None)
 
         def on_output(index: int, hidden: torch.Tensor) -> None:
             inputs.output_input(index, hidden)
@@ -318,8 +325,9 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
 
         with progress_bar(show, total=len(batches), desc="score", unit="batch") as bar:
             runner.run([ids for ids, _ in batches], probe, on_output=on_output, progress=bar.update,
-                       on_linear=inputs.linear_input)
+                       on_linear=inputs.linear_input, on_experts=None if routed is None else routed.experts_input)
         matmul = inputs.result(0, options.seq_len, ())
+        experts = None if routed is None else routed.result()
         sums = probe.sums[:, :layout.buckets].cpu().numpy()
         if predictor is not None:
             predicted[:] = predictor.sums[:dims.vocab].cpu().numpy()
@@ -331,6 +339,10 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     gram = None if gram is None else _all_sum(gram)
     predicted = _all_sum(predicted)
     totals = _all_sum(np.asarray([scored, len(state.windows), predicted_positions], dtype=np.int64))
+    if experts is None and runner is not None and runner.moe:  # no windows on this rank: zeros, reduced alike
+        experts = ExpertCollector(dims.layers, runner.moe, layout.buckets, [], torch.device("cpu")).result()
+    if experts is not None:
+        experts = ExpertSums(_all_sum(experts.importance), _all_sum(experts.tokens), _all_sum(experts.gate))
     if matmul is not None:
         names = sorted(matmul.sums)
         flat = _all_sum(np.concatenate([matmul.sums[k] for k in names]))
@@ -343,7 +355,7 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         corpus=(described,), tokens_counted=state.tokens, tokens_scored=int(totals[0]),
         sequences=int(totals[1]), documents=state.documents, seq_len=options.seq_len, heldout=tuple(state.heldout),
         heldout_cap=options.heldout_tokens, gram=gram, predicted=predicted if totals[2] else None,
-        tokens_predicted=int(totals[2]), probe=answered, probe_note=probe_note, matmul=matmul)
+        tokens_predicted=int(totals[2]), probe=answered, probe_note=probe_note, matmul=matmul, experts=experts)
 
 
 def check_gram_size(layers: int, ffn: int) -> None:

@@ -22,6 +22,9 @@ Scored with activations it also holds, per matmul weight, the sums of its square
 (`in_sum2.<weight name>`, float64, with `matmul_tokens` in the metadata: converter.score.matmul_inputs),
 from which the GGUF exporter writes llama.cpp's importance matrix; files from before them load
 without them, and a merge keeps them only when every file has them.
+A mixture-of-experts model's file also holds per-expert sums over routed tokens
+(`expert_importance`, `expert_tokens`, `expert_gate`: converter.score.expert_record), added on merge;
+dense models and older files have none.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ import numpy as np
 from converter.errors import ConvertError
 from converter.io.safetensors_writer import save_whole_file
 from converter.score.buckets import BucketLayout
+from converter.score.expert_record import TENSORS as EXPERT_TENSORS
+from converter.score.expert_record import ExpertSums, add_expert_sums
 from converter.score.matmul_inputs import MatmulSums
 from converter.score.probe_record import TENSORS as PROBE_TENSORS
 from converter.score.probe_record import ProbeRecord
@@ -71,6 +76,7 @@ class Scores:
     probe: ProbeRecord | None = None
     probe_note: str = ""
     matmul: MatmulSums | None = None
+    experts: ExpertSums | None = None  # mixture-of-experts models only (converter.score.expert_record)
 
     @property
     def layers(self) -> int:
@@ -118,6 +124,8 @@ class Scores:
             tensors.update(self.probe.to_tensors())
         if self.matmul is not None:
             tensors.update({IN_SUM2 + k: v.astype(np.float64) for k, v in self.matmul.sums.items()})
+        if self.experts is not None:
+            tensors.update(self.experts.to_tensors())
         metadata = {
             "format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "architecture": self.architecture,
             "corpus": json.dumps(list(self.corpus)), "tokens_counted": str(self.tokens_counted),
@@ -160,6 +168,7 @@ class Scores:
                 probe_t = ({n: f.get_tensor(n) for n in (*PROBE_TENSORS, "general_predicted") if n in present}
                            if "probe_answer_offsets" in present else None)
                 in_sum2 = {n[len(IN_SUM2):]: f.get_tensor(n) for n in sorted(present) if n.startswith(IN_SUM2)}
+                experts = ExpertSums.from_tensors({n: f.get_tensor(n) for n in EXPERT_TENSORS if n in present})
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
                 raise
@@ -179,7 +188,7 @@ class Scores:
                                                                                int(meta.get("probe_new_tokens", "0"))),
                          meta.get("probe_note", ""),
                          MatmulSums(in_sum2, int(meta.get("matmul_tokens", "0")), int(meta["seq_len"]),
-                                    tuple(json.loads(meta["corpus"]))) if in_sum2 else None)
+                                    tuple(json.loads(meta["corpus"]))) if in_sum2 else None, experts)
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -194,7 +203,8 @@ class Scores:
               and (self.predicted is None or self.predicted.shape == self.counts.shape)
               and (self.probe is None or (self.probe.general_counts.shape == self.counts.shape
                                           and all(0 <= t < self.vocab for a in self.probe.answers for t in a)))
-              and (self.matmul is None or all(v.ndim == 1 for v in self.matmul.sums.values())))
+              and (self.matmul is None or all(v.ndim == 1 for v in self.matmul.sums.values()))
+              and (self.experts is None or self.experts.fits(layers, buckets)))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
 
@@ -251,6 +261,7 @@ def merge(paths: Sequence[Path]) -> Scores:
         gram = None if out.gram is None or other.gram is None else out.gram + other.gram
         matmul = None if out.matmul is None or other.matmul is None else out.matmul.added(other.matmul)
         out = replace(out, gram=gram, matmul=matmul, predicted=_add_optional(out.predicted, other.predicted),
+                      experts=add_expert_sums(out.experts, other.experts),
                       tokens_predicted=out.tokens_predicted + other.tokens_predicted,
                       counts=out.counts + other.counts, importance=out.importance + other.importance,
                       act2=out.act2 + other.act2, corpus=out.corpus + other.corpus,
