@@ -63,7 +63,11 @@ def _dry_run(args: argparse.Namespace, source: Source, plan: PrunePlan, keep_res
     s = PrunedCheckpoint(source.checkpoint, source.spec, plan).summary()
     print(f"model      {source.spec.architecture} ({source.spec.family}), {s['tensors']} tensors")
     print(f"vocab      {s['vocab_before']} -> {s['vocab_after']}")
-    print(f"ffn        {s['ffn_before']} -> {s['ffn_after']}")
+    if s["ffn_before"]:  # a model whose MLPs are all experts has no dense FFN
+        print(f"ffn        {s['ffn_before']} -> {s['ffn_after']}")
+    if "moe_ffn_before" in s:
+        print(f"experts    {source.spec.dims.experts} per layer, {s['moe_ffn_before']} -> {s['moe_ffn_after']} "
+              "channels each")
     print(f"params     {s['params_before']:,} -> {s['params_after']:,} "
           f"({100 * (1 - s['params_after'] / s['params_before']):.1f}% fewer)")
     print(f"bytes      {s['bytes_before']:,} -> {s['bytes_after']:,}")

@@ -14,7 +14,9 @@ from converter.prune import PrunedCheckpoint
 COMPONENTS = ("embedding", "attention", "ffn", "lm_head", "norms_other")
 LABELS = {"embedding": "embedding", "attention": "attention", "ffn": "FFN", "lm_head": "LM head",
           "norms_other": "norms & other"}
-FFN_ROLES = ("ffn_gate", "ffn_up", "ffn_gate_up", "ffn_down")
+# Mixture of experts: every expert's FFN and a shared expert's count as FFN; the routers as "other".
+FFN_ROLES = ("ffn_gate", "ffn_up", "ffn_gate_up", "ffn_down", "ffn_gate_up_exps", "ffn_down_exps", "ffn_gate_exp",
+             "ffn_up_exp", "ffn_down_exp", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
 
 
 def component_of(role: str | None) -> str:
