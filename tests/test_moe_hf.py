@@ -161,3 +161,41 @@ def test_what_is_not_built_yet_is_refused_in_one_line(tmp_path: Path) -> None:
                                                            "moe_intermediate_size": 64, "mlp_only_layers": [1]}))
     with pytest.raises(ConvertError, match=r"mlp_only_layers \[1\] mixes dense MLP layers"):
         open_source(source.folder)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_record_agrees_with_transformers_in_memory_model(family: str) -> None:
+    """The record's stacked tensors, shapes and sizes are those of the transformers class (which holds
+    its experts stacked), the tied default is the config class's, and the config keys resolve."""
+    from transformers import AutoConfig
+
+    from converter.arch import resolve_arch
+
+    model = build_tiny_model(family)
+    cfg = model.config
+    spec = resolve_arch(cfg.to_dict(), Path("config.json"))
+    assert spec.family == family
+    assert spec.family_record.tied_embeddings == AutoConfig.for_model(family).tie_word_embeddings
+    dims = spec.dims
+    assert (dims.experts, dims.moe_ffn) == (cfg.num_experts, getattr(cfg, EXPERT_WIDTH[family]))
+    assert dims.ffn == getattr(cfg, "shared_expert_intermediate_size", 0)
+    expected = {s.name: s.shape(dims) for s in spec.slots if s.layout in (None, "stacked")
+                and (s.required or s.name in model.state_dict())}
+    assert {name: tuple(t.shape) for name, t in model.state_dict().items()} == expected
+
+
+def test_a_checkpoint_mixing_or_missing_expert_tensors_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = _save(build_tiny_model("qwen3_moe"), tmp_path / "m", "per_expert")
+    tensors = _tensors(folder)
+    save_file({**tensors, "model.layers.0.mlp.experts.down_proj": torch.zeros(8, 64, 48)},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConvertError, match=r"'model.layers.0.mlp.experts.down_proj' is in another expert layout "
+                                           r"than the checkpoint's other \(per-expert\)"):
+        open_source(folder)
+    del tensors["model.layers.1.mlp.experts.6.up_proj.weight"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConvertError, match=r"'model.layers.1.mlp.experts.6.up_proj.weight' \(Qwen3MoeForCausalLM, "
+                                           r"per-expert layout\) is missing"):
+        open_source(folder)

@@ -20,7 +20,7 @@ def with_checkpoint_layout(spec: ArchSpec, ckpt: Checkpoint) -> ArchSpec:
     if not complete:
         nearest = max(layouts, key=lambda layout: sum(s.name in ckpt for s in members[layout]))
         missing = next(s.name for s in members[nearest] if s.name not in ckpt)
-        raise ConvertError(f"tensor '{missing}' ({spec.architecture}, {nearest.replace('_', '-')} expert layout) "
+        raise ConvertError(f"tensor '{missing}' ({spec.architecture}, {nearest} layout) "
                            "is missing from the checkpoint", ckpt.folder)
     chosen = complete[0]
     names = {s.name for s in members[chosen]}
@@ -28,7 +28,7 @@ def with_checkpoint_layout(spec: ArchSpec, ckpt: Checkpoint) -> ArchSpec:
                   and s.name in ckpt), None)
     if stray is not None:
         raise ConvertError(f"tensor '{stray}' is in another expert layout than the checkpoint's other "
-                           f"({chosen.replace('_', '-')}) expert tensors; a checkpoint must use one layout",
+                           f"({chosen}) expert tensors; a checkpoint must use one layout",
                            ckpt.tensors[stray].file)
     return replace(spec, slots=tuple(s for s in spec.slots if s.layout in (None, chosen)))
 

@@ -288,9 +288,9 @@ _MOE_STACKED = (
                    layout="stacked"),
 )
 _MOE_PER_EXPERT = (
-    TensorTemplate(EXPERTS + "gate_proj.weight", "ffn_gate_exp", ("moe_ffn", "hidden"), layout="per_expert"),
-    TensorTemplate(EXPERTS + "up_proj.weight", "ffn_up_exp", ("moe_ffn", "hidden"), layout="per_expert"),
-    TensorTemplate(EXPERTS + "down_proj.weight", "ffn_down_exp", ("hidden", "moe_ffn"), layout="per_expert"),
+    TensorTemplate(EXPERTS + "gate_proj.weight", "ffn_gate_exp", ("moe_ffn", "hidden"), layout="per-expert"),
+    TensorTemplate(EXPERTS + "up_proj.weight", "ffn_up_exp", ("moe_ffn", "hidden"), layout="per-expert"),
+    TensorTemplate(EXPERTS + "down_proj.weight", "ffn_down_exp", ("hidden", "moe_ffn"), layout="per-expert"),
 )
 _ROUTER = TensorTemplate(LAYER + "mlp.gate.weight", "ffn_gate_inp", ("experts", "hidden"))
 _MOE = (_ROUTER, *_MOE_STACKED, *_MOE_PER_EXPERT)
@@ -318,7 +318,7 @@ QWEN2_MOE = replace(
 # Mixtral: Mistral's attention; the experts' width is `intermediate_size`. Released checkpoints name the
 # block `block_sparse_moe` with w1 (gate), w3 (up) and w2 (down) per expert; transformers 5 renames it `mlp`.
 _MIXTRAL_PER_EXPERT = (
-    replace(_ROUTER, name=LAYER + "block_sparse_moe.gate.weight", layout="per_expert"),
+    replace(_ROUTER, name=LAYER + "block_sparse_moe.gate.weight", layout="per-expert"),
     *(replace(t, name=LAYER + "block_sparse_moe.experts.{expert}." + w)
       for t, w in zip(_MOE_PER_EXPERT, ("w1.weight", "w3.weight", "w2.weight"))),  # gate, up, down
 )
