@@ -97,7 +97,8 @@ def test_weight_zero_plans_as_before(model: Path, scores: Scores) -> None:
         assert now.kept_token_ids == before.kept_token_ids
         assert now.kept_ffn_channels == before.kept_ffn_channels
         def strip(plan: PrunePlan) -> list[dict[str, object]]:
-            return [{k: v for k, v in e.items() if k != "retention"} for e in plan.metadata.get("auto_split", [])]
+            return [{k: v for k, v in e.items() if k not in ("retention", "select_dropped_share")}
+                    for e in plan.metadata.get("auto_split", [])]
 
         assert strip(now) == strip(before)
 
@@ -144,3 +145,31 @@ def test_layer_by_layer_scoring_says_retention_was_not_measured(model: Path, cor
     assert retention["measured"] is False and "layer by layer" in retention["reason"]
     counts_only = score(open_source(model), open_corpus([corpus]), replace(OPTIONS, counts_only=True))
     assert counts_only.probe is None and "--counts-only" in counts_only.probe_note
+
+
+def test_dropped_cap_keeps_the_selection_answers_whole(model: Path, scores: Scores) -> None:
+    """Candidates that drop more of the select answers' bytes than --max-dropped-share lose to every one within it."""
+    budget = Budget(target_ratio=0.3, splits=4, eval_seq_len=128, device="cpu")
+    free = make_plan(open_source(model), scores, budget)
+    assert free.metadata["max_dropped_share"] is None
+    assert not any(e.get("over_cap") for e in free.metadata["auto_split"])
+    shares = sorted({e["select_dropped_share"] for e in free.metadata["auto_split"]})
+    assert len(shares) >= 2
+    cap = shares[0]
+    plan = make_plan(open_source(model), scores, replace(budget, max_dropped_share=cap))
+    table = plan.metadata["auto_split"]
+    assert plan.metadata["max_dropped_share"] == cap
+    within = [e for e in table if not e.get("over_cap")]
+    assert within and all(e["select_dropped_share"] <= cap for e in within)
+    assert all(e["select_dropped_share"] > cap for e in table if e.get("over_cap"))
+    chosen = next(e for e in table if e["vocab"] == plan.vocab_size)
+    assert chosen in within and chosen["objective"] == min(e["objective"] for e in within)
+
+
+def test_general_calibration_caps_dropped_bytes_by_default(scores: Scores) -> None:
+    assert not scores.general_calibration and Budget().dropped_cap(scores) is None
+    general = replace(scores, corpus=("builtin:general-probe answers (6 prompts) + builtin:pydoc_data.topics",))
+    assert general.general_calibration and Budget().dropped_cap(general) == 0.02
+    assert Budget(max_dropped_share=0.1).dropped_cap(general) == 0.1
+    with pytest.raises(ConvertError, match="--max-dropped-share"):
+        Budget(max_dropped_share=1.5)

@@ -54,10 +54,10 @@ def _save(plan: PrunePlan, folder: Path, **metadata: Any) -> Path:
 def measured_plan(settled: PrunePlan, tmp_path_factory: pytest.TempPathFactory) -> Path:
     v, f = settled.vocab_size, settled.intermediate_size
     table = [{"vocab": v, "ffn": f, "bits_per_byte": 5.1, "retention": RETENTION},
-             _candidate(v + 300, f - 16, 5.3, 0.12, 2.4),
+             {**_candidate(v + 300, f - 16, 5.3, 0.12, 2.4), "over_cap": True},
              {"vocab": v - 200, "ffn": f + 16, "bits_per_byte": 5.2}]  # no retention: an older candidate
     return _save(settled, tmp_path_factory.mktemp("retention-plan"), retention=RETENTION, auto_split=table,
-                 budget={"target_ratio": 0.3}, heldout_bits_per_byte=5.1)
+                 budget={"target_ratio": 0.3}, heldout_bits_per_byte=5.1, max_dropped_share=0.02)
 
 
 @pytest.mark.parametrize("fmt", ["hf", "gguf", "onnx"])
@@ -77,7 +77,9 @@ def test_measured_retention_in_every_format(tmp_path: Path, model: Path, measure
     chosen = next(r for r in rows.values() if r["chosen"])
     assert chosen["retention"] == RETENTION
     assert "| 24.70% | 4.51x | **chosen** |" in markdown
-    assert "| 12.00% | 2.40x |" in markdown
+    assert "| 12.00% | 2.40x | *over cap* |" in markdown
+    assert report["auto_split"]["max_dropped_share"] == 0.02 and rows[max(rows)]["over_cap"] is True
+    assert "more than 2% of the general probe's selection answers in dropped tokens" in markdown
     older = min(rows)
     assert "retention" not in rows[older] and f"| {older:,} |" in markdown
 

@@ -101,10 +101,15 @@ def _splits(data: dict[str, Any]) -> list[str]:
     if blended:
         extra = (extra[0] + "| objective ", extra[1] + "| ---: ")
         weight = float(s["general_weight"] or 0)
-        wins = (f"the lowest objective wins: held-out and general-answer bits per byte, each as a ratio to the "
-                f"dense model's, weighted {1 - weight:g} and {weight:g} (--general-weight).")
+        wins = (f"the lowest objective wins: the held-out and the general-answer bits-per-byte excess over the dense "
+                f"model's, each divided by the smallest excess any candidate reached, weighted {1 - weight:g} and "
+                f"{weight:g} (--general-weight).")
     else:
         wins = "the lowest wins."
+    cap = s.get("max_dropped_share")
+    if isinstance(cap, (int, float)):
+        wins += (f" Splits that put more than {100 * cap:g}% of the general probe's selection answers in dropped "
+                 "tokens (--max-dropped-share) are marked *over cap* and lose to every split within it.")
     lines += [f"Target ratio {s['target_ratio']}: each split of the budget between vocabulary and FFN was scored in "
               "bits per byte on held-out calibration text (text that chose neither tokens nor channels); "
               f"{wins}", "", f"| vocab | FFN | parameters | held-out bits/byte {extra[0]}| |",
@@ -113,11 +118,15 @@ def _splits(data: dict[str, Any]) -> list[str]:
         bpb = "-" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.5f}"
         objective = ("| -" if "objective" not in r else f"| {r['objective']:.5f}") + " " if blended else ""
         lines.append(f"| {r['vocab']:,} | {r['ffn']:,} | {r.get('params', 0):,} | {bpb} "
-                     f"{_retention_cells(r) if retained else ''}{objective}| {'**chosen**' if r['chosen'] else ''} |")
+                     f"{_retention_cells(r) if retained else ''}{objective}| {_mark(r)} |")
     lines.append("")
     if s.get("reason"):
         lines += [f"{s['reason']}.", ""]
     return [*lines, *_image(data, "auto_split", "auto-split candidates")]
+
+
+def _mark(row: dict[str, Any]) -> str:
+    return ", ".join(m for m, on in (("**chosen**", row["chosen"]), ("*over cap*", row.get("over_cap"))) if on)
 
 
 def _retention_cells(row: dict[str, Any]) -> str:

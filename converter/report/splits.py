@@ -33,13 +33,16 @@ def auto_split_section(plan: PrunePlan, params: Callable[[int, int], int] | None
         row["chosen"] = (vocab, ffn) == (plan.vocab_size, plan.intermediate_size)
         if isinstance(entry.get("objective"), (int, float)):
             row["objective"] = float(entry["objective"])
+        if entry.get("over_cap") is True:
+            row["over_cap"] = True
         if "retention" in entry:
             row["retention"] = read_retention(entry["retention"])
         rows.append(row)
     section: dict[str, Any] = {"ran": bool(rows), "candidates": rows,
                                "target_ratio": (plan.metadata.get("budget") or {}).get("target_ratio"),
                                "heldout_bits_per_byte": plan.metadata.get("heldout_bits_per_byte"),
-                               "general_weight": plan.metadata.get("general_weight")}
+                               "general_weight": plan.metadata.get("general_weight"),
+                               "max_dropped_share": plan.metadata.get("max_dropped_share")}
     if not rows:
         section["reason"] = "the plan's auto_split metadata is unreadable"
     elif all(r["bits_per_byte"] is None for r in rows):

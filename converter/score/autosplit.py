@@ -32,6 +32,7 @@ from converter.score.plan_retention import missing_reason, not_measured
 from converter.score.planner import VocabChoice, VocabFitter, build_plan
 from converter.score.refit_solver import fit_refit, refit_map, require_gram
 from converter.score.scores import Scores
+from converter.score.split_objective import Measured, best, objectives, over_cap
 from converter.score.stage_options import Budget
 from converter.score.tokens import load_tokenizer
 
@@ -83,24 +84,24 @@ class SplitEvaluator:
                               ffn_maps=maps)
         return bits / self.bytes
 
-    def evaluate(self, plan: PrunePlan) -> tuple[float, float, dict[str, Any]]:
-        """(held-out bits per byte, the split objective, retention) of a candidate plan."""
+    def evaluate(self, plan: PrunePlan) -> tuple[Measured, dict[str, Any]]:
+        """The costs split_objective weighs for a candidate plan, and its retention on the held-out answers."""
         tokenizer, rows = pruned_tokenizer(self.source, plan)
         maps = self._maps(plan)
         bpb = self._bpb(plan, tokenizer, rows, maps)
         if self.meter is None:
-            return bpb, bpb, not_measured(self.reason)
+            return Measured(bpb, bpb), not_measured(self.reason)
         retention = self.meter.measure(plan, tokenizer, rows, maps)
+        dropped = self.meter.select_dropped(plan)
         if self.weight <= 0:
-            return bpb, bpb, retention
+            return Measured(bpb, bpb, None, dropped), retention
         if self._dense_bpb is None:
             dims = self.source.spec.dims
             dense = PrunePlan(tuple(range(dims.vocab)), tuple(tuple(range(dims.ffn)) for _ in range(dims.layers)),
                               plan.source_fingerprint, {})
             self._dense_bpb = self._bpb(dense, None, None, None)
         general = self.meter.general_ratio(plan, tokenizer, rows, maps)
-        objective = (1 - self.weight) * bpb / self._dense_bpb + self.weight * general
-        return bpb, objective, retention
+        return Measured(bpb, bpb / self._dense_bpb, general, dropped), retention
 
 
 def pruned_tokenizer(source: Source, plan: PrunePlan) -> tuple[Any, tuple[int, ...] | None]:
@@ -220,37 +221,47 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
         return replace(only, metadata={**only.metadata, "retention": retention, "auto_split": [
             {"vocab": only.vocab_size, "ffn": only.intermediate_size, "bits_per_byte": None, "retention": retention}]})
     evaluator = SplitEvaluator(source, scores, budget, scores_path)
-    measured: dict[int, tuple[float, float, Split, PrunePlan, dict[str, Any]]] = {}
+    cap = budget.dropped_cap(scores) if evaluator.meter is not None else None
+    measured: dict[int, tuple[Measured, Split, PrunePlan, dict[str, Any]]] = {}
 
     def measure(split: Split, plan: PrunePlan) -> None:
-        bpb, objective, retention = evaluator.evaluate(plan)
-        measured[plan.vocab_size] = (objective, bpb, split, plan, retention)
+        costs, retention = evaluator.evaluate(plan)
+        measured[plan.vocab_size] = (costs, split, plan, retention)
         kept = (f"; general answers {retention['ratio']:.2f}x dense, {100 * retention['dropped_share']:.2f}% of "
                 "their bytes dropped") if retention.get("measured") else ""
-        print(f"split      vocab {plan.vocab_size:>7} ffn {plan.intermediate_size:>6}: {bpb:.4f} bits/byte on "
-              f"held-out calibration text{kept}", file=log)
+        print(f"split      vocab {plan.vocab_size:>7} ffn {plan.intermediate_size:>6}: {costs.bits_per_byte:.4f} "
+              f"bits/byte on held-out calibration text{kept}", file=log)
 
     for split, plan in plans.values():
         measure(split, plan)
     for _ in range(budget.refine_rounds):
-        ranked = sorted(measured.values(), key=lambda m: m[2].share)
-        best = min(range(len(ranked)), key=lambda i: ranked[i][0])
+        ranked = sorted(measured.values(), key=lambda m: m[1].share)
+        top = best([m[0] for m in ranked], evaluator.weight, cap)
         added = False
-        for neighbour in (best - 1, best + 1):
+        for neighbour in (top - 1, top + 1):
             if 0 <= neighbour < len(ranked):
-                share = (ranked[best][2].share + ranked[neighbour][2].share) / 2
-                vocab = round((ranked[best][2].vocab + ranked[neighbour][2].vocab) / 2)
+                share = (ranked[top][1].share + ranked[neighbour][1].share) / 2
+                vocab = round((ranked[top][1].vocab + ranked[neighbour][1].vocab) / 2)
                 plan = _candidate(source, scores, budget, model, fitter, Split(share, vocab), limit)
                 if plan is not None and plan.vocab_size not in measured:
                     measure(Split(share, vocab), plan)
                     added = True
         if not added:
             break
-    _, bpb, split, plan, retention = min(measured.values(), key=lambda m: m[0])
+    ranked = sorted(measured.values(), key=lambda m: m[1].share)
+    costs = [m[0] for m in ranked]
+    top = best(costs, evaluator.weight, cap)
+    chosen, _, plan, retention = ranked[top]
+    if over_cap(chosen, cap):
+        print(f"note: no split keeps the general probe's dropped bytes within --max-dropped-share {cap:g}; "
+              "chose the best of all", file=log)
     blended = evaluator.weight > 0
-    table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(b, 5),
-              **({"objective": round(o, 5)} if blended else {}), "retention": r}
-             for o, b, _, p, r in sorted(measured.values(), key=lambda m: m[2].share)]
+    objective = objectives(costs, evaluator.weight)
+    table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(c.bits_per_byte, 5),
+              **({"objective": round(o, 5)} if blended else {}),
+              **({"select_dropped_share": round(c.dropped, 6)} if c.dropped is not None else {}),
+              **({"over_cap": True} if over_cap(c, cap) else {}), "retention": r}
+             for (c, _, p, r), o in zip(ranked, objective)]
     return PrunePlan(plan.kept_token_ids, plan.kept_ffn_channels, plan.source_fingerprint,
-                     {**plan.metadata, "auto_split": table, "heldout_bits_per_byte": round(bpb, 5),
-                      "general_weight": evaluator.weight, "retention": retention})
+                     {**plan.metadata, "auto_split": table, "heldout_bits_per_byte": round(chosen.bits_per_byte, 5),
+                      "general_weight": evaluator.weight, "max_dropped_share": cap, "retention": retention})

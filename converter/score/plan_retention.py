@@ -6,7 +6,8 @@ the scores (converter.score.probe_record) without exporting anything: the share 
 bytes that fall in dropped tokens, and the candidate's answer bits per byte against the dense
 model's (converter.score.retention). The held-out answers never entered the counts, so the
 figures are not tuned on what chose the tokens. The "select" answers (asked while scoring, never
-counted) serve the split objective instead (`general_ratio`, weighed by --general-weight). The
+counted) serve the split objective instead (`general_ratio`, weighed by --general-weight, and
+`select_dropped`, capped by --max-dropped-share). The
 report and verify read the metadata keys written here: {"measured", "split", "prompts",
 "answer_bytes", "dropped_share", "answer_bpb", "dense_answer_bpb", "ratio"}, or {"measured":
 false, "reason"}. torch is imported only when a meter is built, so a plan with exact sizes still
@@ -78,6 +79,12 @@ class RetentionMeter:
                 "answer_bytes": self.heldout_bytes,
                 "dropped_share": round(dropped_byte_share(self.heldout, plan.kept_token_ids, self.table), 6),
                 "answer_bpb": round(bpb, 5), "dense_answer_bpb": round(self.dense_bpb, 5), "ratio": round(ratio, 4)}
+
+    def select_dropped(self, plan: PrunePlan) -> float | None:
+        """Share of the select answers' bytes in tokens the plan drops (None without select answers)."""
+        from converter.score.retention import dropped_byte_share
+
+        return dropped_byte_share(self.calib, plan.kept_token_ids, self.table) if self.calib_bytes else None
 
     def general_ratio(self, plan: PrunePlan, tokenizer: Any = None, rows: Sequence[int] | None = None,
                       maps: Sequence[np.ndarray] | None = None) -> float:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+PROBE_ORIGIN = "builtin:general-probe"  # how a corpus made of the probe's answers (no --calib) is described
 SPLIT_CODES = {"calib": 0, "heldout": 1, "select": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 TENSORS = ("probe_prompt_ids", "probe_splits", "probe_answer_ids", "probe_answer_offsets", "general_counts")

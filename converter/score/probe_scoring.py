@@ -22,10 +22,8 @@ import torch
 from converter.score.corpus import Document
 from converter.score.engine import ModelRunner
 from converter.score.general_probe import DEFAULT_BATCH_SIZE, cannot_generate, generate_answers, load_probe
-from converter.score.probe_record import ProbeRecord
+from converter.score.probe_record import PROBE_ORIGIN, ProbeRecord
 from converter.score.stage_options import ScoreOptions
-
-PROBE_ORIGIN = "builtin:general-probe"
 
 
 def disabled_reason(options: ScoreOptions) -> str | None:

@@ -42,7 +42,7 @@ from converter.score.expert_record import TENSORS as EXPERT_TENSORS
 from converter.score.expert_record import ExpertSums, add_expert_sums
 from converter.score.matmul_inputs import MatmulSums
 from converter.score.probe_record import TENSORS as PROBE_TENSORS
-from converter.score.probe_record import ProbeRecord
+from converter.score.probe_record import PROBE_ORIGIN, ProbeRecord
 
 FORMAT = "compact-convert-scores"
 VERSION = "1"
@@ -89,6 +89,11 @@ class Scores:
     @property
     def vocab(self) -> int:
         return self.counts.shape[0]
+
+    @property
+    def general_calibration(self) -> bool:
+        """Whether the corpus is the model's own answers to the general probe (scored without --calib)."""
+        return bool(self.corpus) and all(part.startswith(PROBE_ORIGIN) for part in self.corpus)
 
     @property
     def heldout_texts(self) -> list[str]:

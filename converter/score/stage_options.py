@@ -10,6 +10,7 @@ either.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from converter.errors import ConvertError
 from converter.flag_fields import Flag, check_minimums, flag, internal
@@ -17,10 +18,14 @@ from converter.row_grid import ffn_grid
 from converter.score.buckets import BINS_PER_OCTAVE
 from converter.score.budget import check_ratio
 
+if TYPE_CHECKING:
+    from converter.score.scores import Scores
+
 METHODS = ("compact", "act2", "magnitude", "random")
 DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_RIDGE = 1e-3
 DEFAULT_GENERAL_WEIGHT = 0.3
+GENERAL_MODEL_MAX_DROPPED = 0.02
 
 DEVICE = Flag("where to score, and to evaluate the splits --target-ratio measures (default auto: a GPU if "
               "there is one)", choices=DEVICES)
@@ -110,10 +115,24 @@ class Budget:
         "general probe) against your --calib text, 0..1 (0: your text only, as before; default "
         f"{DEFAULT_GENERAL_WEIGHT}, provisional: not yet tuned by a measurement)"))
 
+    max_dropped_share: float | None = flag(None, Flag(
+        "largest share of the general probe's answer bytes a plan may put in dropped tokens, 0..1: auto-split "
+        "prefers the splits within it (default: "
+        f"{GENERAL_MODEL_MAX_DROPPED:g} without --calib, where the model is calibrated for general use and must keep "
+        "everyday words; none with --calib, where --general-weight sets the trade)"))
+
     def __post_init__(self) -> None:
         check_minimums(self)
         if not 0.0 <= self.general_weight <= 1.0:
             raise ConvertError(f"--general-weight must be between 0 and 1, got {self.general_weight}")
+        if self.max_dropped_share is not None and not 0.0 <= self.max_dropped_share <= 1.0:
+            raise ConvertError(f"--max-dropped-share must be between 0 and 1, got {self.max_dropped_share}")
+
+    def dropped_cap(self, scores: Scores) -> float | None:
+        """--max-dropped-share, or its default: the general-model cap for scores calibrated without --calib."""
+        if self.max_dropped_share is not None:
+            return self.max_dropped_share
+        return GENERAL_MODEL_MAX_DROPPED if scores.general_calibration else None
 
     @property
     def ffn_grid(self) -> int:
