@@ -307,7 +307,7 @@ QWEN3_MOE = replace(
 # output a sigmoid of its own one-row gate scales.
 QWEN2_MOE = replace(
     QWEN2, name="qwen2_moe", architectures=("Qwen2MoeForCausalLM",), model_types=("qwen2_moe",),
-    tensors=(*_GLOBAL, *_ATTENTION, *_ATTENTION_BIAS, *_MOE, *_NORMS,
+    tensors=(*_GLOBAL, *_ATTENTION, *optional(*_ATTENTION_BIAS), *_MOE, *_NORMS,  # config `qkv_bias` may drop them
              TensorTemplate(LAYER + "mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp", ("ffn", "hidden")),
              TensorTemplate(LAYER + "mlp.shared_expert.up_proj.weight", "ffn_up_shexp", ("ffn", "hidden")),
              TensorTemplate(LAYER + "mlp.shared_expert.down_proj.weight", "ffn_down_shexp", ("hidden", "ffn")),
