@@ -161,7 +161,8 @@ class PrunedCheckpoint:
         return planned.nbytes // runs >= MIN_KERNEL_RUN_BYTES
 
     def copy_source(self, planned: PlannedTensor, dest_fd: int) -> None:
-        """Append an unchanged or row-pruned tensor to an open file without going through Python memory."""
+        """Append an unchanged or row-pruned tensor to an open file without going through Python memory (a
+        stacked expert tensor goes through it one expert's slab at a time)."""
         if self.is_passthrough(planned):
             self.source.copy_range(planned.source.name, dest_fd)
         elif planned.experts_keep is not None:
