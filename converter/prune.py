@@ -170,6 +170,7 @@ class PrunedCheckpoint:
                 view = memoryview(slab).cast("B")
                 while view.nbytes:
                     view = view[os.write(dest_fd, view):]
+                del slab, view  # before the next expert's slab is read
         elif planned.axis == 0 and planned.keep is not None:
             self.source.copy_rows(planned.source.name, planned.keep, dest_fd)
         else:
@@ -198,10 +199,13 @@ class PrunedCheckpoint:
     def expert_slabs(self, planned: PlannedTensor) -> Iterator[np.ndarray]:
         """A stacked expert tensor's output, one expert at a time ([*shape[1:], itemsize] bytes each): only one
         expert's source slab is in memory at once, however large the stack."""
-        src = planned.source
         for expert, keep in enumerate(planned.experts_keep or ()):
-            slab = self.source.raw_rows(src.name, [expert]).reshape(*src.shape[1:], src.itemsize)
-            yield np.take(slab, np.asarray(keep, dtype=np.int64), axis=(planned.axis or 1) - 1)
+            yield self._expert_cut(planned, expert, keep)  # nothing of it stays bound here once consumed
+
+    def _expert_cut(self, planned: PlannedTensor, expert: int, keep: tuple[int, ...]) -> np.ndarray:
+        src = planned.source
+        slab = self.source.raw_rows(src.name, [expert]).reshape(*src.shape[1:], src.itemsize)
+        return np.take(slab, np.asarray(keep, dtype=np.int64), axis=(planned.axis or 1) - 1)
 
     def raw_tensors(self) -> Iterator[tuple[PlannedTensor, np.ndarray]]:
         """Yield (planned tensor, bytes) one at a time, the next one read ahead in a worker thread."""

@@ -199,3 +199,30 @@ def test_a_checkpoint_mixing_or_missing_expert_tensors_is_refused(tmp_path: Path
     with pytest.raises(ConvertError, match=r"'model.layers.1.mlp.experts.6.up_proj.weight' \(Qwen3MoeForCausalLM, "
                                            r"per-expert layout\) is missing"):
         open_source(folder)
+
+
+def test_a_stacked_expert_tensor_is_cut_one_expert_at_a_time(tmp_path: Path) -> None:
+    """Writing a cut stack holds one expert's slab and its cut, not the stack (8 slabs)."""
+    import os
+    import tracemalloc
+
+    from converter.prune import PrunedCheckpoint
+
+    model = build_tiny_model("olmoe", intermediate_size=256, hidden_size=128, head_dim=32, num_experts=8)
+    source = open_source(_save(model, tmp_path / "m", "stacked"))
+    plan = _plan(model, None, seed=6)
+    pruned = PrunedCheckpoint(source.checkpoint, source.spec, plan)
+    stacks = [t for t in pruned.planned() if t.experts_keep is not None]
+    assert len(stacks) == 4 and all(pruned.is_file_copy(t) for t in stacks)
+    expected = prune_moe_state_dict(_tensors(source.folder), plan)
+    for planned in stacks:
+        with open(tmp_path / "t.bin", "wb") as f:
+            tracemalloc.start()
+            pruned.copy_source(planned, f.fileno())
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        slab = planned.source.nbytes // 8
+        assert peak < 2.2 * slab, (planned.name, peak, slab)
+        written = torch.frombuffer(bytearray((tmp_path / "t.bin").read_bytes()), dtype=torch.float32)
+        assert torch.equal(written.view(planned.shape), expected[planned.name]), planned.name
+        assert os.path.getsize(tmp_path / "t.bin") == planned.nbytes
