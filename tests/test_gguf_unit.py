@@ -20,7 +20,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 
 from converter.arch.families import FAMILIES
-from converter.arch.gguf_names import TENSOR_NAMES
+from converter.arch.gguf_names import EXPERT_STACKS, TENSOR_NAMES
 from converter.cli import main
 from converter.plan import PrunePlan
 from exporters.gguf.pre_tokenizer_choice import identify_pre
@@ -64,6 +64,13 @@ def test_names_agree_with_gguf_py_tensor_map(family: str) -> None:
     arch = next(a for a in gguf.MODEL_ARCH if gguf.MODEL_ARCH_NAMES[a] == record.gguf.arch)
     mapping = gguf.get_tensor_name_map(arch, 2)
     for tensor in record.tensors:
+        if tensor.role in EXPERT_STACKS:  # the converter maps the stack's name: no expert index, gate_up_proj split
+            merged = tensor.name.format(layer=1, expert="").replace("..", ".").removesuffix(".weight") + ".weight"
+            halves = [merged.replace("gate_up_proj", p) for p in ("gate_proj", "up_proj")]
+            sources = halves if "gate_up_proj" in merged else [merged]
+            assert [mapping.get_name(n, try_suffixes=(".weight",)) for n in sources] == \
+                [n.format(layer=1) for n in EXPERT_STACKS[tensor.role]], (family, tensor.role)
+            continue
         hf_name = tensor.name.format(layer=1)
         expected = mapping.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if tensor.role == "lm_head" and record.gguf.lm_head == "absent":

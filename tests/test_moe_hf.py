@@ -9,53 +9,25 @@ an identity plan copies every byte. Plans: version 1 files still load; unequal e
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM
 
 from converter.errors import ConvertError
 from converter.pipeline import export
-from converter.plan import PrunePlan, refuse_expert_planning
+from converter.plan import PrunePlan
 from converter.source import open_source
-from tests.support.reference_moe import prune_moe_state_dict, random_moe_plan
+from tests.support.moe_models import EXPERT_WIDTH, LAYOUTS
+from tests.support.moe_models import moe_plan as _plan
+from tests.support.moe_models import save_moe_model as _save
+from tests.support.moe_models import tensors_of as _tensors
+from tests.support.reference_moe import prune_moe_state_dict
 from tests.support.tiny_models import MOE_FAMILIES, build_tiny_model, save_tiny_model
 
-LAYOUTS = ("per_expert", "stacked")
 CASES = [(family, layout) for family in MOE_FAMILIES for layout in LAYOUTS]
 IDS = [f"{f}-{layout}" for f, layout in CASES]
-# The config keys that hold each family's expert width and shared-expert width.
-EXPERT_WIDTH = {"qwen3_moe": "moe_intermediate_size", "qwen2_moe": "moe_intermediate_size",
-                "mixtral": "intermediate_size", "olmoe": "intermediate_size"}
-
-
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
-def _save(model: PreTrainedModel, folder: Path, layout: str, tokenizer_dir: Path | None = None) -> Path:
-    """save_pretrained in the released per-expert layout, or in transformers 5's stacked one."""
-    model.save_pretrained(folder, save_original_format=layout == "per_expert")
-    stacked = any(".experts.gate_up_proj" in name for name in _tensors(folder))
-    assert stacked == (layout == "stacked")
-    for f in tokenizer_dir.iterdir() if tokenizer_dir is not None else ():
-        shutil.copyfile(f, folder / f.name)
-    return folder
-
-
-def _plan(model: PreTrainedModel, keep_tokens: int | None, seed: int) -> PrunePlan:
-    cfg = model.config
-    width = getattr(cfg, EXPERT_WIDTH[cfg.model_type])
-    shared = getattr(cfg, "shared_expert_intermediate_size", 0)
-    # Widths stay multiples of 8: transformers' grouped_mm experts kernel on CPU needs rows of 16-byte multiples.
-    return random_moe_plan(cfg.vocab_size, cfg.num_hidden_layers, cfg.num_experts, width, width - 16,
-                           ffn=shared, keep_ffn=shared // 2, keep_tokens=keep_tokens, seed=seed)
 
 
 @pytest.mark.parametrize("family,layout", CASES, ids=IDS)
@@ -149,12 +121,10 @@ def test_what_is_not_built_yet_is_refused_in_one_line(tmp_path: Path) -> None:
     model = build_tiny_model("mixtral")
     source = open_source(_save(model, tmp_path / "m", "stacked"))
     plan = PrunePlan.identity(source.spec)
-    for fmt in ("gguf", "onnx"):
+    for fmt in ("onnx",):  # GGUF: tests/test_gguf_moe.py
         with pytest.raises(ConvertError, match=f"format '{fmt}' is not built yet for mixture-of-experts"):
             export(source, plan, tmp_path / fmt, fmt)
         assert not (tmp_path / fmt).exists()
-    with pytest.raises(ConvertError, match="MoE planning from scores is not built yet; pass a plan"):
-        refuse_expert_planning(source.spec, source.folder / "config.json")
     config = json.loads((source.folder / "config.json").read_text())
     (source.folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen3_moe",
                                                            "architectures": ["Qwen3MoeForCausalLM"],

@@ -15,7 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from converter.arch.gguf_names import GRANITE_SCALES, SOFTCAPPING_KEYS, GgufConventions
+from converter.arch.gguf_names import (
+    EXPERT_FEED_FORWARD_LENGTH,
+    EXPERT_SHARED_FEED_FORWARD_LENGTH,
+    FEED_FORWARD_LENGTH,
+    GRANITE_SCALES,
+    SOFTCAPPING_KEYS,
+    GgufConventions,
+)
 
 LAYER = "model.layers.{layer}."
 
@@ -158,13 +165,14 @@ _GLOBAL = (
     TensorTemplate("lm_head.weight", "lm_head", ("vocab", "hidden")),
 )
 
+_LLAMA_GGUF = GgufConventions(arch="llama", permute_qk=True, sliding_window="cap_context",
+                              rope_scaling=("default", "linear", "yarn", "llama3"))
 LLAMA = Family(
     name="llama",
     architectures=("LlamaForCausalLM", "MistralForCausalLM"),
     model_types=("llama", "mistral"),
     tensors=(*_GLOBAL, *_ATTENTION, *_MLP, *_NORMS, *optional(*_ATTENTION_BIAS)),
-    gguf=GgufConventions(arch="llama", permute_qk=True, sliding_window="cap_context",
-                         rope_scaling=("default", "linear", "yarn", "llama3")),
+    gguf=_LLAMA_GGUF,
 )
 QWEN2 = replace(
     LLAMA, name="qwen2", architectures=("Qwen2ForCausalLM",), model_types=("qwen2",),
@@ -232,12 +240,13 @@ GEMMA3_VISION = replace(
     genai_model_type="gemma3_text",  # ONNX holds the text model only: onnxruntime-genai's text-only decoder type
 )
 
+_OLMO2_GGUF = GgufConventions(arch="olmo2", lm_head="required", vocab_size_key=False, rope_dimension_key=False,
+                              q_dim_is_hidden=True)
 OLMO2 = replace(
     QWEN2, name="olmo2", architectures=("Olmo2ForCausalLM",), model_types=("olmo2",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MLP, *_POST_NORMS),
     genai_model_type="olmo",
-    gguf=GgufConventions(arch="olmo2", lm_head="required", vocab_size_key=False, rope_dimension_key=False,
-                         q_dim_is_hidden=True),
+    gguf=_OLMO2_GGUF,
 )
 
 # Granite 3: Llama's tensors and rope layout with four multipliers: the embedding output, each
@@ -301,7 +310,11 @@ QWEN3_MOE = replace(
     QWEN3, name="qwen3_moe", architectures=("Qwen3MoeForCausalLM",), model_types=("qwen3_moe",),
     tensors=(*_GLOBAL, *_ATTENTION, *_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
     ffn_key=None, moe_ffn_key="moe_intermediate_size",
-    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    # llama.cpp's qwen3moe graph always renormalises the top-k router weights (config norm_topk_prob true).
+    gguf=GgufConventions(arch="qwen3moe", expert_weights_norm=True,
+                         ffn_lengths=((FEED_FORWARD_LENGTH, "=intermediate_size"),
+                                      (EXPERT_FEED_FORWARD_LENGTH, "moe_ffn"))),
 )
 # Qwen2-MoE: beside the routed experts, a shared expert (the `ffn` dimension, cut by kept_ffn_channels) whose
 # output a sigmoid of its own one-row gate scales.
@@ -313,7 +326,12 @@ QWEN2_MOE = replace(
              TensorTemplate(LAYER + "mlp.shared_expert.down_proj.weight", "ffn_down_shexp", ("hidden", "ffn")),
              TensorTemplate(LAYER + "mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp", ("1", "hidden"))),
     ffn_key="shared_expert_intermediate_size", moe_ffn_key="moe_intermediate_size",
-    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    # llama.cpp's qwen2moe graph never renormalises the top-k router weights and always loads `output`.
+    gguf=GgufConventions(arch="qwen2moe", lm_head="required",
+                         ffn_lengths=((FEED_FORWARD_LENGTH, "=intermediate_size"),
+                                      (EXPERT_FEED_FORWARD_LENGTH, "moe_ffn"),
+                                      (EXPERT_SHARED_FEED_FORWARD_LENGTH, "ffn"))),
 )
 # Mixtral: Mistral's attention; the experts' width is `intermediate_size`. Released checkpoints name the
 # block `block_sparse_moe` with w1 (gate), w3 (up) and w2 (down) per expert; transformers 5 renames it `mlp`.
@@ -327,14 +345,21 @@ MIXTRAL = replace(
     tensors=(*_GLOBAL, *_ATTENTION, *_NORMS, *optional(*_ATTENTION_BIAS),
              replace(_ROUTER, layout="stacked"), *_MOE_STACKED, *_MIXTRAL_PER_EXPERT),
     ffn_key=None, moe_ffn_key="intermediate_size",
-    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    # llama.cpp writes Mixtral as a llama with experts, sized by feed_forward_length, always renormalised.
+    gguf=replace(_LLAMA_GGUF, ffn_lengths=((FEED_FORWARD_LENGTH, "moe_ffn"),), expert_weights_norm=True,
+                 norm_topk_key=None),
 )
 # OLMoE: pre-norm layers, q/k norms over the whole projection (as OLMo-2's), experts of width `intermediate_size`.
 OLMOE = replace(
     LLAMA, name="olmoe", architectures=("OlmoeForCausalLM",), model_types=("olmoe",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
     ffn_key=None, moe_ffn_key="intermediate_size",
-    experts_keys=_EXPERT_COUNT, gguf=None, onnx=False,  # GGUF and ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    # llama.cpp's olmoe graph: OLMo-2's head and q/k shapes (its k norm hidden wide), experts sized by
+    # feed_forward_length, never renormalised, and no clip_qkv.
+    gguf=replace(_OLMO2_GGUF, arch="olmoe", k_norm_is_hidden=True, ffn_lengths=((FEED_FORWARD_LENGTH, "moe_ffn"),),
+                 unsupported_keys=(*SOFTCAPPING_KEYS, "clip_qkv")),
 )
 
 # Every family, by name, in the order error messages list them.

@@ -33,7 +33,29 @@ TENSOR_NAMES: dict[str, str] = {
     # Fused tensors llama.cpp keeps fused (phi3): q, k and v rows; gate rows then up rows under ffn_up.
     "attn_qkv": "blk.{layer}.attn_qkv.weight",
     "ffn_gate_up": "blk.{layer}.ffn_up.weight",
+    # Mixture of experts: the router, and Qwen2-MoE's shared expert with its one-row sigmoid gate.
+    "ffn_gate_inp": "blk.{layer}.ffn_gate_inp.weight",
+    "ffn_gate_shexp": "blk.{layer}.ffn_gate_shexp.weight",
+    "ffn_up_shexp": "blk.{layer}.ffn_up_shexp.weight",
+    "ffn_down_shexp": "blk.{layer}.ffn_down_shexp.weight",
+    "ffn_gate_inp_shexp": "blk.{layer}.ffn_gate_inp_shexp.weight",
 }
+# Expert weights are one stacked [experts, rows, cols] tensor per projection in a GGUF, whatever the checkpoint's
+# layout: a per-expert role names the stack its experts' 2-D tensors go into; a stacked role names the stacks
+# its row blocks become, in order (transformers' gate_up_proj: gate rows, then up rows).
+EXPERT_STACKS: dict[str, tuple[str, ...]] = {
+    "ffn_gate_exp": ("blk.{layer}.ffn_gate_exps.weight",),
+    "ffn_up_exp": ("blk.{layer}.ffn_up_exps.weight",),
+    "ffn_down_exp": ("blk.{layer}.ffn_down_exps.weight",),
+    "ffn_gate_up_exps": ("blk.{layer}.ffn_gate_exps.weight", "blk.{layer}.ffn_up_exps.weight"),
+    "ffn_down_exps": ("blk.{layer}.ffn_down_exps.weight",),
+}
+# Roles llama.cpp's converter and quantizer always keep in F32 (the routers' logits decide which experts run).
+F32_ROLES = frozenset({"ffn_gate_inp", "ffn_gate_inp_shexp"})
+# The `{arch}.*` keys that size FFNs; see GgufConventions.ffn_lengths.
+FEED_FORWARD_LENGTH = "{arch}.feed_forward_length"
+EXPERT_FEED_FORWARD_LENGTH = "{arch}.expert_feed_forward_length"
+EXPERT_SHARED_FEED_FORWARD_LENGTH = "{arch}.expert_shared_feed_forward_length"
 
 # The per-layer rope frequency factors llama.cpp's llama graph reads for rope_type "llama3".
 ROPE_FREQS_NAME = "rope_freqs.weight"
@@ -117,6 +139,17 @@ class GgufConventions:
     # llama.cpp's graph sizes q and the attention output hidden x hidden (olmo2), so only
     # head_dim = hidden / heads loads; any other head size is refused.
     q_dim_is_hidden: bool = False
+    # llama.cpp's graph sizes the k norm hidden wide (olmoe), so only kv heads = heads loads.
+    k_norm_is_hidden: bool = False
+    # (GGUF key template, what it holds) for the FFN widths: the pruned size of a named dimension ("ffn": a dense
+    # MLP's or Qwen2-MoE's shared expert's; "moe_ffn": every routed expert's), or "=key": the config's own value
+    # written unchanged (the Qwen MoE converters write the unused dense `intermediate_size`), left out when unset.
+    ffn_lengths: tuple[tuple[str, str], ...] = ((FEED_FORWARD_LENGTH, "ffn"),)
+    # Mixture of experts: whether llama.cpp's graph renormalises the chosen experts' router weights to sum to 1
+    # (hard-coded per graph: no GGUF key changes it), and the config key by which transformers decides the same,
+    # False when unset (None: transformers always renormalises, Mixtral). A model that disagrees is refused.
+    expert_weights_norm: bool = False
+    norm_topk_key: str | None = "norm_topk_prob"
 
     @property
     def computes_gelu(self) -> bool:

@@ -233,6 +233,9 @@ def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCh
         raise ConvertError(f"'partial_rotary_factor' {partial!r} cannot be expressed in llama.cpp's {arch} GGUF",
                            where)
     dims = pruned.spec.dims
+    if llama_cpp.k_norm_is_hidden and dims.kv_heads != dims.heads:
+        raise ConvertError(f"'num_key_value_heads' is {dims.kv_heads}, but llama.cpp's {arch} graph sizes the k norm "
+                           f"for num_attention_heads = {dims.heads} kv heads", where)
     if (not llama_cpp.head_dim_keys or llama_cpp.q_dim_is_hidden) and dims.head_dim * dims.heads != dims.hidden:
         raise ConvertError(f"'head_dim' is {dims.head_dim}, but llama.cpp's {arch} graph takes the head size as "
                            f"hidden_size / num_attention_heads = {dims.hidden / dims.heads:g}", where)
@@ -243,6 +246,38 @@ def _check_unexpressible(arch: str, llama_cpp: GgufConventions, pruned: PrunedCh
         if not math.isclose(actual, expected, rel_tol=1e-6):
             raise ConvertError(f"'{scale.key}' is {actual:g}, but llama.cpp's {arch} graph scales attention by "
                                f"1/sqrt({expected:g}) for this model", where)
+
+
+def _ffn_length_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> list[Kv]:
+    """The FFN width keys (GgufConventions.ffn_lengths): pruned dimensions, or config values as written."""
+    kvs = []
+    for key, holds in llama_cpp.ffn_lengths:
+        if holds.startswith("="):
+            if pruned.spec.config.get(holds[1:]) is not None:
+                kvs.append(u32(key.format(arch=arch), int(_number(pruned.spec.config, holds[1:], where))))
+        else:
+            kvs.append(u32(key.format(arch=arch), pruned.dims.size(holds)))
+    return kvs
+
+
+def _expert_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> list[Kv]:
+    """Expert count and top-k of a mixture of experts (none for a dense model), after checking that the
+    router weights are normalised as llama.cpp's graph does it."""
+    experts = pruned.spec.dims.experts
+    if not experts:
+        return []
+    config = pruned.spec.config
+    used = config.get("num_experts_per_tok")
+    if not isinstance(used, int) or isinstance(used, bool) or not 0 < used <= experts:
+        raise ConvertError(f"'num_experts_per_tok' must be a whole number from 1 to {experts}, got {used!r}", where)
+    key = llama_cpp.norm_topk_key
+    normalised = True if key is None else config.get(key, False)
+    if bool(normalised) != llama_cpp.expert_weights_norm:
+        done = "always renormalises" if llama_cpp.expert_weights_norm else "never renormalises"
+        raise ConvertError(f"'{key}' is {normalised!r}, but llama.cpp's {arch} graph {done} the chosen experts' "
+                           "router weights (no GGUF key can say otherwise); use --format hf", where)
+    return [u32(Keys.LLM.EXPERT_COUNT.format(arch=arch), experts),
+            u32(Keys.LLM.EXPERT_USED_COUNT.format(arch=arch), used)]
 
 
 def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
@@ -259,7 +294,7 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
         u32(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), context),
         u32(Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), dims.hidden),
         u32(Keys.LLM.BLOCK_COUNT.format(arch=arch), dims.layers),
-        u32(Keys.LLM.FEED_FORWARD_LENGTH.format(arch=arch), dims.ffn),
+        *_ffn_length_kvs(arch, llama_cpp, pruned, where),
         u32(Keys.Attention.HEAD_COUNT.format(arch=arch), dims.heads),
         u32(Keys.Attention.HEAD_COUNT_KV.format(arch=arch), dims.kv_heads),
         *([u32(Keys.Attention.KEY_LENGTH.format(arch=arch), dims.head_dim),
@@ -268,6 +303,7 @@ def hyperparameters(pruned: PrunedCheckpoint) -> list[Kv]:
           if llama_cpp.rope_dimension_key else []),
         f32(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch), _number(config, "rms_norm_eps", where)),
     ]
+    kvs += _expert_kvs(arch, llama_cpp, pruned, where)
     kvs += [f32(key.format(arch=arch), _number(config, source, where, default))
             for source, key, default in llama_cpp.scales]
     kvs += _rope_kvs(arch, llama_cpp, config, where)

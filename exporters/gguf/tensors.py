@@ -6,7 +6,8 @@ shape and GGML type) before anything is written, refusing tensors llama.cpp has 
 read directly (the embedding, the head, every unpermuted weight) are read and converted a block
 of rows at a time, so memory holds a bounded chunk, never the whole tensor or a float32 copy.
 Transforms are row reorderings (the llama q/k permutation) and Gemma's +1 on norms, both done in
-float32 as llama.cpp's converter does them.
+float32 as llama.cpp's converter does them. Mixture-of-experts weights become stacked tensors written
+expert by expert (exporters/gguf/experts.py).
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
-from converter.arch.gguf_names import PERMUTED_ROLES, ROPE_FREQS_NAME, TENSOR_NAMES, GgufConventions
+from converter.arch.gguf_names import EXPERT_STACKS, F32_ROLES, PERMUTED_ROLES, ROPE_FREQS_NAME, TENSOR_NAMES, \
+    GgufConventions
 from converter.errors import ConvertError
 from converter.prune import PlannedTensor, PrunedCheckpoint
+from exporters.gguf.experts import ExpertStack, expert_stacks
 from exporters.gguf.quant import OutType, byte_shape, encode, tensor_type, to_float
 
 CHUNK_BYTES = 8 << 20
@@ -38,6 +41,8 @@ class GgufTensor:
     row_order: tuple[int, ...] | None = None
     offset: float = 0.0
     values: np.ndarray | None = field(default=None, compare=False)
+    # An expert stack: its slabs come from `experts` (then `planned` is the first of its sources).
+    experts: ExpertStack | None = None
 
     @property
     def byte_shape(self) -> tuple[int, ...]:
@@ -82,10 +87,15 @@ def plan_tensors(pruned: PrunedCheckpoint, llama_cpp: GgufConventions, outtype: 
     dims = pruned.spec.dims
     norm_offset = pruned.spec.family_record.norm_offset
     out: list[GgufTensor] = []
+    stacks = expert_stacks(pruned)
     for planned in pruned.planned():
         if planned.dtype not in ("F32", "F16", "BF16"):
             raise ConvertError(f"tensor '{planned.name}' is {planned.dtype}; GGUF export reads F32, F16 or BF16",
                                pruned.source.folder)
+        if planned.role in EXPERT_STACKS:
+            out += [GgufTensor(s.name, s.shape, tensor_type(outtype, s.name, s.shape, False), s.source.parts[0],
+                               experts=s.source) for s in stacks.get(planned.name, ())]
+            continue
         name = _gguf_name(pruned, planned, llama_cpp)
         if name is None:
             continue
@@ -94,7 +104,7 @@ def plan_tensors(pruned: PrunedCheckpoint, llama_cpp: GgufConventions, outtype: 
         if llama_cpp.permute_qk and role in PERMUTED_ROLES:
             order = llama_permutation(planned.shape[0], getattr(dims, PERMUTED_ROLES[role]))
         offset = norm_offset if role.endswith("norm") else 0.0
-        qtype = tensor_type(outtype, name, planned.shape, role in ("embed", "lm_head"))
+        qtype = Q.F32 if role in F32_ROLES else tensor_type(outtype, name, planned.shape, role in ("embed", "lm_head"))
         out.append(GgufTensor(name, planned.shape, qtype, planned, order, offset))
         if role == "embed" and pruned.spec.tied_embeddings and llama_cpp.lm_head == "required":
             head = TENSOR_NAMES["lm_head"]
@@ -142,6 +152,19 @@ def _row_chunks(pruned: PrunedCheckpoint, planned: PlannedTensor, order: tuple[i
         yield pruned.source.raw_rows(planned.source.name, picked)
 
 
+def _expert_chunks(pruned: PrunedCheckpoint, stack: ExpertStack) -> Iterator[np.ndarray]:
+    """uint8 row blocks of an expert stack, expert after expert: each expert's own tensor as `_row_chunks` reads
+    it, or each slab of a stacked tensor (the one slab in memory) cut into blocks of about CHUNK_BYTES."""
+    if not stack.stacked:
+        for part in stack.parts:
+            yield from _row_chunks(pruned, part, None)
+        return
+    for slab in stack.slabs(pruned):
+        step = max(1, CHUNK_BYTES // max(1, slab.shape[1]))
+        for start in range(0, slab.shape[0], step):
+            yield slab[start:start + step]
+
+
 def tensor_chunks(pruned: PrunedCheckpoint, t: GgufTensor) -> Iterator[np.ndarray]:
     """The GGUF bytes of one tensor as consecutive uint8 chunks (t.nbytes in all), each ~CHUNK_BYTES or less."""
     if t.planned is None:
@@ -149,7 +172,9 @@ def tensor_chunks(pruned: PrunedCheckpoint, t: GgufTensor) -> Iterator[np.ndarra
         yield encode(values, t.qtype).reshape(-1)
         return
     passthrough = _passthrough(t)
-    for raw in _row_chunks(pruned, t.planned, t.row_order):
+    source = _expert_chunks(pruned, t.experts) if t.experts is not None else _row_chunks(pruned, t.planned,
+                                                                                           t.row_order)
+    for raw in source:
         if passthrough:
             yield raw.reshape(-1)
             continue

@@ -1,0 +1,50 @@
+"""Tiny mixture-of-experts checkpoints on disk, in either expert layout, and plans that cut every expert its own way.
+
+Shared by the MoE tests of each format (tests/test_moe_hf.py, tests/test_gguf_moe.py): the models themselves
+come from tests/support/tiny_models.py (transformers' own config classes), saved here in the released
+per-expert layout (one 2-D tensor per expert) or in transformers 5's stacked 3-D one.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedModel
+
+from converter.plan import PrunePlan
+from tests.support.reference_moe import random_moe_plan
+
+LAYOUTS = ("per_expert", "stacked")
+# The config keys that hold each family's expert width.
+EXPERT_WIDTH = {"qwen3_moe": "moe_intermediate_size", "qwen2_moe": "moe_intermediate_size",
+                "mixtral": "intermediate_size", "olmoe": "intermediate_size"}
+
+
+def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def save_moe_model(model: PreTrainedModel, folder: Path, layout: str, tokenizer_dir: Path | None = None) -> Path:
+    """save_pretrained in the released per-expert layout, or in transformers 5's stacked one."""
+    model.save_pretrained(folder, save_original_format=layout == "per_expert")
+    stacked = any(".experts.gate_up_proj" in name for name in tensors_of(folder))
+    assert stacked == (layout == "stacked")
+    for f in tokenizer_dir.iterdir() if tokenizer_dir is not None else ():
+        shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+def moe_plan(model: PreTrainedModel, keep_tokens: int | None, seed: int, expert_cut: int = 16) -> PrunePlan:
+    """Every expert keeps its own random `width - expert_cut` channels, a shared expert half of its channels,
+    and `keep_tokens` random tokens (all when None)."""
+    cfg = model.config
+    width = getattr(cfg, EXPERT_WIDTH[cfg.model_type])
+    shared = getattr(cfg, "shared_expert_intermediate_size", 0)
+    # Widths stay multiples of 8: transformers' grouped_mm experts kernel on CPU needs rows of 16-byte multiples.
+    return random_moe_plan(cfg.vocab_size, cfg.num_hidden_layers, cfg.num_experts, width, width - expert_cut,
+                           ffn=shared, keep_ffn=shared // 2, keep_tokens=keep_tokens, seed=seed)
