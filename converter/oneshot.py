@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from converter.source import Source
-from converter.plan import PrunePlan, refuse_expert_planning
+from converter.plan import PrunePlan
 from converter.report import ReportContext
 from converter.score.autosplit import make_plan
 from converter.score.budget import param_model
@@ -44,9 +44,8 @@ def one_shot_plan(source: Source, budget: Budget, options: ScoreOptions, scores:
                   calib: Sequence[Path] | None = None, text_field: str = "text") -> tuple[PrunePlan, ReportContext]:
     """The plan `compact-convert IN OUT --target-ratio R [--calib ...]` exports, and the scores behind it
     for the export's report."""
-    refuse_expert_planning(source.spec, source.folder / "config.json")
     dims = source.spec.dims
-    budget.check(dims.vocab, dims.ffn)
+    budget.check(dims.vocab, dims.ffn, dims.moe_ffn)
     found, where = scores_for(source, options, scores, calib, text_field)
     plan = make_plan(source, found, budget, where)
     report(plan, param_model(source))

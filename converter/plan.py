@@ -200,13 +200,6 @@ class PrunePlan:
         return cls.from_json(read_json_object(path, MAX_PLAN_BYTES, "a prune plan"), path)
 
 
-def refuse_expert_planning(spec: ArchSpec, path: Path) -> None:
-    """Plans for mixture-of-experts models are hand-written for now (issue 23): scores cannot make one yet."""
-    if spec.dims.experts:
-        raise ConvertError("MoE planning from scores is not built yet; pass a plan (a prune_plan.json with "
-                           "kept_expert_channels)", path)
-
-
 def _pretty(obj: dict[str, Any]) -> str:
     """Indented JSON with each id list on one line: readable, diffable, and not a million lines long."""
     parts = []

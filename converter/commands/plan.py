@@ -17,7 +17,6 @@ from pathlib import Path
 
 from converter.commands.flags import add_options, options_from
 from converter.commands.output_file import check_output_file
-from converter.plan import refuse_expert_planning
 from converter.row_grid import row_block
 from converter.score.autosplit import make_plan
 from converter.score.budget import param_model
@@ -51,9 +50,8 @@ def run(argv: Sequence[str], prog: str = "compact-convert plan") -> int:
     budget = options_from(args, Budget, row_block=target.block, row_block_why=target.why)
     check_output_file(args.output, args.force)
     source = open_source(args.input)
-    refuse_expert_planning(source.spec, args.input / "config.json")
     dims = source.spec.dims
-    budget.check(dims.vocab, dims.ffn)
+    budget.check(dims.vocab, dims.ffn, dims.moe_ffn)
     scores = Scores.load(args.scores)
     plan = make_plan(source, scores, budget, str(args.scores))
     report(plan, param_model(source))

@@ -12,7 +12,12 @@ With --general-weight W > 0 and scores holding the general probe's answers, the 
 (1 - W) x held-out bits per byte over the dense model's plus W x the uncounted "select" probe
 answers' bits per byte over the dense model's; W = 0 keeps plain held-out bits per byte. Every candidate and the chosen
 plan also get their retention on the held-out probe answers (converter.score.plan_retention) in
-the plan's metadata, measured or not (with the reason).
+the plan's metadata, measured or not (with the reason). A mixture-of-experts model's splits trade the
+vocabulary against every routed expert's width (`--moe-intermediate-size` for exact sizes), each
+expert keeping its own best channels; the candidates are simulated with each expert's dropped
+channels masked (converter.score.expert_mask), and the shared expert is kept whole
+(converter.score.budget says why). `--refit` is refused for them: per-expert Gram matrices over
+routed tokens are not collected.
 """
 from __future__ import annotations
 
@@ -81,7 +86,7 @@ class SplitEvaluator:
                                                                      enumerate(rows)}.get(self.first)
             windows = eval_windows(tokenizer, self.texts, first, self.seq_len)
         bits = total_nll_bits(self.runner, windows, rows, plan.kept_ffn_channels, seq_len=self.seq_len,
-                              ffn_maps=maps)
+                              ffn_maps=maps, kept_experts=plan.kept_expert_channels)
         return bits / self.bytes
 
     def evaluate(self, plan: PrunePlan) -> tuple[Measured, dict[str, Any]]:
@@ -96,9 +101,7 @@ class SplitEvaluator:
         if self.weight <= 0:
             return Measured(bpb, bpb, None, dropped), retention
         if self._dense_bpb is None:
-            dims = self.source.spec.dims
-            dense = PrunePlan(tuple(range(dims.vocab)), tuple(tuple(range(dims.ffn)) for _ in range(dims.layers)),
-                              plan.source_fingerprint, {})
+            dense = PrunePlan.identity(self.source.spec, plan.source_fingerprint)
             self._dense_bpb = self._bpb(dense, None, None, None)
         general = self.meter.general_ratio(plan, tokenizer, rows, maps)
         return Measured(bpb, bpb / self._dense_bpb, general, dropped), retention
@@ -160,23 +163,42 @@ def _exact(source: Source, scores: Scores, budget: Budget, model: ParamModel, fi
     dims = source.spec.dims
     vocab = fitter.fit(budget.vocab_size if budget.vocab_size is not None else dims.vocab)
     ffn = budget.intermediate_size if budget.intermediate_size is not None else dims.ffn
+    moe = budget.moe_intermediate_size if budget.moe_intermediate_size is not None else dims.moe_ffn
+    asked: dict[str, Any] = {"vocab_size": budget.vocab_size, "intermediate_size": budget.intermediate_size}
+    if dims.experts:
+        asked["moe_intermediate_size"] = budget.moe_intermediate_size
     return build_plan(source, scores, vocab, ffn, budget.method, model, budget.focus, budget.seed,
-                      {"budget": {"vocab_size": budget.vocab_size, "intermediate_size": budget.intermediate_size}})
+                      {"budget": asked}, moe)
 
 
 def _candidate(source: Source, scores: Scores, budget: Budget, model: ParamModel, fitter: VocabFitter,
                split: Split, limit: int) -> PrunePlan | None:
+    """The plan of one split: the vocabulary it names and the widest FFN beside it (for a mixture-of-experts
+    model the experts' width, the shared expert kept whole: ParamModel.expert_knob)."""
+    knob = _knob(source, model)
     vocab: VocabChoice = fitter.fit(split.vocab)
-    ffn = model.ffn_for(vocab.size, limit, budget.ffn_grid)
-    if ffn < model.narrowest(budget.ffn_grid):
+    width = knob.ffn_for(vocab.size, limit, budget.ffn_grid)
+    if width < knob.narrowest(budget.ffn_grid):
         return None
-    room = min(model.vocab, (limit - model.fixed - model.per_channel * ffn) // model.per_token)
-    if vocab.size < room < model.vocab:
+    room = min(knob.vocab, (limit - knob.fixed - knob.per_channel * width) // knob.per_token)
+    if vocab.size < room < knob.vocab:
         vocab = fitter.fit(room)
-    return build_plan(source, scores, vocab, ffn, budget.method, model, budget.focus, budget.seed,
-                      {"budget": {"target_ratio": budget.target_ratio, "params_budget": limit,
-                                  "ffn_multiple": budget.ffn_grid, **_grid_note(budget),
-                                  "vocab_share": round(split.share, 4)}})
+    moe = width if source.spec.dims.experts else 0
+    return build_plan(source, scores, vocab, model.ffn if moe else width, budget.method, model, budget.focus,
+                      budget.seed, {"budget": {"target_ratio": budget.target_ratio, "params_budget": limit,
+                                               "ffn_multiple": budget.ffn_grid, **_grid_note(budget),
+                                               "vocab_share": round(split.share, 4)}}, moe)
+
+
+def _knob(source: Source, model: ParamModel) -> ParamModel:
+    """The parameter model whose `ffn` auto-split sizes: the dense FFN, or a mixture of experts' width."""
+    return model.expert_knob() if source.spec.dims.experts else model
+
+
+def _row(plan: PrunePlan) -> dict[str, Any]:
+    """A candidate's sizes in the auto-split table (the experts' width only for a mixture-of-experts plan)."""
+    moe = {"moe_ffn": plan.moe_intermediate_size} if plan.kept_expert_channels else {}
+    return {"vocab": plan.vocab_size, "ffn": plan.intermediate_size, **moe}
 
 
 def _grid_note(budget: Budget) -> dict[str, Any]:
@@ -191,7 +213,7 @@ def make_plan(source: Source, scores: Scores, budget: Budget, scores_path: str =
     """The plan for `budget`, from scores made for this very model; with `budget.refit`, refitted."""
     dims = source.spec.dims
     scores.check_model(source.checkpoint.fingerprint(), dims.vocab, dims.layers, dims.ffn, scores_path)
-    budget.check(dims.vocab, dims.ffn)
+    budget.check(dims.vocab, dims.ffn, dims.moe_ffn)
     if budget.refit:
         require_gram(scores, scores_path)
     plan = _choose(source, scores, budget, scores_path, log or sys.stderr)
@@ -205,7 +227,8 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
         exact = _exact(source, scores, budget, model, fitter)
         return replace(exact, metadata={**exact.metadata, "retention": plan_retention(source, scores, budget, exact)})
     limit = budget_for(model, budget.target_ratio)
-    splits = candidate_splits(model, budget.target_ratio, fitter.minimum(), budget.ffn_grid, budget.splits)
+    splits = candidate_splits(_knob(source, model), budget.target_ratio, fitter.minimum(), budget.ffn_grid,
+                              budget.splits)
     plans: dict[int, tuple[Split, PrunePlan]] = {}
     for split in splits:
         plan = _candidate(source, scores, budget, model, fitter, split, limit)
@@ -219,7 +242,7 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
         only = next(iter(plans.values()))[1]
         retention = plan_retention(source, scores, budget, only)
         return replace(only, metadata={**only.metadata, "retention": retention, "auto_split": [
-            {"vocab": only.vocab_size, "ffn": only.intermediate_size, "bits_per_byte": None, "retention": retention}]})
+            {**_row(only), "bits_per_byte": None, "retention": retention}]})
     evaluator = SplitEvaluator(source, scores, budget, scores_path)
     cap = budget.dropped_cap(scores) if evaluator.meter is not None else None
     measured: dict[int, tuple[Measured, Split, PrunePlan, dict[str, Any]]] = {}
@@ -229,7 +252,9 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
         measured[plan.vocab_size] = (costs, split, plan, retention)
         kept = (f"; general answers {retention['ratio']:.2f}x dense, {100 * retention['dropped_share']:.2f}% of "
                 "their bytes dropped") if retention.get("measured") else ""
-        print(f"split      vocab {plan.vocab_size:>7} ffn {plan.intermediate_size:>6}: {costs.bits_per_byte:.4f} "
+        width = f" experts {plan.moe_intermediate_size:>6}" if plan.kept_expert_channels else ""
+        print(f"split      vocab {plan.vocab_size:>7} ffn {plan.intermediate_size:>6}{width}: "
+              f"{costs.bits_per_byte:.4f} "
               f"bits/byte on held-out calibration text{kept}", file=log)
 
     for split, plan in plans.values():
@@ -257,11 +282,12 @@ def _choose(source: Source, scores: Scores, budget: Budget, scores_path: str, lo
               "chose the best of all", file=log)
     blended = evaluator.weight > 0
     objective = objectives(costs, evaluator.weight)
-    table = [{"vocab": p.vocab_size, "ffn": p.intermediate_size, "bits_per_byte": round(c.bits_per_byte, 5),
+    table = [{**_row(p), "bits_per_byte": round(c.bits_per_byte, 5),
               **({"objective": round(o, 5)} if blended else {}),
               **({"select_dropped_share": round(c.dropped, 6)} if c.dropped is not None else {}),
               **({"over_cap": True} if over_cap(c, cap) else {}), "retention": r}
              for (c, _, p, r), o in zip(ranked, objective)]
     return PrunePlan(plan.kept_token_ids, plan.kept_ffn_channels, plan.source_fingerprint,
                      {**plan.metadata, "auto_split": table, "heldout_bits_per_byte": round(chosen.bits_per_byte, 5),
-                      "general_weight": evaluator.weight, "max_dropped_share": cap, "retention": retention})
+                      "general_weight": evaluator.weight, "max_dropped_share": cap, "retention": retention},
+                     kept_expert_channels=plan.kept_expert_channels)

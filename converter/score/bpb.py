@@ -8,7 +8,8 @@ every text token is predicted), and long texts are cut into windows that each re
 
 A candidate plan is simulated exactly: inputs are the pruned tokenizer's ids mapped back to the
 original ids, dropped FFN channels are zeroed at the input of down_proj (which is what removing
-them does), and the softmax runs over the kept output rows only.
+them does; each expert's dropped channels likewise, at its down projection), and the softmax runs over
+the kept output rows only.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 
 from converter.score.scorer import pad_batches
 from converter.score.engine import ModelRunner
+from converter.score.expert_mask import masked_experts
 
 LOGIT_BYTES = 1 << 28
 
@@ -88,12 +90,14 @@ class RefitProbe:
 
 def total_nll_bits(runner: ModelRunner, windows: list[np.ndarray], rows: Sequence[int] | None = None,
                    kept_channels: Sequence[Sequence[int]] | None = None, batch_tokens: int = 4096,
-                   seq_len: int = 1024, ffn_maps: Sequence[np.ndarray] | None = None) -> float:
+                   seq_len: int = 1024, ffn_maps: Sequence[np.ndarray] | None = None,
+                   kept_experts: Sequence[Sequence[Sequence[int]]] | None = None) -> float:
     """Summed NLL in bits of every window's tokens after the first; windows hold ids of the output rows.
 
     With `rows`, window ids index the kept rows (new ids) and inputs are rows[id] in the original
     model; `kept_channels` keeps only those FFN channels per layer, refitted when `ffn_maps` gives
-    each layer's refit map (converter.score.refit_solver.refit_map).
+    each layer's refit map (converter.score.refit_solver.refit_map); `kept_experts` only those channels
+    of each expert of each layer (converter.score.expert_mask).
     """
     row_ids = torch.as_tensor(np.asarray(rows, dtype=np.int64)) if rows is not None else None
     out = runner.output_rows(None if rows is None else list(rows))
@@ -123,7 +127,8 @@ def total_nll_bits(runner: ModelRunner, windows: list[np.ndarray], rows: Sequenc
             logp = torch.log_softmax(logits, dim=-1)
             total = total + (-logp.gather(1, target[start:start + chunk, None])).double().sum().cpu()
 
-    runner.run(inputs, probe, on_output)
+    with masked_experts(runner, kept_experts):
+        runner.run(inputs, probe, on_output)
     return float(total) / math.log(2)
 
 

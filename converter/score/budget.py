@@ -8,6 +8,10 @@ parameters; candidate splits spread the cut between vocabulary and FFN, from FFN
 vocabulary-only, so auto-split can measure which is best. Where FFN-only cannot meet the budget
 (Gemma 3 at -50%: its FFN is a quarter of the model) the spread starts at the smallest vocabulary
 cut that leaves room for one `multiple` of channels, so no candidate is wasted on infeasible shares.
+A mixture-of-experts model adds a third size, the routed experts' width (`moe_ffn`: every tensor
+with a `moe_ffn` axis, experts x 3 x hidden per channel); its `ffn` is the shared expert's (Qwen2-MoE)
+or nothing. Auto-split trades vocabulary against the experts' width (`expert_knob`) and keeps the
+shared expert whole: every token runs through it, where a routed expert sees top_k/experts of them.
 """
 from __future__ import annotations
 
@@ -21,20 +25,30 @@ from converter.source import Source
 
 @dataclass(frozen=True)
 class ParamModel:
-    """params(vocab, ffn) = fixed + per_token * vocab + per_channel * ffn."""
+    """params(vocab, ffn, moe) = fixed + per_token * vocab + per_channel * ffn + per_expert_channel * moe."""
 
     fixed: int
     per_token: int
     per_channel: int
     vocab: int
     ffn: int
+    per_expert_channel: int = 0
+    moe_ffn: int = 0
 
     @property
     def total(self) -> int:
         return self.params(self.vocab, self.ffn)
 
-    def params(self, vocab: int, ffn: int) -> int:
-        return self.fixed + self.per_token * vocab + self.per_channel * ffn
+    def params(self, vocab: int, ffn: int, moe: int | None = None) -> int:
+        """Parameters at these sizes; `moe` (the experts' width) defaults to the model's own."""
+        moe = self.moe_ffn if moe is None else moe
+        return self.fixed + self.per_token * vocab + self.per_channel * ffn + self.per_expert_channel * moe
+
+    def expert_knob(self) -> ParamModel:
+        """The same model with the experts' width as its `ffn` and the shared expert counted whole in `fixed`:
+        what auto-split spreads the budget over for a mixture-of-experts model."""
+        return ParamModel(self.fixed + self.per_channel * self.ffn, self.per_token, self.per_expert_channel,
+                          self.vocab, self.moe_ffn)
 
     def ffn_for(self, vocab: int, budget: int, multiple: int) -> int:
         """The largest FFN size that fits the budget: the model's whole FFN, or a multiple of `multiple` below it."""
@@ -45,16 +59,24 @@ class ParamModel:
         """The narrowest FFN a plan on multiples of `multiple` keeps: one multiple, or the whole FFN if narrower."""
         return min(multiple, self.ffn)
 
-    def arithmetic(self, vocab: int, ffn: int) -> str:
+    def arithmetic(self, vocab: int, ffn: int, moe: int | None = None) -> str:
         """The parameter arithmetic as a user reads it."""
-        after = self.params(vocab, ffn)
-        return (f"params = fixed {self.fixed:,} + {self.per_token:,} x vocab + {self.per_channel:,} x ffn; "
-                f"before {self.total:,} (vocab {self.vocab}, ffn {self.ffn}); after {after:,} (vocab {vocab}, "
-                f"ffn {ffn}); removed {self.total - after:,} = {100 * (1 - after / self.total):.2f}%")
+        after = self.params(vocab, ffn, moe)
+        if not self.moe_ffn:
+            return (f"params = fixed {self.fixed:,} + {self.per_token:,} x vocab + {self.per_channel:,} x ffn; "
+                    f"before {self.total:,} (vocab {self.vocab}, ffn {self.ffn}); after {after:,} (vocab {vocab}, "
+                    f"ffn {ffn}); removed {self.total - after:,} = {100 * (1 - after / self.total):.2f}%")
+        moe = self.moe_ffn if moe is None else moe
+        shared = (f"{self.per_channel:,} x shared ffn + ", f", shared ffn {self.ffn}", f", shared ffn {ffn}") \
+            if self.ffn else ("", "", "")
+        return (f"params = fixed {self.fixed:,} + {self.per_token:,} x vocab + {shared[0]}{self.per_expert_channel:,} "
+                f"x expert ffn; before {self.total:,} (vocab {self.vocab}{shared[1]}, expert ffn {self.moe_ffn}); "
+                f"after {after:,} (vocab {vocab}{shared[2]}, expert ffn {moe}); removed {self.total - after:,} = "
+                f"{100 * (1 - after / self.total):.2f}%")
 
 
 def param_model(source: Source) -> ParamModel:
-    fixed = per_token = per_channel = 0
+    fixed = per_token = per_channel = per_expert_channel = 0
     dims = source.spec.dims
     for info in source.checkpoint:
         if is_ignored_tensor(info.name):
@@ -65,9 +87,11 @@ def param_model(source: Source) -> ParamModel:
             per_token += numel // dims.vocab
         elif slot is not None and slot.axis("ffn") is not None:
             per_channel += numel // dims.ffn
+        elif slot is not None and dims.moe_ffn and slot.axis("moe_ffn") is not None:
+            per_expert_channel += numel // dims.moe_ffn
         else:
             fixed += numel
-    return ParamModel(fixed, per_token, per_channel, dims.vocab, dims.ffn)
+    return ParamModel(fixed, per_token, per_channel, dims.vocab, dims.ffn, per_expert_channel, dims.moe_ffn)
 
 
 @dataclass(frozen=True)

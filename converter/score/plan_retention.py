@@ -61,19 +61,21 @@ class RetentionMeter:
         self._dense_calib: float | None = None
 
     def _bits(self, answers: Sequence[ProbeAnswer], tokenizer: Any, rows: Sequence[int] | None,
-              channels: Sequence[Sequence[int]] | None, maps: Sequence[np.ndarray] | None) -> float:
+              channels: Sequence[Sequence[int]] | None, maps: Sequence[np.ndarray] | None,
+              experts: Sequence[Sequence[Sequence[int]]] | None = None) -> float:
         from converter.score.retention import retokenize, runner_answer_nll_bits
 
         if tokenizer is not None:
             answers = retokenize(answers, tokenizer)
-        return runner_answer_nll_bits(self.runner, answers, rows, channels, maps)
+        return runner_answer_nll_bits(self.runner, answers, rows, channels, maps, experts)
 
     def measure(self, plan: PrunePlan, tokenizer: Any = None, rows: Sequence[int] | None = None,
                 maps: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
         """Retention of `plan` on the held-out answers; `tokenizer` and `rows` are the pruned vocabulary's."""
         from converter.score.retention import dropped_byte_share
 
-        bpb = self._bits(self.heldout, tokenizer, rows, plan.kept_ffn_channels, maps) / max(1, self.heldout_bytes)
+        bpb = self._bits(self.heldout, tokenizer, rows, plan.kept_ffn_channels, maps,
+                         plan.kept_expert_channels) / max(1, self.heldout_bytes)
         ratio = bpb / self.dense_bpb if self.dense_bpb > 0 else float("inf")
         return {"measured": True, "split": "heldout", "prompts": len(self.heldout),
                 "answer_bytes": self.heldout_bytes,
@@ -93,5 +95,6 @@ class RetentionMeter:
             return 1.0
         if self._dense_calib is None:
             self._dense_calib = self._bits(self.calib, None, None, None, None) / self.calib_bytes
-        bpb = self._bits(self.calib, tokenizer, rows, plan.kept_ffn_channels, maps) / self.calib_bytes
+        bpb = self._bits(self.calib, tokenizer, rows, plan.kept_ffn_channels, maps,
+                         plan.kept_expert_channels) / self.calib_bytes
         return bpb / self._dense_calib if self._dense_calib > 0 else 1.0

@@ -25,6 +25,7 @@ from converter.source import Source
 from converter.plan import PrunePlan
 from converter.score.buckets import bucket_weights
 from converter.score.budget import ParamModel
+from converter.score.expert_plan import expert_use_metadata, plan_expert_channels
 from converter.score.scores import Scores
 from converter.score.stage_options import METHODS
 from converter.score.tokens import token_ranking
@@ -132,16 +133,22 @@ def coverage(counts: np.ndarray, kept_ids: Sequence[int]) -> float:
 
 
 def build_plan(source: Source, scores: Scores, vocab: VocabChoice, ffn: int, method: str, model: ParamModel,
-               focus: float = 0.0, seed: int = 0, extra: dict[str, Any] | None = None) -> PrunePlan:
-    """A plan keeping `vocab.kept_ids` and the `ffn` best channels per layer, with its predicted sizes."""
+               focus: float = 0.0, seed: int = 0, extra: dict[str, Any] | None = None, moe: int = 0) -> PrunePlan:
+    """A plan keeping `vocab.kept_ids` and the `ffn` best channels per layer (a mixture-of-experts model: also
+    each expert's `moe` best channels; `ffn` is its shared expert's width, 0 when it has none), with its
+    predicted sizes."""
     dims = source.spec.dims
-    if not 0 < ffn <= dims.ffn:
+    if (dims.ffn or not dims.experts) and not 0 < ffn <= dims.ffn:
         raise ConvertError(f"--intermediate-size {ffn} must be between 1 and the model's {dims.ffn}")
-    if ffn < dims.ffn and method in ("compact", "act2") and scores.tokens_scored == 0:
+    if (ffn < dims.ffn or moe < dims.moe_ffn) and method in ("compact", "act2") and scores.tokens_scored == 0:
         raise ConvertError("the scores hold token counts only (scored with --counts-only), no activations to rank "
                            f"FFN channels by --method {method}; score without --counts-only")
     kept = None if vocab.size == dims.vocab else vocab.kept_ids
-    channels = select_channels(channel_scores(scores, method, kept, focus, seed), ffn)
+    channels = select_channels(channel_scores(scores, method, kept, focus, seed), ffn) if dims.ffn else ()
+    experts = plan_expert_channels(scores, method, kept, moe, dims, focus, seed) if dims.experts else ()
+    moe_size = {"moe_intermediate_size": moe} if dims.experts else {}
+    use = {"expert_use": expert_use_metadata(scores)} if dims.experts else {}  # last: the longest entry
+    after = model.params(vocab.size, ffn, moe if dims.experts else None)
     metadata: dict[str, Any] = {
         "method": method,
         "focus": focus,
@@ -151,14 +158,16 @@ def build_plan(source: Source, scores: Scores, vocab: VocabChoice, ffn: int, met
         "vocab_final": vocab.size,
         "vocab_added_by_rules": vocab.added_by_rules,
         "intermediate_size": ffn,
+        **moe_size,
         "params_before": model.total,
-        "params_after_predicted": model.params(vocab.size, ffn),
-        "params_removed_fraction": round(1 - model.params(vocab.size, ffn) / model.total, 6),
+        "params_after_predicted": after,
+        "params_removed_fraction": round(1 - after / model.total, 6),
         "calibration_coverage": round(coverage(scores.counts, vocab.kept_ids), 6),
         "scores": scores.describe(),
         **(extra or {}),
+        **use,
     }
-    return PrunePlan(tuple(vocab.kept_ids), channels, scores.fingerprint, metadata)
+    return PrunePlan(tuple(vocab.kept_ids), channels, scores.fingerprint, metadata, kept_expert_channels=experts)
 
 
 def report(plan: PrunePlan, model: ParamModel, out: Any = None) -> None:
@@ -167,7 +176,11 @@ def report(plan: PrunePlan, model: ParamModel, out: Any = None) -> None:
     m = plan.metadata
     print(f"vocab      {model.vocab} -> {plan.vocab_size} ({m.get('vocab_requested')} requested by count, "
           f"{plan.vocab_size - int(m.get('vocab_requested', plan.vocab_size))} added by tokenizer rules)", file=out)
-    print(f"ffn        {model.ffn} -> {plan.intermediate_size} (method {m.get('method')})", file=out)
-    print(model.arithmetic(plan.vocab_size, plan.intermediate_size), file=out)
+    if model.ffn:
+        print(f"ffn        {model.ffn} -> {plan.intermediate_size} (method {m.get('method')})", file=out)
+    if model.moe_ffn:
+        print(f"experts    {model.moe_ffn} -> {plan.moe_intermediate_size} per expert, each its own channels "
+              f"(method {m.get('method')})", file=out)
+    print(model.arithmetic(plan.vocab_size, plan.intermediate_size, plan.moe_intermediate_size or None), file=out)
     print(f"coverage   the kept vocabulary covers {100 * float(m.get('calibration_coverage', 1)):.2f}% of the "
           "calibration tokens", file=out)

@@ -145,7 +145,8 @@ def causal_lm_answer_nll_bits(model: Any, answers: Sequence[ProbeAnswer], batch_
 
 def runner_answer_nll_bits(runner: ModelRunner, answers: Sequence[ProbeAnswer], rows: Sequence[int] | None = None,
                            kept_channels: Sequence[Sequence[int]] | None = None,
-                           ffn_maps: Sequence[np.ndarray] | None = None) -> float:
+                           ffn_maps: Sequence[np.ndarray] | None = None,
+                           kept_experts: Sequence[Sequence[Sequence[int]]] | None = None) -> float:
     """The same on scoring's ModelRunner, for a candidate plan too (see converter.score.bpb.total_nll_bits).
 
     A causal model scores the prompt identically with or without the answer after it, so the
@@ -157,8 +158,10 @@ def runner_answer_nll_bits(runner: ModelRunner, answers: Sequence[ProbeAnswer], 
     whole = [np.asarray(a.prompt_ids + a.answer_ids, dtype=np.int64) for a in kept]
     heads = [np.asarray(a.prompt_ids, dtype=np.int64) for a in kept]
     seq_len = max(w.size for w in whole)
-    both = total_nll_bits(runner, whole, rows, kept_channels, seq_len=seq_len, ffn_maps=ffn_maps)
-    prompt = total_nll_bits(runner, heads, rows, kept_channels, seq_len=seq_len, ffn_maps=ffn_maps)
+    both = total_nll_bits(runner, whole, rows, kept_channels, seq_len=seq_len, ffn_maps=ffn_maps,
+                          kept_experts=kept_experts)
+    prompt = total_nll_bits(runner, heads, rows, kept_channels, seq_len=seq_len, ffn_maps=ffn_maps,
+                            kept_experts=kept_experts)
     return both - prompt
 
 

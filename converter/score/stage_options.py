@@ -87,7 +87,12 @@ class Budget:
 
     vocab_size: int | None = flag(None, Flag(
         "vocabulary size to keep at most (fewer are requested so the tokenizer rules fit)"))
-    intermediate_size: int | None = flag(None, Flag("exact FFN intermediate size to keep"))
+    intermediate_size: int | None = flag(None, Flag(
+        "exact FFN intermediate size to keep (a Qwen2-MoE model's shared expert; its routed experts' width is "
+        "--moe-intermediate-size)"))
+    moe_intermediate_size: int | None = flag(None, Flag(
+        "exact width of every routed expert's FFN to keep, each expert keeping its own best channels "
+        "(mixture-of-experts models)"))
     target_ratio: float | None = flag(None, Flag(
         "fraction of parameters to remove, e.g. 0.35 (auto-split: the vocabulary/FFN split is chosen by "
         "measuring candidates on held-out calibration text)"))
@@ -139,18 +144,42 @@ class Budget:
         """The multiple FFN widths are drawn on: lcm(--ffn-multiple, the export's row block)."""
         return ffn_grid(self.ffn_multiple, self.row_block)
 
-    def check(self, vocab: int, ffn: int) -> None:
+    def check(self, vocab: int, ffn: int, moe_ffn: int = 0) -> None:
+        """Refuse a budget that cannot apply to a model of these sizes (`moe_ffn`: the experts' width, 0 if dense)."""
         if self.method not in METHODS:
             raise ConvertError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self._check_experts(ffn, moe_ffn)
         if self.target_ratio is not None:
-            if self.vocab_size is not None or self.intermediate_size is not None:
-                raise ConvertError("give either --target-ratio or --vocab-size/--intermediate-size, not both")
+            if self.vocab_size is not None or self.intermediate_size is not None \
+                    or self.moe_intermediate_size is not None:
+                raise ConvertError("give either --target-ratio or --vocab-size/--intermediate-size"
+                                   f"{'/--moe-intermediate-size' if moe_ffn else ''}, not both")
             check_ratio(self.target_ratio)
             return
-        if self.vocab_size is None and self.intermediate_size is None:
+        if self.vocab_size is None and self.intermediate_size is None and self.moe_intermediate_size is None:
             raise ConvertError("no budget: pass --target-ratio R (e.g. 0.35) or --vocab-size N and/or "
-                               "--intermediate-size M")
+                               + ("--moe-intermediate-size M" if moe_ffn else "--intermediate-size M"))
         if self.vocab_size is not None and not 0 < self.vocab_size <= vocab:
             raise ConvertError(f"--vocab-size {self.vocab_size} must be between 1 and the model's {vocab}")
         if self.intermediate_size is not None and not 0 < self.intermediate_size <= ffn:
             raise ConvertError(f"--intermediate-size {self.intermediate_size} must be between 1 and the model's {ffn}")
+        if self.moe_intermediate_size is not None and not 0 < self.moe_intermediate_size <= moe_ffn:
+            raise ConvertError(f"--moe-intermediate-size {self.moe_intermediate_size} must be between 1 and the "
+                               f"experts' {moe_ffn}")
+
+    def _check_experts(self, ffn: int, moe_ffn: int) -> None:
+        """The flags that only make sense for (or against) a mixture-of-experts model."""
+        if not moe_ffn:
+            if self.moe_intermediate_size is not None:
+                raise ConvertError("--moe-intermediate-size is for mixture-of-experts models; this model has no "
+                                   "experts (its FFN width is --intermediate-size)")
+            return
+        if self.refit:
+            raise ConvertError("--refit is not built for mixture-of-experts models (per-expert Gram matrices over "
+                               "routed tokens are not collected); plan without --refit")
+        if self.method == "magnitude":
+            raise ConvertError("--method magnitude is not built for mixture-of-experts models (the scores hold no "
+                               "per-expert weight norms); use compact, act2 or random")
+        if self.intermediate_size is not None and not ffn:
+            raise ConvertError("--intermediate-size is the dense or shared-expert FFN width, and this model has "
+                               "none; its experts' width is --moe-intermediate-size")
