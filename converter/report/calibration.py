@@ -74,6 +74,9 @@ def importance_section(scores: Scores, plan: PrunePlan) -> tuple[dict[str, Any],
     from converter.score.planner import METHODS, channel_scores
 
     meta = plan.metadata
+    if scores.ffn == 0:  # a mixture of experts without a shared expert: its channels are the experts'
+        return {"available": False, "reason": "the model has no dense or shared-expert FFN (its experts' use is "
+                "in the Expert use section)"}, None
     method = meta.get("method") if meta.get("method") in METHODS else "compact"
     kept_ids = None if plan.keeps_all_tokens(scores.vocab) else plan.kept_token_ids
     focus = float(meta.get("focus", 0.0) or 0.0)

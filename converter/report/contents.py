@@ -17,6 +17,7 @@ from converter.prune import PrunedCheckpoint
 from converter.report.calibration import CoverageCurve, ImportanceMap, coverage_section, importance_section
 from converter.report.components import params_by_component
 from converter.report.context import ReportContext
+from converter.report.expert_use import expert_use_section
 from converter.report.retention import retention_section
 from converter.report.splits import auto_split_section
 from exporters.options import ExportOptions
@@ -57,8 +58,8 @@ def _source_section(pruned: PrunedCheckpoint) -> dict[str, Any]:
             "folder_bytes": sum(p.stat().st_size for p in top)}
 
 
-def _candidate_params(pruned: PrunedCheckpoint) -> Callable[[int, int], int]:
-    """params(vocab, ffn) of this model, to show each auto-split candidate's size."""
+def _candidate_params(pruned: PrunedCheckpoint) -> Callable[..., int]:
+    """params(vocab, ffn[, moe]) of this model, to show each auto-split candidate's size."""
     from converter.source import Source
     from converter.score.budget import param_model
 
@@ -100,6 +101,10 @@ def collect(pruned: PrunedCheckpoint, fmt: str, options: ExportOptions, context:
     data["calibration"] = coverage
     data["ffn_importance"] = importance
     data["auto_split"] = auto_split_section(plan, _candidate_params(pruned))
+    dims = pruned.spec.dims
+    if dims.experts:
+        data["plan"]["moe_intermediate_size"] = {"before": dims.moe_ffn, "after": plan.moe_intermediate_size}
+        data["expert_use"] = expert_use_section(plan, dims.layers, dims.experts, scores)
     data["retention"] = retention_section(plan)
     return Collected(data, curve, imp)
 

@@ -5,6 +5,7 @@ import math
 from typing import Any
 
 from converter.report.components import COMPONENTS, LABELS
+from converter.report.expert_use import expert_use_lines
 from converter.report.output_types import output_types_lines
 from converter.report.retention import sentence
 
@@ -98,6 +99,9 @@ def _splits(data: dict[str, Any]) -> list[str]:
     retained = any(r.get("retention", {}).get("measured") for r in s["candidates"])
     blended = any("objective" in r for r in s["candidates"])
     extra = ("| dropped answer bytes | answer bits/byte ratio ", "| ---: | ---: ") if retained else ("", "")
+    experts = any("moe_ffn" in r for r in s["candidates"])  # a mixture of experts: its experts' width too
+    sizes = ("| vocab | FFN | experts' FFN ", "| ---: | ---: | ---: ") if experts \
+        else ("| vocab | FFN ", "| ---: | ---: ")
     if blended:
         extra = (extra[0] + "| objective ", extra[1] + "| ---: ")
         weight = float(s["general_weight"] or 0)
@@ -112,12 +116,13 @@ def _splits(data: dict[str, Any]) -> list[str]:
                  "tokens (--max-dropped-share) are marked *over cap* and lose to every split within it.")
     lines += [f"Target ratio {s['target_ratio']}: each split of the budget between vocabulary and FFN was scored in "
               "bits per byte on held-out calibration text (text that chose neither tokens nor channels); "
-              f"{wins}", "", f"| vocab | FFN | parameters | held-out bits/byte {extra[0]}| |",
-              f"| ---: | ---: | ---: | ---: {extra[1]}| --- |"]
+              f"{wins}", "", f"{sizes[0]}| parameters | held-out bits/byte {extra[0]}| |",
+              f"{sizes[1]}| ---: | ---: {extra[1]}| --- |"]
     for r in s["candidates"]:
         bpb = "-" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.5f}"
         objective = ("| -" if "objective" not in r else f"| {r['objective']:.5f}") + " " if blended else ""
-        lines.append(f"| {r['vocab']:,} | {r['ffn']:,} | {r.get('params', 0):,} | {bpb} "
+        width = f"| {r['moe_ffn']:,} " if experts else ""
+        lines.append(f"| {r['vocab']:,} | {r['ffn']:,} {width}| {r.get('params', 0):,} | {bpb} "
                      f"{_retention_cells(r) if retained else ''}{objective}| {_mark(r)} |")
     lines.append("")
     if s.get("reason"):
@@ -163,10 +168,14 @@ def render(data: dict[str, Any]) -> str:
              f"| fingerprint | `{src['fingerprint']}` |",
              f"| vocabulary | {v['before']:,} -> {v['after']:,} |",
              f"| FFN intermediate size | {f['before']:,} -> {f['after']:,} |",
+             *([f"| experts' FFN intermediate size | {plan['moe_intermediate_size']['before']:,} -> "
+                f"{plan['moe_intermediate_size']['after']:,} |"] if "moe_intermediate_size" in plan else []),
              f"| method | {plan['method'] or '-'} |",
              f"| down_proj refit | {_refit(plan.get('ffn_refit'))} |",
              f"| compact-convert | {data['compact_convert_version']} |", ""]
     lines += _parameters(data) + _files(data) + output_types_lines(data.get("output_types", {}))
     lines += _calibration(data) + _importance(data) + _splits(data)
+    if "expert_use" in data:
+        lines += expert_use_lines(data["expert_use"], _image(data, "expert_use", "tokens routed per expert"))
     lines += _retention(data)
     return "\n".join(lines).rstrip() + "\n"

@@ -18,6 +18,7 @@ COVERAGE_PNG = "report_coverage.png"
 IMPORTANCE_PNG = "report_ffn_importance.png"
 SPLITS_PNG = "report_auto_split.png"
 RETENTION_PNG = "report_retention.png"
+EXPERT_USE_PNG = "report_expert_use.png"
 DPI = 100
 BEFORE, AFTER, CHOSEN = "#9aa5b1", "#1f6fb2", "#d1495b"
 
@@ -218,4 +219,26 @@ def plot_retention(rows: Sequence[dict[str, Any]], path: Path) -> Path:
             ax.legend(loc="upper center", bbox_to_anchor=(1.1, -0.2), ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Auto-split candidates: domain cost against general-capability retention (labels: vocab / FFN)",
                  fontsize=11)
+    return _save(fig, path)
+
+
+def plot_expert_use(tokens: Sequence[Sequence[int]], path: Path) -> Path:
+    """Heat map of the calibration tokens routed to each expert (columns) of each layer (rows); an expert
+    that received none is crossed out."""
+    layers, experts = len(tokens), len(tokens[0])
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _figure(min(12.0, 3.5 + 0.3 * experts), min(10.0, 2.6 + 0.3 * layers), left=0.8, right=1.2)
+    image = ax.imshow(tokens, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    unused = [(e, layer) for layer, row in enumerate(tokens) for e, n in enumerate(row) if n == 0]
+    if unused:
+        ax.scatter([e for e, _ in unused], [layer for _, layer in unused], marker="x", color=CHOSEN, s=40,
+                   label="no token")
+        ax.legend(loc="upper right", fontsize=8, bbox_to_anchor=(1.0, 1.12))
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).set_label("tokens routed")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_title("Calibration tokens routed per expert", fontsize=10, loc="left")
     return _save(fig, path)

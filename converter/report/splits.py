@@ -15,7 +15,7 @@ from converter.plan import PrunePlan
 from converter.report.retention import read_retention
 
 
-def auto_split_section(plan: PrunePlan, params: Callable[[int, int], int] | None = None) -> dict[str, Any]:
+def auto_split_section(plan: PrunePlan, params: Callable[..., int] | None = None) -> dict[str, Any]:
     table = plan.metadata.get("auto_split")
     if not isinstance(table, list) or not table:
         return {"ran": False, "reason": "auto-split did not run: the plan was not chosen by --target-ratio"}
@@ -26,11 +26,13 @@ def auto_split_section(plan: PrunePlan, params: Callable[[int, int], int] | None
         vocab, ffn, bpb = entry.get("vocab"), entry.get("ffn"), entry.get("bits_per_byte")
         if not isinstance(vocab, int) or not isinstance(ffn, int):
             continue
-        row: dict[str, Any] = {"vocab": vocab, "ffn": ffn,
+        moe = entry.get("moe_ffn")  # a mixture-of-experts candidate's expert width
+        row: dict[str, Any] = {"vocab": vocab, "ffn": ffn, **({"moe_ffn": moe} if isinstance(moe, int) else {}),
                                "bits_per_byte": float(bpb) if isinstance(bpb, (int, float)) else None}
         if params is not None:
-            row["params"] = params(vocab, ffn)
-        row["chosen"] = (vocab, ffn) == (plan.vocab_size, plan.intermediate_size)
+            row["params"] = params(vocab, ffn, moe) if isinstance(moe, int) else params(vocab, ffn)
+        row["chosen"] = (vocab, ffn, moe if isinstance(moe, int) else plan.moe_intermediate_size) == \
+            (plan.vocab_size, plan.intermediate_size, plan.moe_intermediate_size)
         if isinstance(entry.get("objective"), (int, float)):
             row["objective"] = float(entry["objective"])
         if entry.get("over_cap") is True:

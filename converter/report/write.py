@@ -54,6 +54,11 @@ def _plots(collected: Collected, staged: Path) -> Drawn:
         made["auto_split"] = plots.plot_splits(splits["candidates"], staged / plots.SPLITS_PNG).name
     else:
         skipped["auto_split"] = splits.get("reason", "no candidate was measured")
+    use = data.get("expert_use")
+    if use is not None and use["available"]:
+        made["expert_use"] = plots.plot_expert_use(use["tokens"], staged / plots.EXPERT_USE_PNG).name
+    elif use is not None:
+        skipped["expert_use"] = use["reason"]
     retention = data["retention"]
     if not retention["measured"]:
         skipped["retention"] = retention["reason"]
