@@ -7,11 +7,8 @@ router's choices and weights are captured by a hook on its `gate`, and the exper
 recomputed from the checkpoint's per-expert tensors; routed-token counts and router mass equal the
 router's choices. Layer-by-layer scoring equals whole-model scoring, two corpus halves merged equal
 one run, an expert that the router never chooses scores exactly zero, and the pure helpers (channel
-choice per expert, the expert-use table) are checked on small arrays.
-
-Until the MoE family records exist (another step of the issue), the scorer is given a Source whose
-spec is built here from config.json with no tensor table: scoring reads the model through
-transformers' modules, which is all it needs of the family.
+choice per expert, the expert-use table) are checked on small arrays. The models are opened with
+open_source on their family records (converter/arch/families.py), as the commands open them.
 """
 from __future__ import annotations
 
@@ -25,16 +22,13 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 from transformers.activations import ACT2FN
 
-from converter.arch.families import FAMILIES
-from converter.arch.spec import ArchSpec, dims_from_config, read_config
-from converter.io import Checkpoint
 from converter.score.corpus import open_corpus
 from converter.score.expert_channels import expert_channel_scores, keep_expert_channels
 from converter.score.expert_use import expert_use_table
 from converter.score.scorer import count_pass, pad_batches, score
 from converter.score.scores import Scores, merge
 from converter.score.tokens import load_tokenizer
-from converter.source import Source
+from converter.source import Source, open_source
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 
 OPTIONS = replace(ALL_WINDOWS, probe_prompts=0, probe_heldout=0, predict_tokens=0)
@@ -52,16 +46,8 @@ GATE_UP_DEFAULT = ("model.layers.{}.mlp.experts.{}.gate_proj.weight", "model.lay
 
 
 def moe_source(folder: Path) -> Source:
-    """The scorer's view of an MoE folder: dims from config.json, the dense FFN being the shared expert."""
-    config = read_config(folder)
-    arch = config["architectures"][0]
-    family = replace(FAMILIES["qwen3"], name=config["model_type"], architectures=(arch,),
-                     model_types=(config["model_type"],), tensors=())
-    dims = dims_from_config(config, folder)
-    dims = replace(dims, ffn=config.get("shared_expert_intermediate_size", dims.ffn))
-    spec = ArchSpec(family, arch, config["model_type"], dims, bool(config.get("tie_word_embeddings")), (), config,
-                    config)
-    return Source(folder, Checkpoint.open(folder), spec)
+    """The scorer's view of an MoE folder, through its family record (the dense FFN is the shared expert)."""
+    return open_source(folder)
 
 
 @pytest.fixture(scope="module")
