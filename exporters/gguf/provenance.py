@@ -52,6 +52,9 @@ def provenance(pruned: PrunedCheckpoint, outtype: OutType, options: ExportOption
         Kv(PREFIX + "params_before", summary["params_before"], GGUFValueType.UINT64),
         Kv(PREFIX + "params_after", summary["params_after"], GGUFValueType.UINT64),
     ]
+    if "moe_ffn_before" in summary:  # mixture of experts: every expert's width
+        kvs += [u32(PREFIX + "moe_intermediate_size_before", summary["moe_ffn_before"]),
+                u32(PREFIX + "moe_intermediate_size_after", summary["moe_ffn_after"])]
     method = pruned.plan.metadata.get("method")
     if isinstance(method, str) and method:
         kvs.append(string(PREFIX + "method", method))

@@ -98,8 +98,9 @@ class TensorType:
 
     @property
     def fell_back(self) -> bool:
-        """Written in another type than its dense counterpart gets (the plan's row length broke a block)."""
-        return self.written != self.dense
+        """Written in another type than its dense counterpart gets because the plan's row length broke a block (not
+        a pruned row that fits the intended type where the dense one did not: an expert 48 wide cut to 32)."""
+        return self.written != self.dense and self.written != self.intended
 
     @property
     def nbytes(self) -> int:
