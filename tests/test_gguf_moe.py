@@ -181,3 +181,43 @@ def test_k_quants_quantise_the_expert_stacks(tmp_path: Path, byte_level_tokenize
           f"logit correlation {correlation:.4f}")
     # Measured: 0.977 here; 0.927 with gate and up swapped, 0.734 with the experts' down stacks rolled by one.
     assert correlation > 0.95, (correlation, relative)
+
+
+def test_a_stacked_checkpoint_is_written_one_expert_slab_at_a_time(tmp_path: Path) -> None:
+    """Each GGUF stack of a cut 3-D expert tensor (8 experts) is produced holding about one expert's slab, its cut
+    and one encoded chunk, never the stack; the bytes are the reference's, gate_up_proj split into gate and up."""
+    import tracemalloc
+
+    from converter.prune import PrunedCheckpoint
+    from exporters.gguf.quant import OUTTYPES
+    from exporters.gguf.tensors import plan_tensors, tensor_chunks
+    from tests.support.moe_models import tensors_of
+    from tests.support.reference_moe import prune_moe_state_dict
+
+    model = build_tiny_model("olmoe", intermediate_size=256, hidden_size=128, head_dim=32, num_experts=8,
+                             num_key_value_heads=4)
+    source = open_source(save_moe_model(model, tmp_path / "m", "stacked"))
+    plan = moe_plan(model, None, seed=6)
+    pruned = PrunedCheckpoint(source.checkpoint, source.spec, plan)
+    assert source.spec.family_record.gguf is not None
+    stacks = [t for t in plan_tensors(pruned, source.spec.family_record.gguf, OUTTYPES["f16"]) if t.experts]
+    assert [t.name for t in stacks] == [f"blk.{i}.ffn_{p}_exps.weight" for i in (0, 1) for p in ("down", "gate", "up")]
+    expected = prune_moe_state_dict(tensors_of(source.folder), plan)
+    for t in stacks:
+        assert t.qtype == Q.F16 and t.experts is not None
+        with open(tmp_path / "t.bin", "wb") as f:
+            tracemalloc.start()
+            for chunk in tensor_chunks(pruned, t):
+                chunk.tofile(f)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        slab = t.experts.parts[0].source.nbytes // 8
+        print(f"[gguf moe] {t.name}: traced peak {peak / slab:.2f} source slabs (the stack: 8)")
+        assert peak < 2.3 * slab, (t.name, peak, slab)
+        layer, proj = int(t.name.split(".")[1]), t.name.split(".")[2]
+        hf_name = "down_proj" if proj == "ffn_down_exps" else "gate_up_proj"
+        stacked = expected[f"model.layers.{layer}.mlp.experts.{hf_name}"]
+        half = stacked.shape[1] // 2
+        want = {"ffn_down_exps": stacked, "ffn_gate_exps": stacked[:, :half], "ffn_up_exps": stacked[:, half:]}[proj]
+        got = np.fromfile(tmp_path / "t.bin", dtype=np.float16).reshape(t.shape)
+        np.testing.assert_array_equal(got, want.to(torch.float16).numpy(), err_msg=t.name)

@@ -36,12 +36,17 @@ class ExpertStack:
     def slabs(self, pruned: PrunedCheckpoint) -> Iterator[np.ndarray]:
         """Each expert's pruned slab as uint8 rows [rows, row_bytes], in expert order."""
         if self.stacked:
-            for slab in pruned.expert_slabs(self.parts[0]):
-                rows = slab.shape[0] // self.blocks
-                yield slab[self.block * rows:(self.block + 1) * rows].reshape(rows, -1)
+            slabs = pruned.expert_slabs(self.parts[0])
+            for _ in self.parts[0].experts_keep or ():
+                yield self._block(next(slabs))  # nothing of one expert stays bound here while the next is read
             return
         for part in self.parts:
             yield pruned.read(part).reshape(part.shape[0], -1)
+
+
+    def _block(self, slab: np.ndarray) -> np.ndarray:
+        rows = slab.shape[0] // self.blocks
+        return slab[self.block * rows:(self.block + 1) * rows].reshape(rows, -1)
 
 
 @dataclass(frozen=True)

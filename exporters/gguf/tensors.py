@@ -161,8 +161,10 @@ def _expert_chunks(pruned: PrunedCheckpoint, stack: ExpertStack) -> Iterator[np.
         return
     for slab in stack.slabs(pruned):
         step = max(1, CHUNK_BYTES // max(1, slab.shape[1]))
-        for start in range(0, slab.shape[0], step):
-            yield slab[start:start + step]
+        blocks = [slab[start:start + step] for start in range(0, slab.shape[0], step)]
+        del slab  # the blocks alone hold it, and the last one handed out lets it go before the next is read
+        while blocks:
+            yield blocks.pop(0)
 
 
 def tensor_chunks(pruned: PrunedCheckpoint, t: GgufTensor) -> Iterator[np.ndarray]:
@@ -175,10 +177,14 @@ def tensor_chunks(pruned: PrunedCheckpoint, t: GgufTensor) -> Iterator[np.ndarra
     source = _expert_chunks(pruned, t.experts) if t.experts is not None else _row_chunks(pruned, t.planned,
                                                                                            t.row_order)
     for raw in source:
-        if passthrough:
-            yield raw.reshape(-1)
-            continue
-        values = to_float(raw, t.planned.dtype)
-        if t.offset:
-            values = values.to(torch.float32) + t.offset
-        yield encode(values, t.qtype).reshape(-1)
+        chunk = raw.reshape(-1) if passthrough else _encoded(raw, t.planned.dtype, t.offset, t.qtype)
+        del raw  # nothing of this chunk's source stays bound here while the next one is read
+        yield chunk
+        del chunk
+
+
+def _encoded(raw: np.ndarray, dtype: str, offset: float, qtype: GGMLQuantizationType) -> np.ndarray:
+    values = to_float(raw, dtype)
+    if offset:
+        values = values.to(torch.float32) + offset
+    return encode(values, qtype).reshape(-1)
