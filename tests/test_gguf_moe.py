@@ -21,6 +21,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from converter.cli import main
 from converter.errors import ConvertError
 from converter.pipeline import export
 from converter.plan import PrunePlan
@@ -37,13 +38,10 @@ from tests.support.gguf_runtime import (
     the_gguf,
     tokenize,
 )
-from tests.support.moe_models import moe_plan, save_moe_model
+from tests.support.moe_models import LLAMA_CPP_LOADABLE, moe_plan, save_moe_model
 from tests.support.tiny_models import MOE_FAMILIES, build_tiny_model
 from tools.make_varied_corpus import read_corpus
 
-# What llama.cpp's graphs hard-code, set where transformers' default differs: qwen3moe always renormalises
-# the top-k router weights; olmoe's k norm is hidden wide, so kv heads = heads.
-LOADABLE: dict[str, dict[str, object]] = {"qwen3_moe": {"norm_topk_prob": True}, "olmoe": {"num_key_value_heads": 4}}
 CASES = [(family, "per_expert") for family in MOE_FAMILIES] + [("qwen2_moe", "stacked"), ("mixtral", "stacked")]
 ARCH = {"qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe", "mixtral": "llama", "olmoe": "olmoe"}
 LOGIT_TOLERANCE = 2e-5  # the dense families' bound for f32 (tests/test_gguf_tiny.py)
@@ -58,7 +56,7 @@ def corpus() -> list[str]:
 
 def _export(tmp_path: Path, family: str, layout: str, tokenizer_dir: Path, outtypes: tuple[str, ...]
             ) -> tuple[Path, dict[str, Path], PrunePlan]:
-    model = build_tiny_model(family, seed=0, **LOADABLE.get(family, {}))
+    model = build_tiny_model(family, seed=0, **LLAMA_CPP_LOADABLE.get(family, {}))
     src = save_moe_model(model, tmp_path / "in", layout, tokenizer_dir)
     plan = moe_plan(model, 1200, seed=1)
     export(open_source(src), plan, tmp_path / "hf", "hf", ExportOptions(progress=False))
@@ -122,6 +120,9 @@ def test_pruned_moe_f32_matches_transformers(tmp_path: Path, family: str, layout
                                            f"tokens; smallest transformers top-2 margin {reference.min_margin:.3g}")
     print(f"\n[gguf moe] {family} {layout}: tokenization {len(lines)} lines equal, f32 max|dlogit|/max|logit| = "
           f"{relative:.2e}, greedy {STEPS}/{STEPS}, min top-2 margin {reference.min_margin:.3g}")
+    if (family, layout) == ("olmoe", "per_expert"):  # `compact-convert verify` rebuilds the pruned reference itself
+        assert main(["verify", str(ggufs["f32"].parent), "--reference", str(tmp_path / "in"), "--threads", "1",
+                     "--retention-prompts", "0"]) == 0
     if "q8_0" in ggufs:
         reader = GGUFReader(str(ggufs["q8_0"]))
         types = {t.name: t.tensor_type for t in reader.tensors}

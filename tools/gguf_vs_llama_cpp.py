@@ -10,6 +10,7 @@ side writes. Needs the llama.cpp sources (`--llama-cpp DIR` with convert_hf_to_g
 are fetched as tools/bench_gguf.py does).
 
     python -m tools.gguf_vs_llama_cpp smollm3 [--untied] [--llama-cpp DIR] [--work DIR]
+    python -m tools.gguf_vs_llama_cpp qwen3_moe [--layout stacked]   # MoE: per_expert (default) or stacked
 """
 from __future__ import annotations
 
@@ -40,16 +41,20 @@ def key_differences(mine: Path, reference: Path) -> list[str]:
     return lines
 
 
-def build(family: str, tied: bool | None, work: Path) -> Path:
-    """The tiny model of `family` saved with SmolLM2's tokenizer files (not its weights or config)."""
+def build(family: str, tied: bool | None, work: Path, layout: str = "per_expert") -> Path:
+    """The tiny model of `family` saved with SmolLM2's tokenizer files (not its weights or config); a
+    mixture of experts in expert `layout`, with the settings llama.cpp's graph hard-codes."""
+    from tests.support.moe_models import LLAMA_CPP_LOADABLE, save_moe_model
     from tests.support.real_tokenizers import smollm2_tokenizer_dir
-    from tests.support.tiny_models import build_tiny_model, save_tiny_model
+    from tests.support.tiny_models import MOE_FAMILIES, build_tiny_model, save_tiny_model
 
     tokenizer = work / "tokenizer"
     tokenizer.mkdir()
     for name in TOKENIZER_FILES:
         shutil.copyfile(smollm2_tokenizer_dir() / name, tokenizer / name)
-    model = build_tiny_model(family, vocab_size=49152, tied=tied)
+    model = build_tiny_model(family, vocab_size=49152, tied=tied, **LLAMA_CPP_LOADABLE.get(family, {}))
+    if family in MOE_FAMILIES:
+        return save_moe_model(model, work / "in", layout, tokenizer)
     return save_tiny_model(model, work / "in", tokenizer_dir=tokenizer)
 
 
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.gguf_vs_llama_cpp", description=__doc__.splitlines()[0])
     parser.add_argument("family", help="a model_type of tests/support/tiny_models.py FAMILIES, e.g. smollm3")
     parser.add_argument("--untied", action="store_true", help="an untied lm_head (default: the family's own)")
+    parser.add_argument("--layout", choices=("per_expert", "stacked"), default="per_expert",
+                        help="a mixture of experts' checkpoint layout (llama.cpp's converter reads stacked Qwen MoE "
+                             "checkpoints only)")
     parser.add_argument("--llama-cpp", type=Path, help="folder with llama.cpp's convert_hf_to_gguf.py")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         source = llama_cpp_source(args.llama_cpp, work / "llama-cpp")
-        model = build(args.family, False if args.untied else None, work)
+        model = build(args.family, False if args.untied else None, work, args.layout)
         plan = PrunePlan.identity(load_arch(model)).save(work / "identity-plan.json")
         ours(model, work / "ours", plan)
         (work / "theirs").mkdir()

@@ -17,6 +17,10 @@ from converter.plan import PrunePlan
 from tests.support.reference_moe import random_moe_plan
 
 LAYOUTS = ("per_expert", "stacked")
+# What llama.cpp's graphs hard-code, set where transformers' default differs (the GGUF exporter refuses the
+# default): qwen3moe always renormalises the top-k router weights; olmoe's k norm is hidden wide (kv heads = heads).
+LLAMA_CPP_LOADABLE: dict[str, dict[str, object]] = {"qwen3_moe": {"norm_topk_prob": True},
+                                                    "olmoe": {"num_key_value_heads": 4}}
 # The config keys that hold each family's expert width.
 EXPERT_WIDTH = {"qwen3_moe": "moe_intermediate_size", "qwen2_moe": "moe_intermediate_size",
                 "mixtral": "intermediate_size", "olmoe": "intermediate_size"}
