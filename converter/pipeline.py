@@ -30,10 +30,6 @@ def export(source: Source, plan: PrunePlan, out_dir: Path, fmt: str = "hf", opti
     from converter.report.write import ReportWriter
 
     options = options or ExportOptions()
-    if source.spec.dims.experts and fmt == "onnx":
-        raise ConvertError(f"format {fmt!r} is not built yet for mixture-of-experts models "
-                           f"({source.spec.architecture}); export it with --format hf or gguf",
-                           source.folder / "config.json")
     if options.importance is None and report is not None and report.scores is not None:
         options = replace(options, importance=report.scores.matmul)
     check_output_location(out_dir, source.folder, force)

@@ -310,7 +310,7 @@ QWEN3_MOE = replace(
     QWEN3, name="qwen3_moe", architectures=("Qwen3MoeForCausalLM",), model_types=("qwen3_moe",),
     tensors=(*_GLOBAL, *_ATTENTION, *_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
     ffn_key=None, moe_ffn_key="moe_intermediate_size",
-    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, genai_model_type="qwen3",  # ONNX: exporters.onnx.experts
     # llama.cpp's qwen3moe graph always renormalises the top-k router weights (config norm_topk_prob true).
     gguf=GgufConventions(arch="qwen3moe", expert_weights_norm=True,
                          ffn_lengths=((FEED_FORWARD_LENGTH, "=intermediate_size"),
@@ -326,7 +326,7 @@ QWEN2_MOE = replace(
              TensorTemplate(LAYER + "mlp.shared_expert.down_proj.weight", "ffn_down_shexp", ("hidden", "ffn")),
              TensorTemplate(LAYER + "mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp", ("1", "hidden"))),
     ffn_key="shared_expert_intermediate_size", moe_ffn_key="moe_intermediate_size",
-    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, genai_model_type="qwen2",  # ONNX: exporters.onnx.experts
     # llama.cpp's qwen2moe graph never renormalises the top-k router weights and always loads `output`.
     gguf=GgufConventions(arch="qwen2moe", lm_head="required",
                          ffn_lengths=((FEED_FORWARD_LENGTH, "=intermediate_size"),
@@ -345,7 +345,7 @@ MIXTRAL = replace(
     tensors=(*_GLOBAL, *_ATTENTION, *_NORMS, *optional(*_ATTENTION_BIAS),
              replace(_ROUTER, layout="stacked"), *_MOE_STACKED, *_MIXTRAL_PER_EXPERT),
     ffn_key=None, moe_ffn_key="intermediate_size",
-    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, genai_model_type="mistral",  # ONNX: exporters.onnx.experts
     # llama.cpp writes Mixtral as a llama with experts, sized by feed_forward_length, always renormalised.
     gguf=replace(_LLAMA_GGUF, ffn_lengths=((FEED_FORWARD_LENGTH, "moe_ffn"),), expert_weights_norm=True,
                  norm_topk_key=None),
@@ -355,7 +355,7 @@ OLMOE = replace(
     LLAMA, name="olmoe", architectures=("OlmoeForCausalLM",), model_types=("olmoe",),
     tensors=(*_GLOBAL, *_ATTENTION, *_PROJECTION_QK_NORM, *_MOE, *_NORMS, *optional(*_ATTENTION_BIAS)),
     ffn_key=None, moe_ffn_key="intermediate_size",
-    experts_keys=_EXPERT_COUNT, onnx=False,  # ONNX: a later step of issue 23
+    experts_keys=_EXPERT_COUNT, genai_model_type="olmo",  # ONNX: exporters.onnx.experts
     # llama.cpp's olmoe graph: OLMo-2's head and q/k shapes (its k norm hidden wide), experts sized by
     # feed_forward_length, never renormalised, and no clip_qkv.
     gguf=replace(_OLMO2_GGUF, arch="olmoe", k_norm_is_hidden=True, ffn_lengths=((FEED_FORWARD_LENGTH, "moe_ffn"),),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -28,6 +28,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from converter.io.dtypes import raw_to_torch
 from converter.prune import PlannedTensor, PrunedCheckpoint
+from exporters.onnx.experts import ExpertPart, densify_moe_blocks, expert_arrays, expert_parts, part_shape
 from exporters.onnx.text_config import text_model_config
 
 Holders = list[tuple[nn.Module, str]]  # (module, attribute) pairs that hold one tensor
@@ -79,6 +80,8 @@ class ExportModel:
     model: PreTrainedModel
     slots: dict[str, Slot]
     names: dict[int, str]
+    # Router and expert checkpoint tensors: the 2-D DenseMoe parameters each feeds (exporters.onnx.experts).
+    experts: dict[str, tuple[tuple[ExpertPart, Slot], ...]] = field(default_factory=dict)
 
     def name_of(self, param: nn.Parameter) -> str:
         """The ONNX initializer name of a parameter (its path in the model; `weight_t` when transposed)."""
@@ -165,14 +168,22 @@ def build_model(pruned: PrunedCheckpoint, template_layers: set[int]) -> ExportMo
     """
     with parameters_on_meta():
         model = AutoModelForCausalLM.from_config(hf_config(pruned), dtype=torch.float32)
+    if pruned.spec.dims.experts:
+        densify_moe_blocks(model)
     tied = pruned.spec.tied_embeddings
     raw_slots = _to_matmul_layout(model, tied, pruned.spec.family_record.embed_scale_sqrt_hidden)
     slots: dict[str, Slot] = {}
+    experts: dict[str, tuple[tuple[ExpertPart, Slot], ...]] = {}
     for planned in pruned.planned():
         if pruned.spec.passes_through(planned.name):
             continue  # another tower of a multimodal checkpoint (vision, projector): not in the text graph
         name = planned.name.removeprefix(pruned.spec.family_record.text_prefix)
         if tied and name == "lm_head.weight":
+            continue
+        parts = expert_parts(pruned, planned)
+        if parts is not None:
+            experts[planned.name] = tuple((part, _place(raw_slots, part.param, part_shape(planned, part),
+                                                        planned.layer, template_layers)) for part in parts)
             continue
         if name not in raw_slots:
             raise RuntimeError(f"{planned.name} has no place in {type(model).__name__}")
@@ -189,12 +200,37 @@ def build_model(pruned: PrunedCheckpoint, template_layers: set[int]) -> ExportMo
             for module, attr in holders:
                 setattr(module, attr, param)
     names = {id(p): n for n, p in model.named_parameters()}
-    return ExportModel(model.eval(), slots, names)
+    return ExportModel(model.eval(), slots, names, experts)
+
+
+def _place(raw_slots: dict[str, tuple[Holders, bool]], name: str, shape: tuple[int, ...], layer: int | None,
+           template_layers: set[int]) -> Slot:
+    """The slot of one expert or router parameter, shape-checked, with a placeholder in template layers."""
+    if name not in raw_slots:
+        raise RuntimeError(f"{name} has no place in the exported MoE block")
+    holders, transpose = raw_slots[name]
+    expected = tuple(getattr(*holders[0]).shape)
+    if expected != (shape[::-1] if transpose else shape):
+        raise RuntimeError(f"{name}: model expects {list(expected)}, checkpoint gives {list(shape)}")
+    if layer in template_layers:
+        param = nn.Parameter(torch.empty(expected, dtype=torch.float32), requires_grad=False)
+        for module, attr in holders:
+            setattr(module, attr, param)
+    return Slot(tuple(holders), transpose, layer)
 
 
 def export_weights(pruned: PrunedCheckpoint, built: ExportModel) -> Iterator[tuple[str, np.ndarray]]:
     """Every weight as (initializer name, float32 array in MatMul layout), one tensor at a time."""
     for planned in pruned.planned():
+        placed = built.experts.get(planned.name)
+        if placed is not None:
+            slot_of = dict(placed)
+            for part, value in expert_arrays(pruned, planned, tuple(slot_of)):
+                target = slot_of[part]
+                module, attr = target.holders[0]
+                array = (value.t().contiguous() if target.transpose else value).numpy()
+                yield built.name_of(getattr(module, attr)), array
+            continue
         slot = built.slots.get(planned.name)
         if slot is None:
             continue
