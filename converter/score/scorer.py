@@ -36,7 +36,7 @@ from converter.score.corpus import DEFAULT_KEEPS_PYDOC, Corpus, Document
 from converter.score.engine import ModelRunner, fits, pick_device
 from converter.score.expert_probe import ExpertCollector
 from converter.score.expert_record import ExpertSums
-from converter.score.matmul_inputs import OUTPUT_NAME, MatmulInputCollector, MatmulSums
+from converter.score.matmul_inputs import OUTPUT_NAME, MatmulInputCollector, MatmulSums, expert_entries
 from converter.score.probe_scoring import PROBE_ORIGIN, probe_documents, run_probe
 from converter.score.scores import Scores, pick_heldout
 from converter.score.stage_options import ScoreOptions
@@ -303,8 +303,10 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
     experts: ExpertSums | None = None
     scored = predicted_positions = 0
     if runner is not None:
-        widths = {**runner.linear_widths, OUTPUT_NAME: dims.hidden}
-        matmul = MatmulSums({k: np.zeros(w, dtype=np.float64) for k, w in widths.items()}, 0, options.seq_len)
+        routed_entries = expert_entries(runner.moe, runner.prefix, dims.hidden, runner.linear_widths)
+        widths = {**runner.linear_widths, OUTPUT_NAME: dims.hidden, **routed_entries.shapes}
+        matmul = MatmulSums({k: np.zeros(w, dtype=np.float64) for k, w in widths.items()}, 0, options.seq_len,
+                            (), {k: np.zeros(n, dtype=np.int64) for k, n in routed_entries.counts.items()})
     if state.windows and runner is not None:
         device = runner.device
         batches = pad_batches([w for _, w in state.windows], options.seq_len, options.batch_tokens)
@@ -314,8 +316,9 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         probe = Act2Probe(dims.layers, layout.buckets, dims.ffn, bucket_batches, device, gram=options.gram)
         stride = options.predict_stride
         predictor = PredictedCounts(runner, [mask for _, mask in batches], stride) if stride else None
-        inputs = MatmulInputCollector(widths, [mask for _, mask in batches], device)
-        routed = (ExpertCollector(dims.layers, runner.moe, layout.buckets, bucket_batches, device)
+        inputs = MatmulInputCollector(widths, [mask for _, mask in batches], device, routed_entries)
+        routed = (ExpertCollector(dims.layers, runner.moe, layout.buckets, bucket_batches, device, inputs,
+                                  runner.prefix)
                   if runner.moe else None)
 
         def on_output(index: int, hidden: torch.Tensor) -> None:
@@ -345,10 +348,12 @@ def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
         experts = ExpertSums(_all_sum(experts.importance), _all_sum(experts.tokens), _all_sum(experts.gate))
     if matmul is not None:
         names = sorted(matmul.sums)
-        flat = _all_sum(np.concatenate([matmul.sums[k] for k in names]))
+        flat = _all_sum(np.concatenate([matmul.sums[k].reshape(-1) for k in names]))
         ends = np.cumsum([matmul.sums[k].size for k in names])
-        matmul = MatmulSums(dict(zip(names, np.split(flat, ends[:-1]))), int(totals[0]), options.seq_len,
-                            (described,)) if totals[0] else None
+        reduced = {k: v.reshape(matmul.sums[k].shape) for k, v in zip(names, np.split(flat, ends[:-1]))}
+        routed_counts = {k: _all_sum(v) for k, v in matmul.expert_counts.items()}
+        matmul = MatmulSums(reduced, int(totals[0]), options.seq_len, (described,),
+                            routed_counts) if totals[0] else None
     return Scores(
         fingerprint=source.checkpoint.fingerprint(), architecture=source.spec.architecture, counts=state.counts,
         importance=sums, act2=sums.sum(axis=1), magnitude=weight_magnitude(source), layout=layout,

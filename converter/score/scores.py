@@ -20,8 +20,9 @@ The probe answers depend on the model and the probe options only, not on the sha
 one copy (refusing files whose answers differ) and never adds their general counts twice.
 Scored with activations it also holds, per matmul weight, the sums of its squared inputs
 (`in_sum2.<weight name>`, float64, with `matmul_tokens` in the metadata: converter.score.matmul_inputs),
-from which the GGUF exporter writes llama.cpp's importance matrix; files from before them load
-without them, and a merge keeps them only when every file has them.
+from which the GGUF exporter writes llama.cpp's importance matrix (an MoE layer's expert projections
+one row per expert, with the tokens routed to each in `in_count.<experts module>`, int64); files from
+before them load without them, and a merge keeps them only when every file has them.
 A mixture-of-experts model's file also holds per-expert sums over routed tokens
 (`expert_importance`, `expert_tokens`, `expert_gate`: converter.score.expert_record), added on merge;
 dense models and older files have none.
@@ -49,6 +50,7 @@ VERSION = "1"
 TENSORS = ("counts", "importance", "act2", "magnitude", "bucket_of_token", "bucket_edges", "heldout_text",
            "heldout_offsets", "heldout_hashes", "heldout_tokens")
 IN_SUM2 = "in_sum2."
+IN_COUNT = "in_count."
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ class Scores:
             tensors.update(self.probe.to_tensors())
         if self.matmul is not None:
             tensors.update({IN_SUM2 + k: v.astype(np.float64) for k, v in self.matmul.sums.items()})
+            tensors.update({IN_COUNT + k: v.astype(np.int64) for k, v in self.matmul.expert_counts.items()})
         if self.experts is not None:
             tensors.update(self.experts.to_tensors())
         metadata = {
@@ -173,6 +176,7 @@ class Scores:
                 probe_t = ({n: f.get_tensor(n) for n in (*PROBE_TENSORS, "general_predicted") if n in present}
                            if "probe_answer_offsets" in present else None)
                 in_sum2 = {n[len(IN_SUM2):]: f.get_tensor(n) for n in sorted(present) if n.startswith(IN_SUM2)}
+                in_count = {n[len(IN_COUNT):]: f.get_tensor(n) for n in sorted(present) if n.startswith(IN_COUNT)}
                 experts = ExpertSums.from_tensors({n: f.get_tensor(n) for n in EXPERT_TENSORS if n in present})
         except (SafetensorError, OSError, ValueError) as exc:
             if isinstance(exc, ConvertError):
@@ -193,7 +197,7 @@ class Scores:
                                                                                int(meta.get("probe_new_tokens", "0"))),
                          meta.get("probe_note", ""),
                          MatmulSums(in_sum2, int(meta.get("matmul_tokens", "0")), int(meta["seq_len"]),
-                                    tuple(json.loads(meta["corpus"]))) if in_sum2 else None, experts)
+                                    tuple(json.loads(meta["corpus"])), in_count) if in_sum2 else None, experts)
         except (KeyError, ValueError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvertError(f"scores file metadata is damaged ({type(exc).__name__}: {exc})", path) from exc
         scores.check_shapes(path)
@@ -208,7 +212,7 @@ class Scores:
               and (self.predicted is None or self.predicted.shape == self.counts.shape)
               and (self.probe is None or (self.probe.general_counts.shape == self.counts.shape
                                           and all(0 <= t < self.vocab for a in self.probe.answers for t in a)))
-              and (self.matmul is None or all(v.ndim == 1 for v in self.matmul.sums.values()))
+              and (self.matmul is None or self.matmul.consistent())
               and (self.experts is None or self.experts.fits(layers, buckets)))
         if not ok:
             raise ConvertError("scores file tensors have inconsistent shapes; it is damaged, score again", path)
