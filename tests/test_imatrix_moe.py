@@ -13,7 +13,11 @@ with the matrix than without it, and llama.cpp's quantiser no longer reports exp
 """
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ import torch
 from gguf import GGUFReader
 from transformers import AutoModelForCausalLM
 
+from converter.cli import main
 from converter.pipeline import export
 from converter.plan import PrunePlan
 from converter.score.corpus import open_corpus
@@ -32,6 +37,7 @@ from converter.score.scorer import count_pass, pad_batches, score
 from converter.score.scores import Scores, merge
 from converter.score.tokens import load_tokenizer
 from converter.source import open_source
+from exporters.gguf.imatrix import ImportanceMatrix
 from exporters.options import ExportOptions
 from tests.support.ggml_reader import ggml_read
 from tests.support.moe_models import moe_plan, save_moe_model
@@ -231,3 +237,41 @@ def test_q4_k_m_weighs_the_expert_stacks(models: dict[str, tuple[Path, Scores, P
     missing = re.findall(MISSING, capsys.readouterr().err)
     assert sorted(missing) == sorted(["token_embd.weight", *(f"blk.{i}.{s}.weight" for i in (0, 1)
                                                              for s in EXPERT_STACKS)])
+
+
+def test_two_gloo_ranks_sum_the_expert_entries_as_one(models: dict[str, tuple[Path, Scores, PrunePlan]],
+                                                      corpus_files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`score` under torch.distributed.run with 2 CPU ranks all-reduces the per-expert rows and counts."""
+    folder = models["qwen2_moe"][0]
+    args = ["score", str(folder), "--device", "cpu", "--seq-len", "64", "--calib-tokens", str(1 << 20),
+            "--heldout-tokens", "512", "--no-progress", "--probe-prompts", "0", "--calib", str(corpus_files[0]),
+            "--calib", str(corpus_files[1])]
+    assert main([*args, "-o", str(tmp_path / "one.st")]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "converter.cli", *args,
+           "-o", str(tmp_path / "two.st")]
+    done = subprocess.run(cmd, check=False, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "(2 ranks)" in done.stdout, done.stderr[-3000:]
+    one, two = (Scores.load(tmp_path / f"{n}.st").matmul for n in ("one", "two"))
+    assert one is not None and two is not None and one.tokens == two.tokens > 1000
+    assert set(one.expert_counts) == set(two.expert_counts) and len(one.expert_counts) == 2
+    for key, counts in one.expert_counts.items():
+        np.testing.assert_array_equal(two.expert_counts[key], counts)
+        assert counts.sum() == 2 * one.tokens
+    assert set(one.sums) == set(two.sums)
+    for key, sums in one.sums.items():
+        np.testing.assert_allclose(two.sums[key], sums, rtol=1e-5, err_msg=key)
+
+
+def test_an_expert_without_tokens_is_weighed_evenly() -> None:
+    """llama-quantize divides each expert's row by its own count and gives an expert that saw no token ones."""
+    rows = np.asarray([[2.0, 4.0], [6.0, 8.0], [3.0, 9.0]], dtype=np.float32)
+    matrix = ImportanceMatrix((("blk.0.ffn_down_exps.weight", rows, np.asarray([0.0, 2.0, 3.0])),), 5, 64, ("x",))
+    ((name, means),) = matrix.means()
+    assert name == "blk.0.ffn_down_exps.weight"
+    np.testing.assert_array_equal(means, [1.0, 1.0, 3.0, 4.0, 1.0, 3.0])
