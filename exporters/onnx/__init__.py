@@ -14,7 +14,8 @@ exporters.onnx.wrapper and .graph trace a prologue, one decoder layer per layer 
 epilogue, exporters.onnx.assemble repeats the templates for every layer and streams the weights,
 exporters.onnx.precision converts to fp16/int8/int4 (honouring --int4-symmetric and
 --int4-accuracy-level; --int4-lm-head other than int4 is refused there, before any work),
-exporters.onnx.genai writes genai_config.json.
+exporters.onnx.genai writes genai_config.json. A mixture-of-experts model's sparse blocks are traced as static
+ops that run every expert on every token (exporters.onnx.experts).
 
 Llama, Qwen2 and Qwen3 decoders (exporters.onnx.fused.recipe says which exactly) skip all of that:
 exporters.onnx.fused writes them by hand in onnxruntime's fused contrib ops, the layout

@@ -3,8 +3,8 @@
 transformers 5's experts module loops over the experts that received a token and gathers their rows
 (data-dependent control flow that a trace freezes at the example input), so the exporter swaps each sparse
 MoE block for `DenseMoe`, written to trace into static ops with the same arithmetic: router MatMul, softmax
-in fp32, TopK, the optional renormalisation of the top-k weights (the config's `norm_topk_prob`; Mixtral's
-router always renormalises and has no flag), the weights scattered into a [tokens, experts] matrix (zero for
+in fp32, TopK, the optional renormalisation of the top-k weights (read from transformers' router: its `norm_topk_prob`;
+Mixtral's has no flag and always renormalises), the weights scattered into a [tokens, experts] matrix (zero for
 experts not chosen), then every expert's SwiGLU FFN on all tokens, each scaled by its column and summed in
 expert order (adding exact zeros, so the sum equals transformers' index_add over the chosen experts), plus
 Qwen2-MoE's shared expert scaled by the sigmoid of its own gate. Every expert keeps its own 2-D MatMul
@@ -54,11 +54,12 @@ class ExpertMlp(nn.Module):
 class DenseMoe(nn.Module):
     """A sparse MoE block (router, experts, optional shared expert) as static ops: all experts on all tokens."""
 
-    def __init__(self, block: Any, normalise: bool) -> None:
+    def __init__(self, block: Any) -> None:
         super().__init__()
         experts = block.experts
         self.top_k = int(block.gate.top_k)
-        self.normalise = normalise
+        # What transformers' router does: its `norm_topk_prob` flag; Mixtral's router has none and always renormalises.
+        self.normalise = bool(getattr(block.gate, "norm_topk_prob", True))
         self.gate = nn.Linear(experts.hidden_dim, experts.num_experts, bias=False, device="meta")
         self.experts = nn.ModuleList(ExpertMlp(experts.hidden_dim, experts.intermediate_dim, experts.act_fn)
                                      for _ in range(experts.num_experts))
@@ -82,11 +83,10 @@ class DenseMoe(nn.Module):
 
 def densify_moe_blocks(model: nn.Module) -> None:
     """Swap every decoder layer's sparse MoE block (an `mlp` with `experts` and a router `gate`) for DenseMoe."""
-    normalise = bool(getattr(model.config, "norm_topk_prob", True))  # Mixtral's config has no flag: always
     for layer in model.model.layers:  # type: ignore[union-attr]
         block = getattr(layer, "mlp", None)
         if block is not None and hasattr(block, "experts") and hasattr(block, "gate"):
-            layer.mlp = DenseMoe(block, normalise)
+            layer.mlp = DenseMoe(block)
 
 
 @dataclass(frozen=True)
