@@ -11,8 +11,9 @@ vocabulary (the first 32000 tokens and the specials, grown by the tokenizer's me
 expert to 512 of its 768 channels, a different random set per expert. It prints throughput in GB/s of
 source bytes, the ratio to cp paired per round, and peak anonymous memory (the rewrite with its plot
 child by Pss_Anon, and the rewrite alone by RssAnon) next to the dense targets: at least 0.8x cp, and
-anonymous memory under twice the largest tensor plus 300 MB. Its measuring, eviction and bytecode
-compilation are tools/bench_rewrite.py's own.
+anonymous memory under twice the largest tensor plus 300 MB. It first times the same cut on a 41 MB
+checkpoint with the same tokenizer: the fixed cost of a run, and the memory any checkpoint needs before a
+tensor streams. Its measuring, eviction and bytecode compilation are tools/bench_rewrite.py's own.
 
     python -m tools.bench_rewrite_moe [--layouts stacked per-expert] [--formats hf gguf] [--repeats 3]
         [--layers 6] [--experts 48] [--workdir DIR] [--evict data|all]
@@ -73,6 +74,24 @@ class LayoutResult:
     file: dict[str, int]
 
 
+def fixed_cost(work: Path, formats: list[str], repeats: int, mode: str) -> dict[str, tuple[float, int, int]]:
+    """Per format, the median cold wall time and the peak anonymous memory (with the plot child, and alone) of
+    a run on a 1-layer, 4-expert, hidden-64 checkpoint (41 MB) with the same tokenizer and cut: start-up,
+    imports, the 151936-token tokenizer's surgery, the report and fsync, which a checkpoint of any size pays
+    once, and the memory the streaming adds nothing to if it is bounded."""
+    from tests.support.real_tokenizers import qwen_tokenizer_dir
+
+    config = moe_config(1, 4, hidden=64)
+    src, out = work / "synthetic-moe-tiny", work / "out"
+    write_synthetic_moe(src, "stacked", config, qwen_tokenizer_dir())
+    plan = write_plan(work / "tiny-plan.json", config)
+    runs = {f: [cold_run([*rewrite_cmd(src, out, plan), *FORMATS[f]], src, out, mode)[1] for _ in range(repeats)]
+            for f in formats}
+    shutil.rmtree(src)
+    return {f: (statistics.median(r[0] for r in v), max(r[1] for r in v), max(r[3] for r in v))
+            for f, v in runs.items()}
+
+
 def bench_layout(work: Path, layout: str, config: dict[str, object], plan: Path, formats: list[str], repeats: int,
                  mode: str) -> LayoutResult:
     from tests.support.real_tokenizers import qwen_tokenizer_dir
@@ -101,7 +120,8 @@ def bench_layout(work: Path, layout: str, config: dict[str, object], plan: Path,
                         {k: (min(v), max(v)) for k, v in ratios.items()}, peak[1], peak[3], peak[2])
 
 
-def print_rows(rows: list[LayoutResult], formats: list[str], size: dict[str, int], repeats: int) -> None:
+def print_rows(rows: list[LayoutResult], formats: list[str], size: dict[str, int], repeats: int,
+               fixed: dict[str, tuple[float, int, int]]) -> None:
     limit = (2 * size["largest"] + 300e6) / MIB
     print("| layout | size | cp+sync | " + " | ".join(f"{f} (median s, GB/s, ratio to cp, range)" for f in formats)
           + " | " + " | ".join(f"{f} peak anon MiB (alone), file MiB" for f in formats) + " |")
@@ -116,6 +136,14 @@ def print_rows(rows: list[LayoutResult], formats: list[str], size: dict[str, int
     print(f"targets (dense): ratio >= 0.8x; peak anonymous memory < 2 x largest tensor + 300 MB = {limit:.0f} MiB")
     print(f"largest tensor (embedding, lm_head) {size['largest'] / MIB:.0f} MiB; a stacked gate_up_proj "
           f"{size['stack'] / MIB:.0f} MiB; one expert's gate+up slab {size['slab'] / MIB:.1f} MiB")
+    print("fixed cost of one run (start-up, imports, tokenizer surgery, report, fsync; a 41 MB checkpoint with the "
+          "same tokenizer and cut): " + ", ".join(f"{f} {fixed[f][0]:.2f} s, peak anon {fixed[f][1] / MIB:.0f} MiB "
+                                                   f"(alone {fixed[f][2] / MIB:.0f})" for f in formats))
+    print("ratio less that fixed cost (an upper bound: the report overlaps the streaming), medians:")
+    for r in rows:
+        less = {f: f"{r.seconds['cp'] / (r.seconds[f] - fixed[f][0]):.2f}x" if r.seconds[f] > fixed[f][0] else "n/a"
+                for f in formats}
+        print(f"  {r.layout}: " + ", ".join(f"{f} {less[f]}" for f in formats) + " of cp")
     if not all(r.cold for r in rows):
         print("cache: could not be dropped (runs are warm)")
 
@@ -138,12 +166,13 @@ def main() -> None:
     compile_tool()
     work = Path(tempfile.mkdtemp(prefix="bench-rewrite-moe-", dir=args.workdir))
     try:
+        fixed = fixed_cost(work, args.formats, args.repeats, args.evict)
         plan = write_plan(work / "plan.json", config)
         rows = [bench_layout(work, layout, config, plan, args.formats, args.repeats, args.evict)
                 for layout in args.layouts]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_rows(rows, args.formats, sizes(config), args.repeats)
+    print_rows(rows, args.formats, sizes(config), args.repeats, fixed)
     print("cache: the checkpoint's pages evicted before every run (posix_fadvise DONTNEED)" if args.evict == "data"
           else "cache: the whole page cache dropped before every run")
 

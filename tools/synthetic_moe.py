@@ -35,10 +35,10 @@ QWEN3_MOE_CONFIG = {
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
-def moe_config(layers: int, experts: int) -> dict[str, object]:
+def moe_config(layers: int, experts: int, hidden: int = 2048) -> dict[str, object]:
     """The config with `layers` layers of `experts` experts, each token routed to 8 of them (fewer if fewer)."""
     return {**QWEN3_MOE_CONFIG, "num_hidden_layers": layers, "num_experts": experts,
-            "num_experts_per_tok": min(8, experts)}
+            "num_experts_per_tok": min(8, experts), "hidden_size": hidden}
 
 
 def _noise(count: int, seed: int) -> np.ndarray:
