@@ -25,11 +25,16 @@ def read_ahead(items: Sequence[T], load: Callable[[T], R], depth: int = 1) -> It
             for item in upcoming:
                 pending.append((item, pool.submit(load, item)))
                 if len(pending) > depth:
-                    head, future = pending.popleft()
-                    yield head, future.result()
+                    yield _next_done(pending)
             while pending:
-                head, future = pending.popleft()
-                yield head, future.result()
+                yield _next_done(pending)
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def _next_done(pending: deque[tuple[T, Future[R]]]) -> tuple[T, R]:
+    """The oldest item and its loaded value, leaving no reference to it in the generator's frame (a local
+    there would keep the previous value alive while the next one loads: one more item in flight)."""
+    head, future = pending.popleft()
+    return head, future.result()

@@ -167,7 +167,8 @@ def test_a_checkpoint_mixing_or_missing_expert_tensors_is_refused(tmp_path: Path
 
 
 def test_a_stacked_expert_tensor_is_cut_one_expert_at_a_time(tmp_path: Path) -> None:
-    """Writing a cut stack holds one expert's slab and its cut, not the stack (8 slabs)."""
+    """Writing a cut stack holds a few experts' slabs, not the stack (8 slabs): the cut being written, and the
+    next expert's source slab and cut, read ahead so that reads overlap writes (measured 2.93-2.99 slabs)."""
     import os
     import tracemalloc
 
@@ -187,7 +188,7 @@ def test_a_stacked_expert_tensor_is_cut_one_expert_at_a_time(tmp_path: Path) -> 
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         slab = planned.source.nbytes // 8
-        assert peak < 2.2 * slab, (planned.name, peak, slab)
+        assert peak < 3.2 * slab, (planned.name, peak, slab)  # 2.2 before the read-ahead (one cut in flight)
         written = torch.frombuffer(bytearray((tmp_path / "t.bin").read_bytes()), dtype=torch.float32)
         assert torch.equal(written.view(planned.shape), expected[planned.name]), planned.name
         assert os.path.getsize(tmp_path / "t.bin") == planned.nbytes
