@@ -15,6 +15,7 @@ from converter.errors import ConvertError
 from converter.io.jsonfile import read_json_object
 from converter.io.model_folder import check_links
 from converter.tokenizer.errors import TokenizerError
+from converter.tokenizer.shared_json import read_shared_json
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -62,10 +63,11 @@ def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
     """A JSON object (size-capped, see converter.io.jsonfile), or {} for an absent optional file."""
     if not path.is_file() and not required:
         return {}
+    read = read_shared_json if path.name == TOKENIZER_JSON else read_json_object  # see shared_json
     limit = MAX_TOKENIZER_JSON_BYTES if path.name == TOKENIZER_JSON else MAX_CONFIG_BYTES
     try:
-        return read_json_object(path, limit, "a tokenizer or model configuration file",
-                                missing="is missing; tokenizer surgery needs a Hugging Face tokenizer.json")
+        return read(path, limit, "a tokenizer or model configuration file",
+                    "is missing; tokenizer surgery needs a Hugging Face tokenizer.json")
     except ConvertError as exc:
         raise TokenizerError(str(exc)) from exc
 

@@ -20,8 +20,8 @@ from typing import Any
 from gguf import GGUFValueType, Keys, TokenType
 
 from converter.errors import ConvertError
-from converter.io.jsonfile import read_json_object
 from converter.tokenizer.bpe_json import mentions_type
+from converter.tokenizer.shared_json import read_shared_json
 from exporters.companions import read_json
 from exporters.gguf.hparams import Kv, boolean, string, u32
 
@@ -36,8 +36,8 @@ MAX_TOKENIZER_BYTES = 1 << 30
 
 def read_tokenizer_json(folder: Path) -> dict[str, Any]:
     path = folder / "tokenizer.json"
-    data = read_json_object(path, MAX_TOKENIZER_BYTES, "a tokenizer.json",
-                            missing="is missing; GGUF export writes the vocabulary from tokenizer.json")
+    data = read_shared_json(path, MAX_TOKENIZER_BYTES, "a tokenizer.json",  # parsed once a run, see shared_json
+                            "is missing; GGUF export writes the vocabulary from tokenizer.json")
     if not isinstance(data.get("model"), dict):
         raise ConvertError("has no 'model' object", path)
     return data
