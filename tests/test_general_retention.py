@@ -173,3 +173,22 @@ def test_general_calibration_caps_dropped_bytes_by_default(scores: Scores) -> No
     assert Budget(max_dropped_share=0.1).dropped_cap(general) == 0.1
     with pytest.raises(ConvertError, match="--max-dropped-share"):
         Budget(max_dropped_share=1.5)
+
+
+def test_without_calib_the_answers_alone_are_the_calibration_text(model: Path) -> None:
+    """The default corpus is the model's own probe answers (more and longer ones), with no Python docs after them."""
+    from converter.score.corpus import DEFAULT_NAME
+    from converter.score.stage_options import DOMAIN_PROBE, GENERAL_PROBE, ScoreOptions
+
+    assert ScoreOptions().for_corpus(True).probe_prompts == GENERAL_PROBE[0] == 192
+    assert ScoreOptions().for_corpus(False).probe_new_tokens == DOMAIN_PROBE[1] == 48
+    assert ScoreOptions(probe_prompts=8, probe_new_tokens=5).for_corpus(True).probe_prompts == 8
+    options = replace(OPTIONS, probe_prompts=None, probe_new_tokens=None, probe_heldout=2)
+    found = score(open_source(model), open_corpus(None), options)
+    assert found.probe is not None and found.probe.prompts("calib") == 144 and found.probe.max_new_tokens == 96
+    assert found.general_calibration and DEFAULT_NAME not in found.corpus[0]
+    assert found.corpus == ("builtin:general-probe answers (144 prompts)",)
+    calib_answers = found.probe.answer_tokens("calib")
+    assert found.tokens_counted > calib_answers  # prompts as the model saw them, then its answers
+    with_docs = score(open_source(model), open_corpus(None), replace(options, probe_prompts=0, probe_heldout=0))
+    assert with_docs.corpus == (DEFAULT_NAME,) and not with_docs.general_calibration

@@ -53,13 +53,16 @@ def answer_probe(runner: ModelRunner, tokenizer: Any, options: ScoreOptions, voc
     reason = cannot_generate(runner)
     if reason is not None:
         return reason
+    new_tokens = options.probe_new_tokens
+    if new_tokens is None:
+        raise ValueError("the probe's sizes are unresolved: ScoreOptions.for_corpus fills them in")
     asked = load_probe("calib")[:options.probe_prompts]
     calib, select = asked[:len(asked) - len(asked) // 4], asked[len(asked) - len(asked) // 4:]
     heldout = load_probe("heldout")[:options.probe_heldout]
     predicted = _Predicted(vocab)
-    first = generate_answers(runner, tokenizer, calib, options.probe_new_tokens, DEFAULT_BATCH_SIZE,
+    first = generate_answers(runner, tokenizer, calib, new_tokens, DEFAULT_BATCH_SIZE,
                              observe=predicted) if calib else []
-    second = generate_answers(runner, tokenizer, [*select, *heldout], options.probe_new_tokens,
+    second = generate_answers(runner, tokenizer, [*select, *heldout], new_tokens,
                               DEFAULT_BATCH_SIZE) if select or heldout else []
     counts = np.zeros(vocab, dtype=np.int64)
     for answer in first:
@@ -67,7 +70,7 @@ def answer_probe(runner: ModelRunner, tokenizer: Any, options: ScoreOptions, voc
     answers = [*first, *second]
     splits = ("calib",) * len(first) + ("select",) * len(select) + ("heldout",) * len(heldout)
     return ProbeRecord(tuple(a.prompt_id for a in answers), splits, tuple(tuple(a.answer_ids) for a in answers),
-                       counts, predicted.sums.numpy() if first else None, options.probe_new_tokens)
+                       counts, predicted.sums.numpy() if first else None, new_tokens)
 
 
 def probe_documents(record: ProbeRecord, tokenizer: Any) -> list[Document]:

@@ -274,7 +274,7 @@ def weight_magnitude(source: Source) -> np.ndarray:
 def score(source: Source, corpus: Corpus, options: ScoreOptions | None = None,
           layout: BucketLayout | None = None) -> Scores:
     """Score `source` on `corpus`: token counts, bucketed act², act², magnitude, held-out text."""
-    options = options or ScoreOptions()
+    options = (options or ScoreOptions()).for_corpus(corpus.is_default)
     rank, _ = dist_info()
     dims = source.spec.dims
     if options.gram:
