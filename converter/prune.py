@@ -166,11 +166,7 @@ class PrunedCheckpoint:
         if self.is_passthrough(planned):
             self.source.copy_range(planned.source.name, dest_fd)
         elif planned.experts_keep is not None:
-            # The next expert's slab is read (in a worker) while this one is written: reads and writes
-            # overlap, for one more slab in flight (measured stacked 4.19 GB: 10.7 s -> 9.2 s).
-            cuts = read_ahead(list(enumerate(planned.experts_keep)),
-                              lambda kept: self._expert_cut(planned, *kept))
-            for _, slab in cuts:
+            for slab in self.expert_slabs(planned, ahead=True):
                 view = memoryview(slab).cast("B")
                 while view.nbytes:
                     view = view[os.write(dest_fd, view):]
@@ -200,11 +196,22 @@ class PrunedCheckpoint:
             raise ValueError(f"cannot cut axis {planned.axis} of {src.name}")
         return data.reshape(*planned.shape, src.itemsize)
 
-    def expert_slabs(self, planned: PlannedTensor) -> Iterator[np.ndarray]:
+    def expert_slabs(self, planned: PlannedTensor, ahead: bool = False) -> Iterator[np.ndarray]:
         """A stacked expert tensor's output, one expert at a time ([*shape[1:], itemsize] bytes each): only one
-        expert's source slab is in memory at once, however large the stack."""
-        for expert, keep in enumerate(planned.experts_keep or ()):
-            yield self._expert_cut(planned, expert, keep)  # nothing of it stays bound here once consumed
+        expert's source slab is in memory at once, however large the stack.
+
+        With `ahead`, the next expert's slab is read and cut by a worker thread while the caller writes or
+        converts this one, so the disk is not idle meanwhile: one more slab and its cut in memory (measured on
+        a cold stacked 4.19 GB checkpoint, HF rewrite 10.7 s -> 9.2 s).
+        """
+        experts = list(enumerate(planned.experts_keep or ()))
+        if not ahead:
+            for expert, keep in experts:
+                yield self._expert_cut(planned, expert, keep)  # nothing of it stays bound here once consumed
+            return
+        for _, cut in read_ahead(experts, lambda kept: self._expert_cut(planned, *kept)):
+            yield cut
+            del cut  # before the expert after next is read
 
     def _expert_cut(self, planned: PlannedTensor, expert: int, keep: tuple[int, ...]) -> np.ndarray:
         src = planned.source

@@ -185,8 +185,10 @@ def test_k_quants_quantise_the_expert_stacks(tmp_path: Path, byte_level_tokenize
 
 
 def test_a_stacked_checkpoint_is_written_one_expert_slab_at_a_time(tmp_path: Path) -> None:
-    """Each GGUF stack of a cut 3-D expert tensor (8 experts) is produced holding about one expert's slab, its cut
-    and one encoded chunk, never the stack; the bytes are the reference's, gate_up_proj split into gate and up."""
+    """Each GGUF stack of a cut 3-D expert tensor (8 experts) is produced holding a few experts' slabs, never the
+    stack: one expert's cut and encoded chunk, and the next expert's slab and cut, read ahead while this one
+    converts (measured 2.94-3.02 slabs; 2.0 before the read-ahead); the bytes are the reference's, gate_up_proj
+    split into gate and up."""
     import tracemalloc
 
     from converter.prune import PrunedCheckpoint
@@ -214,7 +216,7 @@ def test_a_stacked_checkpoint_is_written_one_expert_slab_at_a_time(tmp_path: Pat
             tracemalloc.stop()
         slab = t.experts.parts[0].source.nbytes // 8
         print(f"[gguf moe] {t.name}: traced peak {peak / slab:.2f} source slabs (the stack: 8)")
-        assert peak < 2.3 * slab, (t.name, peak, slab)
+        assert peak < 3.3 * slab, (t.name, peak, slab)
         layer, proj = int(t.name.split(".")[1]), t.name.split(".")[2]
         hf_name = "down_proj" if proj == "ffn_down_exps" else "gate_up_proj"
         stacked = expected[f"model.layers.{layer}.mlp.experts.{hf_name}"]

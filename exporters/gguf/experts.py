@@ -36,7 +36,7 @@ class ExpertStack:
     def slabs(self, pruned: PrunedCheckpoint) -> Iterator[np.ndarray]:
         """Each expert's pruned slab as uint8 rows [rows, row_bytes], in expert order."""
         if self.stacked:
-            slabs = pruned.expert_slabs(self.parts[0])
+            slabs = pruned.expert_slabs(self.parts[0], ahead=True)  # read while the previous one converts
             for _ in self.parts[0].experts_keep or ():
                 yield self._block(next(slabs))  # nothing of one expert stays bound here while the next is read
             return
