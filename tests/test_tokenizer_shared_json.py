@@ -59,3 +59,16 @@ def test_the_size_limit_and_the_folder_links_are_checked_on_every_read(byte_leve
     (folder / "tokenizer.json").symlink_to(outside)
     with pytest.raises(ConvertError, match="tokenizer.json: is a link that leads outside the model folder"):
         read_source(folder)
+
+
+def test_a_fork_drops_the_kept_parse(byte_level_tokenizer_dir: Path) -> None:
+    """The report's plot child is forked: a parse shared with it would be copied page by page as the parent reads."""
+    path = byte_level_tokenizer_dir / "tokenizer.json"
+    first = _read(path)
+    assert _read(path) is first
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    again = _read(path)
+    assert again is not first and again == first
