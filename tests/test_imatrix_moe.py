@@ -40,6 +40,7 @@ from converter.source import open_source
 from exporters.gguf.imatrix import ImportanceMatrix
 from exporters.options import ExportOptions
 from tests.support.ggml_reader import ggml_read
+from tests.support.gguf_runtime import llama_log_lines
 from tests.support.moe_models import moe_plan, save_moe_model
 from tests.support.score_fixtures import ALL_WINDOWS, write_corpus
 from tests.support.tiny_models import build_tiny_model
@@ -211,13 +212,12 @@ def test_layerwise_and_merged_sums_equal_one_run(models: dict[str, tuple[Path, S
     assert loaded.matmul is not None and not loaded.matmul.expert_counts and set(loaded.matmul.sums) == set(older.sums)
 
 
-def test_q4_k_m_weighs_the_expert_stacks(models: dict[str, tuple[Path, Scores, PrunePlan]], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_q4_k_m_weighs_the_expert_stacks(models: dict[str, tuple[Path, Scores, PrunePlan]], tmp_path: Path) -> None:
     folder, scores, plan = models["qwen3_moe"]
     options = ExportOptions(outtype="q4_k_m", progress=False, report_plots=False)
-    capsys.readouterr()
-    export(open_source(folder), plan, tmp_path / "with", "gguf", replace(options, importance=scores.matmul))
-    log = capsys.readouterr().err
+    with llama_log_lines() as lines:
+        export(open_source(folder), plan, tmp_path / "with", "gguf", replace(options, importance=scores.matmul))
+    log = "".join(lines)
     export(open_source(folder), plan, tmp_path / "without", "gguf", options)
     files = [next(p for p in (tmp_path / d).glob("*.gguf") if p.name != "imatrix.gguf") for d in ("with", "without")]
     with_m, without = ({t.name: t for t in GGUFReader(f).tensors} for f in files)
@@ -233,8 +233,9 @@ def test_q4_k_m_weighs_the_expert_stacks(models: dict[str, tuple[Path, Scores, P
     assert scores.matmul is not None
     older = MatmulSums({k: v for k, v in scores.matmul.sums.items() if v.ndim == 1}, scores.matmul.tokens,
                        scores.matmul.chunk_size, scores.matmul.datasets)
-    export(open_source(folder), plan, tmp_path / "older", "gguf", replace(options, importance=older))
-    missing = re.findall(MISSING, capsys.readouterr().err)
+    with llama_log_lines() as lines:
+        export(open_source(folder), plan, tmp_path / "older", "gguf", replace(options, importance=older))
+    missing = re.findall(MISSING, "".join(lines))
     assert sorted(missing) == sorted(["token_embd.weight", *(f"blk.{i}.{s}.weight" for i in (0, 1)
                                                              for s in EXPERT_STACKS)])
 

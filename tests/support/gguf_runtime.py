@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import json
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,3 +193,19 @@ def train_gemma_style_spm(out_dir: Path, vocab_size: int = 1500) -> Path:
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     AutoTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
     return out_dir
+
+
+@contextmanager
+def llama_log_lines() -> Iterator[list[str]]:
+    """llama.cpp's own log lines while the block runs, whatever callback an earlier test (verify's quiet one)
+    left installed in this process; llama-cpp-python's default callback afterwards."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+    handle = llama_cpp.llama_log_callback(lambda level, text, data: lines.append(text.decode("utf-8", "replace")))
+    llama_cpp.llama_log_set(handle, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
