@@ -150,3 +150,15 @@ def test_buckets_are_log_spaced_and_weights_follow_the_kept_mass() -> None:
             assert w[b] == 0.0
     focused = bucket_weights(layout, counts, None, focus=1.0)
     assert focused[0] == 1.0 and np.all(np.diff(focused[1:]) <= 1e-12)
+
+
+def test_merge_rankings_gives_the_general_ranking_its_share_of_every_prefix() -> None:
+    from converter.score.tokens import merge_rankings
+
+    domain, general = np.arange(10), np.arange(10)[::-1].copy()
+    assert merge_rankings(domain, general, 0.0).tolist() == domain.tolist()
+    assert merge_rankings(domain, general, 1.0).tolist() == general.tolist()
+    assert merge_rankings(domain, general, 0.5).tolist() == [0, 9, 1, 8, 2, 7, 3, 6, 4, 5]
+    merged = merge_rankings(domain, general, 0.3).tolist()
+    assert merged[:5] == [0, 9, 1, 2, 8]  # about 0.7 of a prefix from the domain, 0.3 from the general ranking
+    assert [t for t in merged if t < 5] == [0, 1, 2, 3, 4]  # each ranking's own order is kept

@@ -24,10 +24,13 @@ evaluation text), share of their bytes in dropped tokens: SmolLM2 at 19725 kept 
 at 16384 2.27% -> 1.05%.
 
 With --general-weight W > 0 and scores that hold the dense model's answers to the general probe,
-the first key is a blend instead of the domain counts: (1 - W) times the domain's token frequency
-plus W times the general frequency, itself the mean of the answers' token frequency and the
-model's predicted distribution over every answer position (so everyday tokens no answer happened
-to spell are protected by what the model would say). W = 0 ranks exactly as before.
+the domain ranking is merged with a general one slot by slot: a share W of every prefix of the
+ranking follows the general ranking (the mean of the answers' token frequency and the model's
+predicted distribution over every answer position, so everyday tokens no answer happened to spell
+are protected by what the model would say), the rest the domain's. Blending the two frequencies
+instead put every weighted everyday token (about 1e-3 x W) ahead of a domain token seen once or
+twice (about 1e-5), so on SmolLM2 -20% with licence prose any W from 0.03 cost +8.5% on the domain
+against +4.6% at W = 0. W = 0 ranks exactly as before.
 """
 from __future__ import annotations
 
@@ -180,14 +183,40 @@ def general_blend(counts: np.ndarray, general_counts: np.ndarray, general_predic
     return (1.0 - weight) * _share(counts) + weight * general
 
 
+def merge_rankings(domain: np.ndarray, general: np.ndarray, weight: float) -> np.ndarray:
+    """Two rankings merged so that a share `weight` of every prefix follows `general`, the rest `domain`.
+
+    A token's place is min(its domain position / (1 - weight), its general position / weight): at 0.3,
+    of the first N tokens about 0.7 N are the domain's first and 0.3 N the general ranking's first
+    (fewer distinct ones where the two agree). Domain tokens keep their order, so a domain token seen
+    once still ranks where the domain put it, instead of behind every weighted everyday token, as a
+    blend of frequencies ranked them.
+    """
+    if weight <= 0:
+        return domain
+    if weight >= 1:
+        return general
+    vocab = domain.shape[0]
+    position_d = np.empty(vocab, dtype=np.float64)
+    position_d[domain] = np.arange(vocab)
+    position_g = np.empty(vocab, dtype=np.float64)
+    position_g[general] = np.arange(vocab)
+    key = np.minimum(position_d / (1.0 - weight), position_g / weight)
+    return np.lexsort((position_d, key))
+
+
 def token_ranking(folder: Path, counts: np.ndarray, predicted: np.ndarray | None = None,
                   general: tuple[np.ndarray, np.ndarray | None] | None = None, weight: float = 0.0) -> np.ndarray:
     """The vocabulary ranking that plans and score buckets use: counts, predictions, plausibility, prior.
 
-    With `general` (the probe answers' counts and predicted counts) and weight > 0 the counts are
-    blended with them first (general_blend).
+    With `general` (the probe answers' counts and predicted counts) and weight > 0 the domain ranking
+    and the general one (general_blend at weight 1) are merged slot by slot (merge_rankings).
     """
     vocab = counts.shape[0]
     data = _tokenizer_json(folder)
-    first = counts if general is None or weight <= 0 else general_blend(counts, general[0], general[1], weight)
-    return rank_tokens(first, _prior(data, vocab), plausible_tokens(_pieces(data, vocab), first), predicted)
+    prior, pieces = _prior(data, vocab), _pieces(data, vocab)
+    domain = rank_tokens(counts, prior, plausible_tokens(pieces, counts), predicted)
+    if general is None or weight <= 0:
+        return domain
+    everyday = general_blend(counts, general[0], general[1], 1.0)
+    return merge_rankings(domain, rank_tokens(everyday, prior, plausible_tokens(pieces, everyday)), weight)
