@@ -132,8 +132,8 @@ class Budget:
     general_weight: float = flag(DEFAULT_GENERAL_WEIGHT, Flag(
         "how much the token ranking and the split choice weigh general use (the dense model's answers to the "
         "general probe) against your --calib text, 0..1 (0: your text only, as before; default "
-        f"{DEFAULT_GENERAL_WEIGHT}: measured on SmolLM2 at -20% it costs the domain what 0 does and cuts the everyday "
-        "answers' bytes in dropped tokens from 22% to 13%; tools/results/frontier_smollm2.md)"))
+        f"{DEFAULT_GENERAL_WEIGHT}: measured on SmolLM2 cut by a fifth it costs the domain what 0 does and cuts "
+        "the everyday answers' bytes in dropped tokens from 22 to 13 percent; tools/results/frontier_smollm2.md)"))
 
     max_dropped_share: float | None = flag(None, Flag(
         "largest share of the general probe's answer bytes a plan may put in dropped tokens, 0..1: auto-split "
