@@ -33,6 +33,7 @@ from converter.score.scorer import score
 from converter.score.scores import Scores
 from converter.score.stage_options import Budget
 from converter.source import open_source
+from tests.support.moe_models import unrouted_expert_model
 from tests.support.reference_moe import prune_moe_state_dict
 from tests.support.score_fixtures import ALL_WINDOWS, hf_bits, tiny_model_dir, write_corpus
 
@@ -70,15 +71,7 @@ def unused_expert(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer
     """A Qwen3-MoE whose layer 0 never routes to expert 3 (as in tests/test_moe_scoring.py: hidden channel 0
     is positive for every token and the router weighs it -50 for expert 3), and its scores without probe."""
     root = tmp_path_factory.mktemp("unused")
-    folder = tiny_model_dir(root / "model", byte_level_tokenizer_dir, "qwen3_moe", **MOE["qwen3_moe"])
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 2.0
-        layer = model.model.layers[0]
-        layer.self_attn.o_proj.weight[0] = 0.0
-        layer.post_attention_layernorm.weight[0] = 1.0
-        layer.mlp.gate.weight[3, 0] = -50.0
-    model.save_pretrained(folder)
+    folder = unrouted_expert_model(root / "model", byte_level_tokenizer_dir, **MOE["qwen3_moe"])
     options = replace(OPTIONS, probe_prompts=0, probe_heldout=0)
     return folder, score(open_source(folder), open_corpus([corpus]), options).save(root / "scores.st")
 

@@ -29,6 +29,7 @@ from converter.score.scorer import count_pass, pad_batches, score
 from converter.score.scores import Scores, merge
 from converter.score.tokens import load_tokenizer
 from converter.source import Source, open_source
+from tests.support.moe_models import unrouted_expert_model
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 
 OPTIONS = replace(ALL_WINDOWS, probe_prompts=0, probe_heldout=0, predict_tokens=0)
@@ -194,15 +195,7 @@ def test_an_expert_the_router_never_chooses_scores_zero(tmp_path: Path, byte_lev
     """Hidden channel 0 of layer 0's router input is made positive for every token (embedding column 0 a
     constant, no attention output into it, norm weight 1) and the router weighs it -50 for expert 3, so
     expert 3's logit is far below every other's and it is never in the top 2 of layer 0."""
-    folder = tiny_model_dir(tmp_path / "m", byte_level_tokenizer_dir, "qwen3_moe", **MOE["qwen3_moe"])
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 2.0
-        layer = model.model.layers[0]
-        layer.self_attn.o_proj.weight[0] = 0.0
-        layer.post_attention_layernorm.weight[0] = 1.0
-        layer.mlp.gate.weight[3, 0] = -50.0
-    model.save_pretrained(folder)
+    folder = unrouted_expert_model(tmp_path / "m", byte_level_tokenizer_dir, **MOE["qwen3_moe"])
     got = score(moe_source(folder), open_corpus(list(corpus_files)), OPTIONS)
     ref = reference(folder, corpus_files, got.layout.token_bucket)
     assert got.experts is not None

@@ -52,3 +52,26 @@ def moe_plan(model: PreTrainedModel, keep_tokens: int | None, seed: int, expert_
     # Widths stay multiples of 8: transformers' grouped_mm experts kernel on CPU needs rows of 16-byte multiples.
     return random_moe_plan(cfg.vocab_size, cfg.num_hidden_layers, cfg.num_experts, width, width - expert_cut,
                            ffn=shared, keep_ffn=shared // 2, keep_tokens=keep_tokens, seed=seed)
+
+
+def unrouted_expert_model(folder: Path, tokenizer_dir: Path, **overrides: object) -> Path:
+    """A tiny Qwen3-MoE whose layer 0 never routes to expert 3, saved to `folder`.
+
+    Hidden channel 0 of layer 0's router input is positive for every token (embedding column 0 a
+    constant, no attention output into it, norm weight 1) and the router weighs it -50 for expert 3,
+    so expert 3's logit is far below every other's and it is never in the top 2 of layer 0.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.score_fixtures import tiny_model_dir
+
+    tiny_model_dir(folder, tokenizer_dir, "qwen3_moe", **overrides)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 2.0
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight[0] = 0.0
+        layer.post_attention_layernorm.weight[0] = 1.0
+        layer.mlp.gate.weight[3, 0] = -50.0
+    model.save_pretrained(folder)
+    return folder
