@@ -7,10 +7,12 @@ that child's ru_maxrss (the parent imports nothing heavy). Each graph is then dr
 onnxruntime-genai with 2 intra-op threads: a 128-token prompt (prefill tokens/s) and 64 greedy
 tokens (decode tokens/s), each run in a fresh process, runs interleaved across the exports and
 the median of `--runs` taken. On a shared machine the numbers are noisy; the interleaving keeps
-the comparison fair, not the absolute values.
+the comparison fair, not the absolute values. `--paired N` then also loads ours and the builder's
+graph of the same weights into one process and times them in N pairs ordered A B B A (neither
+graph always runs right after itself, which favours a repeat), the tighter ratio on a noisy machine.
 
     python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
-        [--outtypes int4,fp32] [--runs 3] [--reuse]
+        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--reuse]
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PROMPT_TOKENS, DECODE_TOKENS, THREADS = 128, 64, 2
 
@@ -87,13 +90,13 @@ def _set_threads(genai: Path) -> None:
     genai.write_text(json.dumps(config, indent=4))
 
 
-def speed_child(folder: str) -> None:
-    """One measurement in this process: prints {"prefill": tok/s, "decode": tok/s}."""
-    import onnxruntime_genai as og
-
-    model = og.Model(folder)
+def _prompt(folder: str) -> list[int]:
     vocab = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["vocab_size"]
-    prompt = [(7919 * i) % (vocab - 10) + 5 for i in range(PROMPT_TOKENS)]
+    return [(7919 * i) % (vocab - 10) + 5 for i in range(PROMPT_TOKENS)]
+
+
+def _measure(og: Any, model: Any, prompt: list[int]) -> dict[str, float]:
+    """One 128-token prefill and 63 timed decode steps: {"prefill": tok/s, "decode": tok/s}."""
     params = og.GeneratorParams(model)
     total = PROMPT_TOKENS + DECODE_TOKENS
     params.set_search_options(max_length=total, min_length=total, do_sample=False)
@@ -106,7 +109,50 @@ def speed_child(folder: str) -> None:
     for _ in range(DECODE_TOKENS - 1):
         generator.generate_next_token()
     decode = time.perf_counter() - start
-    print(json.dumps({"prefill": PROMPT_TOKENS / prefill, "decode": (DECODE_TOKENS - 1) / decode}))
+    return {"prefill": PROMPT_TOKENS / prefill, "decode": (DECODE_TOKENS - 1) / decode}
+
+
+def speed_child(folder: str) -> None:
+    """One measurement in this process: prints {"prefill": tok/s, "decode": tok/s}."""
+    import onnxruntime_genai as og
+
+    print(json.dumps(_measure(og, og.Model(folder), _prompt(folder))))
+
+
+def paired_child(ours: str, builder: str, rounds: int) -> None:
+    """Both graphs in this process, timed A B B A: prints {"ours": {...}, "builder": {...}} of medians."""
+    import onnxruntime_genai as og
+
+    models = {"ours": og.Model(ours), "builder": og.Model(builder)}
+    prompt = _prompt(ours)
+    samples: dict[str, list[dict[str, float]]] = {"ours": [], "builder": []}
+    for r in range(rounds):
+        for name in ("ours", "builder") if r % 2 == 0 else ("builder", "ours"):
+            samples[name].append(_measure(og, models[name], prompt))
+    print(json.dumps({name: {key: statistics.median(s[key] for s in got) for key in ("prefill", "decode")}
+                      for name, got in samples.items()}))
+
+
+def paired(results: dict[str, dict], rounds: int) -> str:
+    """Ours against the builder, one process per pair: on the same weights, and our pruned graph
+    against the builder's dense one (the model a user gets without us); markdown lines."""
+    pairs = []
+    for outtype in sorted({n.rsplit(" ", 1)[1] for n in results}, reverse=True):
+        pairs += [(f"ours {kind} {outtype}", f"builder {kind} {outtype}") for kind in ("dense", "pruned")]
+        pairs.append((f"ours pruned {outtype}", f"builder dense {outtype}"))
+    lines = []
+    for name, rival in pairs:
+        out = subprocess.run([sys.executable, "-m", "tools.bench_onnx_builder", "--paired-child",
+                              results[name]["folder"], results[rival]["folder"], str(rounds)],
+                             check=True, capture_output=True, text=True).stdout
+        got = json.loads(out.strip().splitlines()[-1])
+        lines.append(f"- {name} vs {rival}, {rounds} A B B A pairs in one process: decode "
+                     f"{got['ours']['decode']:.1f} vs {got['builder']['decode']:.1f} tok/s "
+                     f"({got['ours']['decode'] / got['builder']['decode']:.2f}x), prefill "
+                     f"{got['ours']['prefill']:.1f} vs {got['builder']['prefill']:.1f} "
+                     f"({got['ours']['prefill'] / got['builder']['prefill']:.2f}x)")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
 
 
 def speeds(results: dict[str, dict], runs: int) -> None:
@@ -149,10 +195,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reuse", action="store_true",
                         help="measure the exports recorded in WORK/results.json again instead of exporting")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="also time ours against the builder on the same weights in N A B B A pairs")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
+    parser.add_argument("--paired-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
         speed_child(args.speed_child)
+        return
+    if args.paired_child:
+        paired_child(args.paired_child[0], args.paired_child[1], int(args.paired_child[2]))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     outtypes = args.outtypes.split(",")
@@ -164,6 +216,8 @@ def main() -> None:
     speeds(results, args.runs)
     report = table(results)
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    if args.paired:
+        report += "\n\n" + paired(results, args.paired)
     print(report)
 
 
