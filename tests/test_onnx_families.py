@@ -3,11 +3,10 @@
 Each family is pruned by a vocabulary + FFN plan and exported in fp32. The graph must reproduce
 the pruned Hugging Face model (written by the HF exporter) on a batch of two prompts, one left
 padded, through a 20-token prefill and 16 single-token steps with the cache: max |diff| at most
-1e-4 of the logit scale. Gemma2/Gemma3 have a sliding window of 8, so those steps run with a
-past of 20 to 35 tokens, far beyond the window, and Gemma3 mixes sliding and global layers (two
-templates, two rotary tables). Greedy decoding of 32 tokens with the cache must equal
+1e-4 of the logit scale. Mistral has a sliding window of 8, so those steps run with a past of 20
+to 35 tokens, far beyond the window. Greedy decoding of 32 tokens with the cache must equal
 transformers' generate, both in a plain onnxruntime loop and in onnxruntime-genai (which reads
-genai_config.json; with a 24-token prompt the sliding families run past their window there too).
+genai_config.json; with a 24-token prompt Mistral runs past its window there too).
 The file layout (names, axes, opset, one external data file, tied
 embeddings stored once) is checked on the same exports.
 """
@@ -38,13 +37,10 @@ from tests.support.onnx_runner import (
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
 
-# Llama, Qwen2 and Qwen3 without a sliding window take the fused graph (tests/test_onnx_fused.py);
-# these are the families the traced graph serves.
+# Llama, Qwen2 and Qwen3 without a sliding window and Gemma 1-3 take the fused graph
+# (tests/test_onnx_fused.py); these are the families the traced graph serves.
 CASES: dict[str, dict[str, object]] = {
     "mistral": {"tied": False, "sliding_window": 8},
-    "gemma": {},
-    "gemma2": {"query_pre_attn_scalar": 16},
-    "gemma3_text": {"query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]},
     "olmo2": {},
     # 4 layers; layers 0 and 3 without RoPE (transformers' default skips only 3, which is what
     # llama.cpp can express; the traced graph takes any pattern): two templates, the first no-RoPE.
@@ -94,7 +90,7 @@ def _batch(vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_prefill_and_cached_steps_match_transformers(exported: Exported) -> None:
     cfg = exported.reference.config
-    if exported.family in ("gemma2", "gemma3_text", "mistral"):
+    if exported.family == "mistral":
         assert cfg.sliding_window == 8 < PREFILL
     ids, mask = _batch(cfg.vocab_size, seed=5)
     error = cached_decode_error(exported.onnx_dir, exported.reference, ids, mask, PREFILL)

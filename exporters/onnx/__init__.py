@@ -17,7 +17,7 @@ exporters.onnx.precision converts to fp16/int8/int4 (honouring --int4-symmetric 
 exporters.onnx.genai writes genai_config.json. A mixture-of-experts model's sparse blocks are traced as static
 ops that run every expert on every token (exporters.onnx.experts).
 
-Llama, Qwen2 and Qwen3 decoders (exporters.onnx.fused.recipe says which exactly) skip all of that:
+Llama, Qwen2, Qwen3 and Gemma 1-3 decoders (exporters.onnx.fused.recipe says which exactly) skip all of that:
 exporters.onnx.fused writes them by hand in onnxruntime's fused contrib ops, the layout
 onnxruntime-genai's builder uses (no position_ids input; GroupQueryAttention's shared KV buffer),
 quantizing each weight as it streams. The traced path above is the fallback for the others.

@@ -1,6 +1,6 @@
 """The fused ONNX decoder: a hand-written graph in onnxruntime's contrib ops, weights streamed.
 
-For the families `recipe.recipe_for` accepts (Llama, Qwen2, Qwen3 without sliding windows) the
+For the families `recipe.recipe_for` accepts (Llama, Qwen2, Qwen3 without sliding windows, Gemma 1-3) the
 exporter writes the graph onnxruntime-genai's own model builder would (GroupQueryAttention with
 fused rotary embedding and a packed QKV projection, SkipSimplifiedLayerNormalization,
 MatMulNBits), which decodes about twice as fast on CPU as the traced graph. Weights go straight
@@ -33,8 +33,8 @@ def write_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, out_dir: Path, gr
                 progress: bool) -> list[Path]:
     """Write graph_name and data_name into out_dir; returns both paths. genai_config.json is written
     by `write_fused_genai_config` once the companions (config.json) are in place."""
-    cos, sin = rotary_tables(pruned, recipe.context, recipe.dims.head_dim)
-    all_jobs = jobs(recipe, cos, sin)
+    tables = rotary_tables(pruned, recipe.context, recipe.dims.head_dim, recipe.rope_tables)
+    all_jobs = jobs(recipe, tables)
     with ExternalData(out_dir / data_name) as data, \
             progress_bar(progress, total=len(all_jobs), desc="onnx weights", unit="tensor") as bar:
         initializers = []

@@ -1,7 +1,8 @@
 """The decoder graph written node by node with onnx.helper, in onnxruntime's fused contrib ops.
 
 Per layer: `SkipSimplifiedLayerNormalization` adds the residual and applies RMSNorm in one op (the
-first layer's norm has no residual yet: `SimplifiedLayerNormalization`); one packed QKV MatMul
+first layer's norm has no residual yet: `SimplifiedLayerNormalization`; Gemma 2/3 norm the
+attention and MLP outputs with it too before they are added); one packed QKV MatMul
 (plus its bias for Qwen2; for Qwen3 a split and per-head RMSNorm of q and k); then
 `GroupQueryAttention` with the rotary embedding fused in (`do_rotary`, cos/sin caches), which
 also appends the new keys/values to the cache (in place when onnxruntime-genai shares the past
@@ -41,6 +42,14 @@ class Nodes:
             **attrs: Any) -> list[str]:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
         return outputs
+
+    def scalar(self, value: float, data_type: int) -> str:
+        """A float scalar of the activations' type (the embedding scale, soft-cap divisors)."""
+        np_type = np.float16 if data_type == TensorProto.FLOAT16 else np.float32
+        name = f"const.{np.dtype(np_type).name}.{value!r}"
+        if name not in self.constants:
+            self.constants[name] = onnx.numpy_helper.from_array(np.array(value, dtype=np_type), name)
+        return name
 
     def int64(self, values: list[int], scalar: bool = False) -> str:
         name = f"const.int64.{'scalar.' if scalar else ''}{'_'.join(map(str, values))}"
@@ -92,7 +101,16 @@ def _mask_inputs(g: Nodes) -> Wiring:
 
 
 def _embedding(g: Nodes, recipe: FusedRecipe) -> str:
-    """The token embeddings [batch, seq, hidden]; a tied model reads them from the lm_head's storage."""
+    """The token embeddings [batch, seq, hidden], times the embedding scale (Gemma) when there is one."""
+    looked_up = _lookup(g, recipe)
+    if recipe.embed_scale is None:
+        return looked_up
+    scale = g.scalar(recipe.embed_scale, recipe.precision.float_type)
+    return g.add("Mul", [looked_up, scale], ["embed/scaled"], "embed/Scale")[0]
+
+
+def _lookup(g: Nodes, recipe: FusedRecipe) -> str:
+    """The embedding rows of input_ids; a tied model reads them from the lm_head's storage."""
     precision = recipe.head if recipe.tied else recipe.precision
     bits, hidden, vocab = precision.bits, recipe.dims.hidden, recipe.dims.vocab
     base = names.LM_HEAD if recipe.tied else names.EMBED
@@ -143,12 +161,16 @@ def _attention(g: Nodes, recipe: FusedRecipe, wires: Wiring, x: str, i: int) -> 
         k = _qk_norm(g, recipe, parts[1], names.in_layer(i, names.K_NORM), recipe.kv_dim, f"{p}/k_norm")
         qkv_inputs = [q, k, parts[2]]
     out = f"{p}/GroupQueryAttention"
+    rope = recipe.rope(i)
+    # local_window_size counts the keys in all, the query's own included, as transformers' window does.
+    window = recipe.window(i) if recipe.window(i) else -1
+    scale = recipe.attn_scale if recipe.attn_scale is not None else float(d.head_dim) ** -0.5
     g.add("GroupQueryAttention",
           [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", wires.seqlens_k,
-           wires.total_length, names.COS, names.SIN],
+           wires.total_length, names.rotary(names.COS, rope), names.rotary(names.SIN, rope)],
           [out, f"present.{i}.key", f"present.{i}.value"], out, MS_DOMAIN,
-          num_heads=d.heads, kv_num_heads=d.kv_heads, scale=float(d.head_dim) ** -0.5, do_rotary=1,
-          rotary_interleaved=0, local_window_size=-1, softcap=0.0)
+          num_heads=d.heads, kv_num_heads=d.kv_heads, scale=scale, do_rotary=1,
+          rotary_interleaved=0, local_window_size=window, softcap=recipe.attn_softcap)
     return _linear(g, recipe, out, names.in_layer(i, names.O_PROJ), recipe.q_dim, d.hidden, f"{p}/o_proj")
 
 
@@ -156,9 +178,12 @@ def _mlp(g: Nodes, recipe: FusedRecipe, x: str, i: int) -> str:
     d, p = recipe.dims, f"layers.{i}/mlp"
     both = _linear(g, recipe, x, names.in_layer(i, names.GATE_UP), d.hidden, 2 * d.ffn, f"{p}/gate_up")
     gate, up = g.add("Split", [both, g.int64([d.ffn, d.ffn])], [f"{p}/gate", f"{p}/up"], f"{p}/Split", axis=-1)
-    g.add("Sigmoid", [gate], [f"{p}/sigmoid"], f"{p}/Sigmoid")
-    g.add("Mul", [gate, f"{p}/sigmoid"], [f"{p}/silu"], f"{p}/SiLU")
-    g.add("Mul", [f"{p}/silu", up], [f"{p}/gated"], f"{p}/Gate")
+    if recipe.activation == "gelu_tanh":  # onnxruntime's FastGelu is the tanh approximation
+        act = g.add("FastGelu", [gate], [f"{p}/gelu"], f"{p}/FastGelu", MS_DOMAIN)[0]
+    else:
+        g.add("Sigmoid", [gate], [f"{p}/sigmoid"], f"{p}/Sigmoid")
+        act = g.add("Mul", [gate, f"{p}/sigmoid"], [f"{p}/silu"], f"{p}/SiLU")[0]
+    g.add("Mul", [act, up], [f"{p}/gated"], f"{p}/Gate")
     return _linear(g, recipe, f"{p}/gated", names.in_layer(i, names.DOWN), d.ffn, d.hidden, f"{p}/down")
 
 
@@ -169,6 +194,20 @@ def _skip_norm(g: Nodes, recipe: FusedRecipe, residual: str, delta: str, weight:
     g.add("SkipSimplifiedLayerNormalization", [residual, delta, weight], outputs, f"{prefix}/SkipNorm",
           MS_DOMAIN, epsilon=recipe.eps)
     return outputs[0], outputs[-1]
+
+
+def _norm(g: Nodes, recipe: FusedRecipe, x: str, weight: str, prefix: str) -> str:
+    """RMSNorm without a residual (the first layer's input; Gemma 2/3's sandwich norms)."""
+    return g.add("SimplifiedLayerNormalization", [x, weight], [f"{prefix}/normed"], f"{prefix}/Norm", axis=-1,
+                 epsilon=recipe.eps, stash_type=1)[0]
+
+
+def _softcap(g: Nodes, recipe: FusedRecipe, logits: str, cap: float) -> str:
+    """cap * tanh(logits / cap): Gemma 2's final logit soft-capping."""
+    value = g.scalar(cap, recipe.precision.float_type)
+    g.add("Div", [logits, value], ["softcap/scaled"], "softcap/Div")
+    g.add("Tanh", ["softcap/scaled"], ["softcap/tanh"], "softcap/Tanh")
+    return g.add("Mul", ["softcap/tanh", value], ["logits"], "softcap/Mul")[0]
 
 
 def _io(recipe: FusedRecipe) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
@@ -192,22 +231,27 @@ def build_graph(recipe: FusedRecipe, initializers: list[TensorProto], producer: 
     g = Nodes()
     wires = _mask_inputs(g)
     hidden = _embedding(g, recipe)
-    normed = g.add("SimplifiedLayerNormalization", [hidden, names.in_layer(0, names.INPUT_NORM)],
-                   ["layers.0/input_norm/normed"], "layers.0/input_norm/Norm", axis=-1, epsilon=recipe.eps,
-                   stash_type=1)[0]
+    normed = _norm(g, recipe, hidden, names.in_layer(0, names.INPUT_NORM), "layers.0/input_norm")
     residual, delta = hidden, ""
     for i in range(recipe.dims.layers):
         if i:
             normed, residual = _skip_norm(g, recipe, residual, delta, names.in_layer(i, names.INPUT_NORM),
                                           f"layers.{i}/input_norm")
         attn = _attention(g, recipe, wires, normed, i)
+        if recipe.sandwich_norms:
+            attn = _norm(g, recipe, attn, names.in_layer(i, names.ATTN_OUT_NORM), f"layers.{i}/attn_out_norm")
         normed, residual = _skip_norm(g, recipe, residual, attn, names.in_layer(i, names.POST_NORM),
                                       f"layers.{i}/post_attention_norm")
         delta = _mlp(g, recipe, normed, i)
+        if recipe.sandwich_norms:
+            delta = _norm(g, recipe, delta, names.in_layer(i, names.MLP_OUT_NORM), f"layers.{i}/mlp_out_norm")
     final, _ = _skip_norm(g, recipe, residual, delta, names.FINAL_NORM, "final_norm", keep_sum=False)
     d = recipe.dims
-    _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head", recipe.head)
-    g.nodes[-1].output[0] = "logits"
+    logits = _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head", recipe.head)
+    if recipe.final_softcap is None:
+        g.nodes[-1].output[0] = "logits"
+    else:
+        _softcap(g, recipe, logits, recipe.final_softcap)
     inputs, outputs = _io(recipe)
     graph = helper.make_graph(g.nodes, "decoder", inputs, outputs,
                               initializer=[*g.constants.values(), *initializers])

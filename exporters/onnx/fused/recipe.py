@@ -1,10 +1,14 @@
 """What the hand-written ONNX graph needs to know about one pruned model, decided before writing.
 
-The fused graph (exporters.onnx.fused) covers the decoder shape shared by Llama, Qwen2 and Qwen3:
-RMSNorm, SiLU-gated MLP without biases, grouped-query attention with optional q/k/v biases
-(Qwen2) or per-head q/k RMSNorm (Qwen3), full causal attention (no sliding window). `recipe_for`
-returns None for anything else, and the exporter falls back to the traced graph, so a family is
-moved onto the fused path by widening this check and the graph, nothing more. The recipe also
+The fused graph (exporters.onnx.fused) covers the decoder shape shared by Llama, Qwen2, Qwen3 and
+Gemma 1-3: RMSNorm (Gemma's 1 + w folded into the stored weight), a gated MLP without biases
+(SiLU, or Gemma's tanh GELU), grouped-query attention with optional q/k/v biases (Qwen2) or
+per-head q/k RMSNorm (Qwen3, Gemma 3), and Gemma's extras as data: the embedding scale, the
+sandwich norms around attention and MLP (Gemma 2/3), the attention scale and soft-cap, the
+final logit soft-cap, a sliding window per layer and a rotary table per layer type (Gemma 3's
+local and global bases). `recipe_for` returns None for anything else, and the exporter falls back
+to the traced graph, so a family is moved onto the fused path by widening this check and the
+graph, nothing more. The recipe also
 fixes the weight precision: float initializers (fp32/fp16) or onnxruntime's `MatMulNBits`
 (4 or 8 bits; 4-bit blocks symmetric or, asked for, asymmetric with zero points; `accuracy_level`
 4 by default lets the CPU kernel use int8 activations, the setting onnxruntime-genai's builder
@@ -18,10 +22,13 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from converter.arch.rotary_layers import rotary_layers
+from converter.arch.families import Family
 from converter.arch.spec import ModelDims
 from converter.prune import PrunedCheckpoint
 
-FUSED_FAMILIES = ("llama", "qwen2", "qwen3")
+FUSED_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+DEFAULT_ROPE = "default"
 DEFAULT_ACCURACY_LEVEL = 4
 DEFAULT_CONTEXT = 4096
 # Biases the fused graph has no place for (Llama's attention_bias also biases o_proj; mlp_bias).
@@ -60,6 +67,25 @@ class FusedRecipe:
     context: int
     precision: Precision
     head: Precision  # the LM head's (and a tied embedding's) storage; `precision` unless --int4-lm-head says otherwise
+    activation: str = "silu"  # or "gelu_tanh" (Gemma)
+    norm_offset: float = 0.0  # stored norm weights are offset + w (Gemma's 1 + w)
+    embed_scale: float | None = None  # the embedding output times this (Gemma: sqrt(hidden))
+    sandwich_norms: bool = False  # Gemma 2/3: attention and MLP outputs are normed before the residual add
+    attn_scale: float | None = None  # None: head_dim ** -0.5
+    attn_softcap: float = 0.0  # GroupQueryAttention's softcap; 0 is none
+    final_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+    windows: tuple[int, ...] = ()  # per layer: the sliding window in tokens, 0 for full attention; () all full
+    ropes: tuple[str, ...] = ()  # per layer: the rotary table's layer type; () all DEFAULT_ROPE
+
+    def window(self, layer: int) -> int:
+        return self.windows[layer] if self.windows else 0
+
+    def rope(self, layer: int) -> str:
+        return self.ropes[layer] if self.ropes else DEFAULT_ROPE
+
+    @property
+    def rope_tables(self) -> list[str]:
+        return sorted(set(self.ropes)) if self.ropes else [DEFAULT_ROPE]
 
     @property
     def q_dim(self) -> int:
@@ -70,12 +96,20 @@ class FusedRecipe:
         return self.dims.kv_heads * self.dims.head_dim
 
 
-def _sliding(config: dict) -> bool:
+def _layer_windows(config: dict, family: Family, layers: int) -> tuple[int, ...] | None:
+    """Per layer, the sliding window (0: full attention); None when a window applies that the recipe
+    cannot place (Mistral's config-wide window reaches every layer the same way, but is left to the traced graph)."""
+    window = config.get("sliding_window")
     if config.get("use_sliding_window") is False:
-        return False
-    if any(t == "sliding_attention" for t in config.get("layer_types") or ()):
-        return True
-    return config.get("sliding_window") is not None and config.get("use_sliding_window", True) is not False
+        return ()
+    if family.sliding_window == "config":
+        return None if window is not None and config.get("use_sliding_window", True) is not False else ()
+    pattern = family.sliding_window_pattern
+    types = config.get("layer_types") or [
+        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
+    if window is None or "sliding_attention" not in types[:layers]:
+        return ()
+    return tuple(int(window) if t == "sliding_attention" else 0 for t in types[:layers])
 
 
 def _precisions(outtype: str, block_size: int, accuracy_level: int, symmetric: bool,
@@ -95,19 +129,24 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
     head's type (int4/int8/fp16/fp32), is for int4 weights only; the exporter's check refuses it otherwise."""
     spec = pruned.spec
     config = dict(spec.config)
+    family = spec.family_record
     if spec.family not in FUSED_FAMILIES:
         return None
-    if config.get("hidden_act", "silu") != "silu" or _sliding(config):
+    activation = ACTIVATIONS.get(config.get("hidden_activation") or config.get("hidden_act") or "silu")
+    windows = _layer_windows(config, family, spec.dims.layers)
+    if activation is None or windows is None:
         return None
     if config.get("partial_rotary_factor", 1.0) != 1.0:
         return None
     # GroupQueryAttention here rotates every layer; no-RoPE layers (SmolLM3) need the traced graph.
-    if not all(rotary_layers(config, spec.family_record, spec.dims.layers, pruned.source.folder / "config.json")):
+    if not all(rotary_layers(config, family, spec.dims.layers, pruned.source.folder / "config.json")):
         return None
     names = {p.name for p in pruned.planned()}
     if any(name.endswith(UNSUPPORTED_BIASES) for name in names):
         return None
     weights, head = _precisions(outtype, block_size, accuracy_level, symmetric, lm_head)
+    scale = family.attention_scale
+    types = config.get("layer_types") or []
     return FusedRecipe(
         model_type=spec.model_type,
         dims=pruned.dims,
@@ -118,4 +157,15 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
         context=int(config.get("max_position_embeddings") or DEFAULT_CONTEXT),
         precision=weights,
         head=head,
+        activation=activation,
+        norm_offset=family.norm_offset,
+        embed_scale=float(spec.dims.hidden) ** 0.5 if family.embed_scale_sqrt_hidden else None,
+        sandwich_norms="model.layers.0.pre_feedforward_layernorm.weight" in names,
+        attn_scale=float(config.get(scale.key) or scale.default) ** -0.5 if scale is not None else None,
+        attn_softcap=float(config.get("attn_logit_softcapping") or 0.0)
+        if "attn_logit_softcapping" in family.softcapping else 0.0,
+        final_softcap=float(config["final_logit_softcapping"])
+        if "final_logit_softcapping" in family.softcapping and config.get("final_logit_softcapping") else None,
+        windows=windows,
+        ropes=tuple(types[: spec.dims.layers]) if family.rope_per_layer_type else (),
     )

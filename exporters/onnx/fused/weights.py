@@ -40,11 +40,14 @@ class Job:
     table: np.ndarray | None = None
 
 
-def jobs(recipe: FusedRecipe, cos: np.ndarray, sin: np.ndarray) -> list[Job]:
-    """Every initializer the graph reads, in the order the graph reads them."""
+def jobs(recipe: FusedRecipe, tables: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[Job]:
+    """Every initializer the graph reads, in the order the graph reads them; `tables` holds the
+    (cos, sin) caches of every rotary table by layer type."""
     embed = "model.embed_tokens.weight"
     out = [] if recipe.tied else [Job("embed", names.EMBED, (embed,))]
-    out += [Job("table", names.COS, (), table=cos), Job("table", names.SIN, (), table=sin)]
+    for rope, (cos, sin) in tables.items():
+        out += [Job("table", names.rotary(names.COS, rope), (), table=cos),
+                Job("table", names.rotary(names.SIN, rope), (), table=sin)]
     for i in range(recipe.dims.layers):
         src = f"model.layers.{i}."
         proj = [src + f"self_attn.{p}_proj" for p in "qkv"]
@@ -55,10 +58,16 @@ def jobs(recipe: FusedRecipe, cos: np.ndarray, sin: np.ndarray) -> list[Job]:
             out.append(Job("norm", names.in_layer(i, names.Q_NORM), (src + "self_attn.q_norm.weight",)))
             out.append(Job("norm", names.in_layer(i, names.K_NORM), (src + "self_attn.k_norm.weight",)))
         out.append(Job("linear", names.in_layer(i, names.O_PROJ), (src + "self_attn.o_proj.weight",)))
-        out.append(Job("norm", names.in_layer(i, names.POST_NORM), (src + "post_attention_layernorm.weight",)))
+        if recipe.sandwich_norms:
+            out.append(Job("norm", names.in_layer(i, names.ATTN_OUT_NORM), (src + "post_attention_layernorm.weight",)))
+            out.append(Job("norm", names.in_layer(i, names.POST_NORM), (src + "pre_feedforward_layernorm.weight",)))
+        else:
+            out.append(Job("norm", names.in_layer(i, names.POST_NORM), (src + "post_attention_layernorm.weight",)))
         out.append(Job("linear", names.in_layer(i, names.GATE_UP),
                        (src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight")))
         out.append(Job("linear", names.in_layer(i, names.DOWN), (src + "mlp.down_proj.weight",)))
+        if recipe.sandwich_norms:
+            out.append(Job("norm", names.in_layer(i, names.MLP_OUT_NORM), (src + "post_feedforward_layernorm.weight",)))
     out.append(Job("norm", names.FINAL_NORM, ("model.norm.weight",)))
     out.append(Job("linear", names.LM_HEAD, (embed if recipe.tied else "lm_head.weight",)))
     return out
@@ -93,8 +102,8 @@ class _Reader:
         onnx_type, np_type = _float_type(precision)
         if job.table is not None:
             return [(job.base, onnx_type, job.table.astype(np_type))]
-        if job.kind == "norm":
-            return [(job.base, onnx_type, self.rows(job.sources).astype(np_type))]
+        if job.kind == "norm":  # Gemma's (1 + w) folded in, in fp32 as transformers computes it
+            return [(job.base, onnx_type, (self.rows(job.sources) + self.recipe.norm_offset).astype(np_type))]
         weight = self.rows(job.sources)
         out: list[Array] = []
         if precision.bits is None:
