@@ -11,7 +11,7 @@ and the pruned/dense answer bits per byte. Ends with a markdown table and, with 
 frontier (domain cost against answer bits-per-byte ratio, one line per budget and refit).
 
     python -m tools.eval_frontier [--model smollm2|gemma|DIR] [--ratios 0.2 0.35] [--weights 0 0.3 0.5]
-        [--refit] [--scores-dir D] [--markdown OUT.md] [--plot OUT.png] [--json OUT.json]
+        [--refit [--refit-only]] [--scores-dir D] [--markdown OUT.md] [--plot OUT.png] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.35])
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.15, DEFAULT_GENERAL_WEIGHT, 0.5, 0.7])
     p.add_argument("--refit", action="store_true", help="also plan every point with the down_proj refit")
+    p.add_argument("--refit-only", action="store_true", help="with --refit: the refit rows alone")
     p.add_argument("--scores-dir", type=Path, help="cache the scores file here and reuse it")
     p.add_argument("--markdown", type=Path)
     p.add_argument("--plot", type=Path)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         dense = hf_bits_per_byte(folder, texts, args.seq_len)
         print(f"model {folder}; domain eval {text_bytes(texts):,} bytes, dense {dense:.4f} bits/byte", flush=True)
         for ratio in args.ratios:
-            for refit in (False, True) if args.refit else (False,):
+            for refit in ((True,) if args.refit_only else (False, True)) if args.refit else (False,):
                 for weight in args.weights:
                     budget = replace(Budget(target_ratio=ratio, device="cpu", eval_seq_len=args.seq_len),
                                      general_weight=weight, refit=refit)
