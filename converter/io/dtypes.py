@@ -25,9 +25,10 @@ TORCH_DTYPE_NAMES: dict[str, str] = {
 }
 
 
-def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Reinterpret raw little-endian bytes as a torch tensor (copies, so the result is writable)."""
+def raw_to_torch(data: np.ndarray, dtype: str, shape: tuple[int, ...], copy: bool = True) -> torch.Tensor:
+    """Reinterpret raw little-endian bytes as a torch tensor. Copies, so the result is writable, unless
+    `copy` is False: then a fresh, writable array the caller owns (PrunedCheckpoint.read's) is viewed in place."""
     import torch
 
-    flat = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(-1))
+    flat = torch.from_numpy(np.array(data, dtype=np.uint8, copy=copy or None).reshape(-1))
     return flat.view(getattr(torch, TORCH_DTYPE_NAMES[dtype])).reshape(shape)

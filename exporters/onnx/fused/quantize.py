@@ -14,10 +14,20 @@ the float temporaries stay a small multiple of one chunk, not of the tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 ROW_CHUNK = 4096
+
+
+class Rows(Protocol):
+    """A matrix that hands out row slices as arrays (an ndarray, or rows converted as they are asked for)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.n
     return codes, scales.astype(np.float32)
 
 
-def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: bool = True) -> BlockQuantized:
+def quantize_blocks(weight: np.ndarray | Rows, bits: int, block_size: int, symmetric: bool = True) -> BlockQuantized:
     """Quantize float W [N, K]; `bits` is 4 or 8, `block_size` a power of two of at least 16."""
     if bits not in (4, 8):
         raise ValueError(f"MatMulNBits weights of {bits} bits are not written; use 4 or 8")

@@ -7,7 +7,9 @@ PrunedCheckpoint (only kept rows and channels), converted to the graph's float t
 layout, or quantized into MatMulNBits blocks (exporters.onnx.fused.quantize); the LM head follows
 the recipe's head precision, which --int4-lm-head may set apart from the other weights. The next job is
 read and converted in a worker thread while the current one is written (converter.readahead), so
-at most two jobs' tensors are in memory: one layer's q/k/v at worst, never the model.
+at most two jobs' tensors are in memory, never the model; a job's matrix stays in its checkpoint
+dtype and is converted to float32 a chunk of rows at a time (Float32Rows), so even the largest
+(a tied 150k-row embedding) costs its bf16 bytes plus its output, not an fp32 copy besides.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
 from exporters.onnx.external import ExternalData
 from exporters.onnx.fused import names
-from exporters.onnx.fused.quantize import quantize_blocks
+from exporters.onnx.fused.quantize import ROW_CHUNK, quantize_blocks
 from exporters.onnx.fused.recipe import FusedRecipe, Precision
 
 Array = tuple[str, int, np.ndarray]  # initializer name, ONNX data type, value
@@ -78,6 +80,30 @@ def _float_type(precision: Precision) -> tuple[int, type]:
         else (TensorProto.FLOAT, np.float32)
 
 
+class Float32Rows:
+    """A checkpoint matrix kept in its own dtype (bf16: half of fp32), handed out as float32 row chunks,
+    so converting or quantizing the largest tensor (a 150k-row embedding) never holds its fp32 copy."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.shape: tuple[int, ...] = tuple(tensor.shape)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.tensor[rows].to(torch.float32).numpy()
+
+    def converted(self, np_type: type, transpose: bool) -> np.ndarray:
+        """The whole matrix as np_type, [N, K] or transposed to the MatMul layout [K, N], filled chunk by chunk."""
+        n, k = self.shape
+        out: np.ndarray = np.empty((k, n) if transpose else (n, k), dtype=np_type)
+        for start in range(0, n, ROW_CHUNK):
+            chunk = self[start:start + ROW_CHUNK]
+            if transpose:
+                out[:, start:start + ROW_CHUNK] = chunk.T
+            else:
+                out[start:start + ROW_CHUNK] = chunk
+        return out
+
+
 class _Reader:
     """Loads and converts one job's tensors; runs in the read-ahead thread."""
 
@@ -86,16 +112,20 @@ class _Reader:
         self.recipe = recipe
         self.planned: dict[str, PlannedTensor] = {p.name: p for p in pruned.planned()}
 
-    def tensor(self, name: str) -> np.ndarray:
+    def tensor(self, name: str) -> torch.Tensor:
+        """One checkpoint tensor in its own dtype."""
         planned = self.planned.get(name)
         if planned is None:
             raise RuntimeError(f"the checkpoint has no {name}, which the fused ONNX graph needs")
-        data = raw_to_torch(self.pruned.read(planned), planned.dtype, planned.shape)
-        return data.to(torch.float32).numpy()
+        return raw_to_torch(self.pruned.read(planned), planned.dtype, planned.shape, copy=False)
 
-    def rows(self, sources: tuple[str, ...]) -> np.ndarray:
+    def rows(self, sources: tuple[str, ...]) -> Float32Rows:
         parts = [self.tensor(name) for name in sources]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return Float32Rows(parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))
+
+    def small(self, sources: tuple[str, ...]) -> np.ndarray:
+        """Norm weights and biases: vectors, converted whole."""
+        return np.concatenate([self.tensor(name).to(torch.float32).numpy() for name in sources])
 
     def __call__(self, job: Job) -> list[Array]:
         precision = self.recipe.head if job.base == names.LM_HEAD else self.recipe.precision
@@ -103,12 +133,11 @@ class _Reader:
         if job.table is not None:
             return [(job.base, onnx_type, job.table.astype(np_type))]
         if job.kind == "norm":  # Gemma's (1 + w) folded in, in fp32 as transformers computes it
-            return [(job.base, onnx_type, (self.rows(job.sources) + self.recipe.norm_offset).astype(np_type))]
+            return [(job.base, onnx_type, (self.small(job.sources) + self.recipe.norm_offset).astype(np_type))]
         weight = self.rows(job.sources)
         out: list[Array] = []
         if precision.bits is None:
-            value = weight if job.kind == "embed" else weight.T
-            out.append((names.weight(job.base, None), onnx_type, np.ascontiguousarray(value, dtype=np_type)))
+            out.append((names.weight(job.base, None), onnx_type, weight.converted(np_type, job.kind != "embed")))
         else:
             quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric)
             del weight
@@ -120,7 +149,7 @@ class _Reader:
             if quantized.zero_points is not None:
                 out.append((names.zero_points(job.base), TensorProto.UINT8, quantized.zero_points))
         if job.biases:
-            out.append((names.bias(job.base), onnx_type, self.rows(job.biases).astype(np_type)))
+            out.append((names.bias(job.base), onnx_type, self.small(job.biases).astype(np_type)))
         return out
 
 
