@@ -16,6 +16,13 @@ DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 # MatMulNBits' accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations (onnxruntime-genai's CPU choice).
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 LM_HEAD_TYPES = ("int4", "int8", "fp16", "fp32")
+# onnxruntime execution providers an ONNX export is written for (onnxruntime-genai's builder's `-e`).
+EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
+
+
+def default_accuracy_level(ep: str) -> int:
+    """The builder's default: int8 activations (4) where the 4-bit kernel has them (cpu, webgpu), else unset (0)."""
+    return 4 if ep in ("cpu", "webgpu") else 0
 
 
 def parse_size(text: str) -> int:
@@ -52,13 +59,18 @@ class ExportOptions:
     pre_tokenizer: str | None = flag(None, Flag(
         "GGUF pre-tokenizer name, overriding the one derived from the source tokenizer", name="pre"))
     int4_block_size: int = flag(32, Flag("block size of ONNX int4 weights (default 32)"))
-    int4_accuracy_level: int = flag(4, Flag(
+    ep: str = flag("cpu", Flag(
+        "onnxruntime execution provider the ONNX model is written for: cpu (default), cuda, dml or webgpu. As "
+        "onnxruntime-genai's builder does, int4, int8 and fp16 models on a GPU provider compute in fp16 (fused "
+        "graph), genai_config.json selects the provider, and the accuracy level defaults to 0 on cuda and dml",
+        choices=EXECUTION_PROVIDERS))
+    int4_accuracy_level: int | None = flag(None, Flag(
         "accuracy_level of every ONNX MatMulNBits node (int4, int8): 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 "
-        "activations (default 4, what onnxruntime-genai's builder uses on CPU)", parse=parse_accuracy_level,
-        metavar="{0,1,2,3,4}"))
+        "activations (default 4 on cpu and webgpu, 0 on cuda and dml: onnxruntime-genai's builder's choices)",
+        parse=parse_accuracy_level, metavar="{0,1,2,3,4}"))
     int4_symmetric: bool | None = flag(None, Flag(
         "ONNX int4 blocks symmetric, or with --no-int4-symmetric uint4 codes with a zero point per block; default: "
-        "symmetric on the fused graph (Llama, Qwen2, Qwen3), asymmetric on the traced graph"))
+        "symmetric on the fused graph (Llama, Qwen2, Qwen3, Gemma), asymmetric on the traced graph"))
     int4_lm_head: str | None = flag(None, Flag(
         "the ONNX LM head's type under --outtype int4: int4 (default), int8 (MatMulNBits 8 bits), fp16 or fp32 "
         "(a plain MatMul)", choices=LM_HEAD_TYPES))
@@ -70,9 +82,17 @@ class ExportOptions:
     # the GGUF exporter writes llama.cpp's imatrix.gguf from them, and its K-quants are weighted by it.
     importance: MatmulSums | None = internal(None)
 
+    @property
+    def accuracy_level(self) -> int:
+        """--int4-accuracy-level, or the execution provider's default."""
+        level = self.int4_accuracy_level
+        return default_accuracy_level(self.ep) if level is None else level
+
     def __post_init__(self) -> None:
         check_minimums(self)
-        if self.int4_accuracy_level not in ACCURACY_LEVELS:
+        if self.ep not in EXECUTION_PROVIDERS:
+            raise ConvertError(f"--ep must be one of {', '.join(EXECUTION_PROVIDERS)}, got {self.ep!r}")
+        if self.int4_accuracy_level is not None and self.int4_accuracy_level not in ACCURACY_LEVELS:
             raise ConvertError(f"--int4-accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
                                f"got {self.int4_accuracy_level}")
         if self.int4_lm_head is not None and self.int4_lm_head not in LM_HEAD_TYPES:

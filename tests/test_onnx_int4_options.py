@@ -214,15 +214,19 @@ def test_lm_head_needs_int4_and_levels_are_checked(tmp_path: Path) -> None:
 
 
 def test_flags_fill_the_options() -> None:
-    """The one-shot command's parser (flags generated from ExportOptions) sets the three fields."""
+    """The one-shot command's parser (flags generated from ExportOptions) sets the four fields; the accuracy
+    level's default follows --ep."""
     from converter.commands import convert
     from converter.commands.flags import options_from
 
     parser = convert.build_parser()
-    given = ["in", "out", "--int4-accuracy-level", "1", "--no-int4-symmetric", "--int4-lm-head", "int8"]
+    given = ["in", "out", "--int4-accuracy-level", "1", "--no-int4-symmetric", "--int4-lm-head", "int8", "--ep", "cuda"]
     options = options_from(parser.parse_args(given), ExportOptions)
-    assert (options.int4_accuracy_level, options.int4_symmetric, options.int4_lm_head) == (1, False, "int8")
+    got = (options.accuracy_level, options.int4_symmetric, options.int4_lm_head, options.ep)
+    assert got == (1, False, "int8", "cuda")
     defaults = options_from(parser.parse_args(["in", "out"]), ExportOptions)
-    assert (defaults.int4_accuracy_level, defaults.int4_symmetric, defaults.int4_lm_head) == (4, None, None)
+    got = (defaults.accuracy_level, defaults.int4_symmetric, defaults.int4_lm_head, defaults.ep)
+    assert got == (4, None, None, "cpu")
+    assert options_from(parser.parse_args(["in", "out", "--ep", "dml"]), ExportOptions).accuracy_level == 0
     with pytest.raises(SystemExit):
         parser.parse_args(["in", "out", "--int4-accuracy-level", "5"])

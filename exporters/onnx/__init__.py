@@ -67,8 +67,8 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
 
 
 def _recipe(pruned: PrunedCheckpoint, outtype: str, options: ExportOptions) -> FusedRecipe | None:
-    return recipe_for(pruned, outtype, options.int4_block_size, options.int4_accuracy_level,
-                      options.int4_symmetric is not False, options.int4_lm_head)
+    return recipe_for(pruned, outtype, options.int4_block_size, options.accuracy_level,
+                      options.int4_symmetric is not False, options.int4_lm_head, options.ep)
 
 
 def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,
@@ -91,14 +91,14 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
         gc.collect()
         bar.update()
         bar.set_postfix_str(f"convert to {outtype}")
-        convert(graph, outtype, options.int4_block_size, DATA_NAME, options.int4_accuracy_level,
+        convert(graph, outtype, options.int4_block_size, DATA_NAME, options.accuracy_level,
                 options.int4_symmetric is True)
         bar.update()
         bar.set_postfix_str("tokenizer and configs")
         written = [graph, out_dir / DATA_NAME]
         written += write_companions(pruned, tokenizer, out_dir, write_config=False)
         written.append(write_text_config(pruned, out_dir))
-        written.append(write_genai_config(pruned, out_dir, MODEL_NAME))
+        written.append(write_genai_config(pruned, out_dir, MODEL_NAME, options.ep))
         bar.update()
     return written
 
@@ -108,5 +108,5 @@ def _export_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, tokenizer: Toke
     """The hand-written graph (exporters.onnx.fused) with its tokenizer and configs."""
     written = write_fused(pruned, recipe, out_dir, MODEL_NAME, DATA_NAME, options.progress)
     written += write_companions(pruned, tokenizer, out_dir)
-    written.append(write_fused_genai_config(pruned, out_dir, MODEL_NAME))
+    written.append(write_fused_genai_config(pruned, out_dir, MODEL_NAME, options.ep))
     return written

@@ -5,7 +5,8 @@ graph's input/output names, head and layer counts; search defaults). Special tok
 from the configs already written beside the graph, so they are the remapped, pruned ids. The
 graph concatenates past and new key/values, so `past_present_share_buffer` is false, and it
 applies sliding windows through its own masks, so no `sliding_window` block is written: the
-runtime keeps the whole cache and the graph picks the window from it.
+runtime keeps the whole cache and the graph picks the window from it. A GPU execution provider
+(--ep) is named in the decoder's `provider_options` with the options the builder writes for it.
 """
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ GENAI_NAME = "genai_config.json"
 # generation_config.json keys onnxruntime-genai's search reads, with transformers' defaults.
 SEARCH_KEYS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0}
 DEFAULT_CONTEXT = 4096
+# provider_options entries onnxruntime-genai's builder writes per execution provider (its defaults; cpu: none).
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {
+    "cuda": {"enable_cuda_graph": "0"},
+    "dml": {"enable_graph_capture": "1"},
+    "webgpu": {"enableGraphCapture": "0", "validationMode": "basic"},
+}
 
 
 def _first(value: Any) -> Any:
@@ -26,7 +33,7 @@ def _first(value: Any) -> Any:
 
 
 def genai_config(pruned: PrunedCheckpoint, config: dict[str, Any], generation: dict[str, Any],
-                 graph_name: str) -> dict[str, Any]:
+                 graph_name: str, ep: str = "cpu") -> dict[str, Any]:
     """The genai_config.json object; `config` and `generation` are the pruned model's (remapped ids)."""
     dims = pruned.dims
     context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
@@ -39,7 +46,8 @@ def genai_config(pruned: PrunedCheckpoint, config: dict[str, Any], generation: d
             "bos_token_id": bos,
             "context_length": context,
             "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": (
+                    [{ep: dict(PROVIDER_OPTIONS[ep])}] if ep in PROVIDER_OPTIONS else [])},
                 "filename": graph_name,
                 "head_size": dims.head_dim,
                 "hidden_size": dims.hidden,
@@ -79,8 +87,8 @@ def genai_config(pruned: PrunedCheckpoint, config: dict[str, Any], generation: d
     }
 
 
-def write_genai_config(pruned: PrunedCheckpoint, out_dir: Path, graph_name: str) -> Path:
+def write_genai_config(pruned: PrunedCheckpoint, out_dir: Path, graph_name: str, ep: str = "cpu") -> Path:
     """Write genai_config.json from the (remapped) config.json and generation_config.json in out_dir."""
     config = read_json(out_dir / "config.json") or dict(pruned.new_config())
     generation = read_json(out_dir / "generation_config.json") or {}
-    return write_json(out_dir / GENAI_NAME, genai_config(pruned, config, generation, graph_name))
+    return write_json(out_dir / GENAI_NAME, genai_config(pruned, config, generation, graph_name, ep))

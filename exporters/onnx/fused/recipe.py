@@ -44,10 +44,13 @@ class Precision:
     block_size: int
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
     symmetric: bool = True
+    fp16_activations: bool = False  # quantized weights computing in fp16 (GPU providers, as the builder does)
 
     @property
     def float_type(self) -> int:
-        return TensorProto.FLOAT16 if self.outtype == "fp16" else TensorProto.FLOAT
+        """Float weights' type, or for quantized ones their scales' and the activations' type."""
+        fp16 = self.outtype == "fp16" or (self.bits is not None and self.fp16_activations)
+        return TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
 
     @property
     def quantized(self) -> bool:
@@ -113,18 +116,20 @@ def _layer_windows(config: dict, family: Family, layers: int) -> tuple[int, ...]
 
 
 def _precisions(outtype: str, block_size: int, accuracy_level: int, symmetric: bool,
-                lm_head: str | None) -> tuple[Precision, Precision]:
-    """(weights, LM head); symmetric applies to 4-bit blocks, an int8 head is symmetric like --outtype int8."""
+                lm_head: str | None, ep: str) -> tuple[Precision, Precision]:
+    """(weights, LM head); symmetric applies to 4-bit blocks, an int8 head is symmetric like --outtype int8.
+    On a GPU provider quantized weights compute in fp16, as the builder's int4 graphs for cuda/dml/webgpu do."""
     bits = {"int4": 4, "int8": 8}.get(outtype)
-    weights = Precision(outtype, bits, block_size, accuracy_level, symmetric or bits != 4)
+    fp16 = ep != "cpu"
+    weights = Precision(outtype, bits, block_size, accuracy_level, symmetric or bits != 4, fp16)
     if lm_head is None or lm_head == outtype:
         return weights, weights
     head_bits = {"int4": 4, "int8": 8}.get(lm_head)
-    return weights, Precision(lm_head, head_bits, block_size, accuracy_level, symmetric or head_bits != 4)
+    return weights, Precision(lm_head, head_bits, block_size, accuracy_level, symmetric or head_bits != 4, fp16)
 
 
 def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
-               symmetric: bool = True, lm_head: str | None = None) -> FusedRecipe | None:
+               symmetric: bool = True, lm_head: str | None = None, ep: str = "cpu") -> FusedRecipe | None:
     """The fused graph's recipe, or None when the model needs the traced graph instead. `lm_head`, the
     head's type (int4/int8/fp16/fp32), is for int4 weights only; the exporter's check refuses it otherwise."""
     spec = pruned.spec
@@ -144,7 +149,7 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
     names = {p.name for p in pruned.planned()}
     if any(name.endswith(UNSUPPORTED_BIASES) for name in names):
         return None
-    weights, head = _precisions(outtype, block_size, accuracy_level, symmetric, lm_head)
+    weights, head = _precisions(outtype, block_size, accuracy_level, symmetric, lm_head, ep)
     scale = family.attention_scale
     types = config.get("layer_types") or []
     return FusedRecipe(
