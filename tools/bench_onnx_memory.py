@@ -7,7 +7,7 @@ written and the one read ahead), not the model. This exports Qwen2.5-shaped chec
 bf16 weights (tools.synthetic_qwen: 0.5B, 1 GB; 1.5B, 3.1 GB) with an identity plan (every tensor
 at full size, the worst case) in each `--outtypes` and samples the export process's anonymous and
 file-backed memory (tools.bench_rewrite.MemorySampler). Beside each row: the largest job's arrays
-(the tied embedding/LM head: fp32 rows in, quantized blocks out) and the bare interpreter with
+(the tied embedding/LM head: bf16 rows in, quantized blocks or float matrix out) and the bare interpreter with
 the exporter's imports, the floor no export can go below. `--builder` adds onnxruntime-genai's
 builder on the same checkpoint (int4), which loads the whole model into torch first.
 
@@ -62,11 +62,12 @@ def identity_plan(src: Path, out: Path) -> Path:
 
 
 def largest_job_mib(src: Path, outtype: str) -> float:
-    """The tied embedding/LM head job: fp32 rows read, plus its output (quantized blocks or the float copy)."""
+    """The tied embedding/LM head job: its rows as read (bf16), plus its output (quantized blocks with
+    fp32 scales, or the float matrix)."""
     config = json.loads((src / "config.json").read_text())
     values = config["vocab_size"] * config["hidden_size"]
     out_bytes = {"int4": 0.5 + 4 / 32, "int8": 1 + 4 / 32, "fp16": 2, "fp32": 4}[outtype]
-    return values * (4 + out_bytes) / 2**20
+    return values * (2 + out_bytes) / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
