@@ -10,9 +10,12 @@ the median of `--runs` taken. On a shared machine the numbers are noisy; the int
 the comparison fair, not the absolute values. `--paired N` then also loads ours and the builder's
 graph of the same weights into one process and times them in N pairs ordered A B B A (neither
 graph always runs right after itself, which favours a repeat), the tighter ratio on a noisy machine.
+`--agreement` reports each int4 export's top-1 agreement with the same tool's fp32 export of the
+same weights, teacher-forced over held-out licence prose (the issue's "at least as high as the
+builder's at the same settings").
 
     python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
-        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--reuse]
+        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--agreement] [--reuse]
 """
 from __future__ import annotations
 
@@ -168,6 +171,42 @@ def speeds(results: dict[str, dict], runs: int) -> None:
         results[name]["decode"] = statistics.median(s["decode"] for s in got)
 
 
+def agreement_child(folders: list[str], tokens: int) -> None:
+    """Top-1 agreement of each (int4, fp32) pair of folders on held-out licence prose, teacher-forced in
+    one prefill of 4 x tokens/4 (prints {"int4 folder": share}); both graphs read the same token ids."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from tests.support.onnx_runner import OnnxDecoder, teacher_forced
+    from tools.eval_quality import split_domain
+
+    texts, _ = split_domain(24000)
+    out = {}
+    for int4, fp32 in zip(folders[0::2], folders[1::2]):
+        tokenizer = Tokenizer.from_file(str(Path(fp32) / "tokenizer.json"))
+        ids = [i for text in texts for i in tokenizer.encode(text).ids][:tokens]
+        batch = np.array(ids).reshape(4, -1)
+        mask = np.ones_like(batch)
+        want = teacher_forced(OnnxDecoder(Path(fp32)), batch, mask, batch.shape[1]).argmax(-1)
+        got = teacher_forced(OnnxDecoder(Path(int4)), batch, mask, batch.shape[1]).argmax(-1)
+        out[int4] = float((got == want).mean())
+    print(json.dumps(out))
+
+
+def agreement(results: dict[str, dict], tokens: int = 1024) -> str:
+    """int4 top-1 agreement with the same tool's fp32 export of the same weights; markdown lines."""
+    pairs = [(f"{tool} {kind} int4", f"{tool} {kind} fp32") for kind in ("dense", "pruned")
+             for tool in ("ours", "builder")]
+    folders = [results[name]["folder"] for pair in pairs for name in pair]
+    out = subprocess.run([sys.executable, "-m", "tools.bench_onnx_builder", "--agreement-child", str(tokens),
+                          *folders], check=True, capture_output=True, text=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    lines = [f"- {int4}: top-1 agreement with {fp32} {got[results[int4]['folder']]:.3f} over {tokens} tokens of "
+             "held-out licence prose" for int4, fp32 in pairs]
+    print("\n".join(lines), flush=True)
+    return "\n".join(lines)
+
+
 def table(results: dict[str, dict]) -> str:
     rows = ["| export | decode tok/s | prefill tok/s | size MiB | export s | export peak RSS MiB |",
             "|---|---:|---:|---:|---:|---:|"]
@@ -197,11 +236,17 @@ def main() -> None:
                         help="measure the exports recorded in WORK/results.json again instead of exporting")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
                         help="also time ours against the builder on the same weights in N A B B A pairs")
+    parser.add_argument("--agreement", action="store_true",
+                        help="also report each int4 export's top-1 agreement with its fp32 twin (needs both outtypes)")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
+    parser.add_argument("--agreement-child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--paired-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
         speed_child(args.speed_child)
+        return
+    if args.agreement_child:
+        agreement_child(args.agreement_child[1:], int(args.agreement_child[0]))
         return
     if args.paired_child:
         paired_child(args.paired_child[0], args.paired_child[1], int(args.paired_child[2]))
@@ -218,6 +263,8 @@ def main() -> None:
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
     if args.paired:
         report += "\n\n" + paired(results, args.paired)
+    if args.agreement:
+        report += "\n\n" + agreement(results)
     print(report)
 
 
