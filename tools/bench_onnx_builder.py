@@ -45,6 +45,33 @@ def _run_measured(cmd: list[str], log: Path) -> tuple[float, int]:
     return time.perf_counter() - start, usage.ru_maxrss * 1024
 
 
+def builder_child(argv: list[str]) -> None:
+    """Run onnxruntime-genai's builder with Gemma 3's transformers-5 config made readable to it.
+
+    The builder (0.18) reads Gemma 3's rope settings the transformers-4 way: `rope_parameters["rope_type"]`
+    and `rope_local_base_freq`, where transformers 5 keeps one rope dict per layer type; unpatched, it
+    stops with a KeyError on Gemma-3-270M. Both are filled in from the per-type dicts (same values), so
+    the builder writes the graph it would for the older config. Other models pass through unchanged."""
+    import runpy
+
+    import transformers
+
+    original = transformers.AutoConfig.from_pretrained
+
+    def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result  # (config, unused kwargs) when asked
+        rope = getattr(config, "rope_parameters", None) or {}
+        if config.model_type == "gemma3_text" and "sliding_attention" in rope and "rope_type" not in rope:
+            config.rope_parameters = {**rope["full_attention"], **rope}
+            config.rope_local_base_freq = rope["sliding_attention"]["rope_theta"]
+        return result
+
+    transformers.AutoConfig.from_pretrained = from_pretrained  # type: ignore[method-assign]
+    sys.argv = ["builder", *argv]
+    runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+
+
 def _identity_plan(src: Path, out: Path) -> Path:
     """A plan that keeps every token and channel (the dense export through our exporter)."""
     code = ("import sys; from pathlib import Path; from converter.arch import load_arch; "
@@ -62,9 +89,9 @@ def exports(src: Path, pruned: Path, work: Path, outtypes: list[str]) -> dict[st
     for outtype in outtypes:
         builder = "int4" if outtype == "int4" else "fp32"
         jobs = {
-            f"builder dense {outtype}": [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src),
-                                         "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
-            f"builder pruned {outtype}": [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+            f"builder dense {outtype}": [sys.executable, "-m", "tools.bench_onnx_builder", "--builder-child", "-i",
+                                         str(src), "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
+            f"builder pruned {outtype}": [sys.executable, "-m", "tools.bench_onnx_builder", "--builder-child", "-i",
                                           str(pruned), "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
             f"ours dense {outtype}": [sys.executable, "-m", "converter.cli", "export", str(src), "--format", "onnx",
                                       "--plan", str(dense_plan), "--outtype", outtype, "--no-progress",
@@ -239,11 +266,15 @@ def main() -> None:
     parser.add_argument("--agreement", action="store_true",
                         help="also report each int4 export's top-1 agreement with its fp32 twin (needs both outtypes)")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
+    parser.add_argument("--builder-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--agreement-child", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--paired-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.speed_child:
         speed_child(args.speed_child)
+        return
+    if args.builder_child:
+        builder_child(args.builder_child)
         return
     if args.agreement_child:
         agreement_child(args.agreement_child[1:], int(args.agreement_child[0]))
