@@ -261,7 +261,7 @@ def main() -> None:
                         help="our --format hf output of --src (with prune_plan.json)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-onnx-builder"))
     parser.add_argument("--outtypes", default="int4,fp32")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="fresh-process timing runs (0: none)")
     parser.add_argument("--reuse", action="store_true",
                         help="measure the exports recorded in WORK/results.json again instead of exporting")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
@@ -292,8 +292,10 @@ def main() -> None:
         results = {name: r for name, r in recorded.items() if name.rsplit(" ", 1)[1] in outtypes}
     else:
         results = exports(args.src, args.pruned, args.work, outtypes)
-    speeds(results, args.runs)
-    report = table(results)
+    report = ""
+    if args.runs:  # --runs 0: exports (and --paired/--agreement) without the fresh-process timings
+        speeds(results, args.runs)
+        report = table(results)
     (args.work / "results.json").write_text(json.dumps(results, indent=1))
     if args.paired:
         report += "\n\n" + paired(results, args.paired)
