@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from gguf import GGUFValueType, Keys, RopeScalingType
 
-from converter.arch.families import FAMILIES, Family
+from converter.arch.families import FAMILIES
 from converter.arch.gguf_names import GgufConventions
 from converter.arch.rotary_layers import describe, rotary_layers
+from converter.arch.sliding_layers import sliding_layers
 from converter.errors import ConvertError
 from converter.prune import PrunedCheckpoint
 from exporters.gguf.longrope import (
@@ -172,18 +173,6 @@ def rope_freqs(config: Mapping[str, Any], head_dim: int, where: Path) -> np.ndar
     return factors.astype(np.float32)
 
 
-def _layer_is_sliding(config: Mapping[str, Any], family: Family, layers: int, where: Path) -> list[bool]:
-    types = config.get("layer_types")
-    if types is not None:
-        if not isinstance(types, list) or len(types) != layers or not set(types) <= {"sliding_attention",
-                                                                                     "full_attention"}:
-            raise ConvertError(f"'layer_types' must list 'sliding_attention'/'full_attention' for each of the "
-                               f"{layers} layers", where)
-        return [t == "sliding_attention" for t in types]
-    pattern = int(config.get("sliding_window_pattern") or family.sliding_window_pattern)
-    return [(i + 1) % pattern != 0 for i in range(layers)]
-
-
 def _window_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint, where: Path) -> tuple[list[Kv], int]:
     """Sliding-window keys and the context length to declare."""
     config = pruned.spec.config
@@ -200,7 +189,7 @@ def _window_kvs(arch: str, llama_cpp: GgufConventions, pruned: PrunedCheckpoint,
             return [], context
         return [], min(context, int(_number(config, "sliding_window", where)))
     window = int(_number(config, "sliding_window", where))
-    pattern = _layer_is_sliding(config, pruned.spec.family_record, pruned.spec.dims.layers, where)
+    pattern = sliding_layers(config, pruned.spec.family_record, pruned.spec.dims.layers, where)
     return [u32(Keys.Attention.SLIDING_WINDOW.format(arch=arch), window),
             Kv(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), pattern, GGUFValueType.ARRAY,
                GGUFValueType.BOOL)], context

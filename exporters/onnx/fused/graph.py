@@ -163,7 +163,7 @@ def _attention(g: Nodes, recipe: FusedRecipe, wires: Wiring, x: str, i: int) -> 
     out = f"{p}/GroupQueryAttention"
     rope = recipe.rope(i)
     # local_window_size counts the keys in all, the query's own included, as transformers' window does.
-    window = recipe.window(i) if recipe.window(i) else -1
+    window = recipe.window(i) or -1
     scale = recipe.attn_scale if recipe.attn_scale is not None else float(d.head_dim) ** -0.5
     g.add("GroupQueryAttention",
           [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", wires.seqlens_k,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from converter.arch.rotary_layers import rotary_layers
+from converter.arch.sliding_layers import sliding_layers
 from converter.arch.families import Family
 from converter.arch.spec import ModelDims
 from converter.prune import PrunedCheckpoint
@@ -99,20 +100,17 @@ class FusedRecipe:
         return self.dims.kv_heads * self.dims.head_dim
 
 
-def _layer_windows(config: dict, family: Family, layers: int) -> tuple[int, ...] | None:
+def _layer_windows(config: dict, family: Family, sliding: list[bool]) -> tuple[int, ...] | None:
     """Per layer, the sliding window (0: full attention); None when a window applies that the recipe
     cannot place (Mistral's config-wide window reaches every layer the same way, but is left to the traced graph)."""
     window = config.get("sliding_window")
     if config.get("use_sliding_window") is False:
         return ()
     if family.sliding_window == "config":
-        return None if window is not None and config.get("use_sliding_window", True) is not False else ()
-    pattern = family.sliding_window_pattern
-    types = config.get("layer_types") or [
-        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
-    if window is None or "sliding_attention" not in types[:layers]:
+        return None if window is not None else ()
+    if window is None or not any(sliding):
         return ()
-    return tuple(int(window) if t == "sliding_attention" else 0 for t in types[:layers])
+    return tuple(int(window) if s else 0 for s in sliding)
 
 
 def _precisions(outtype: str, block_size: int, accuracy_level: int, symmetric: bool,
@@ -138,20 +136,21 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
     if spec.family not in FUSED_FAMILIES:
         return None
     activation = ACTIVATIONS.get(config.get("hidden_activation") or config.get("hidden_act") or "silu")
-    windows = _layer_windows(config, family, spec.dims.layers)
+    where = pruned.source.folder / "config.json"
+    sliding = sliding_layers(config, family, spec.dims.layers, where)
+    windows = _layer_windows(config, family, sliding)
     if activation is None or windows is None:
         return None
     if config.get("partial_rotary_factor", 1.0) != 1.0:
         return None
     # GroupQueryAttention here rotates every layer; no-RoPE layers (SmolLM3) need the traced graph.
-    if not all(rotary_layers(config, family, spec.dims.layers, pruned.source.folder / "config.json")):
+    if not all(rotary_layers(config, family, spec.dims.layers, where)):
         return None
     names = {p.name for p in pruned.planned()}
     if any(name.endswith(UNSUPPORTED_BIASES) for name in names):
         return None
     weights, head = _precisions(outtype, block_size, accuracy_level, symmetric, lm_head, ep)
     scale = family.attention_scale
-    types = config.get("layer_types") or []
     return FusedRecipe(
         model_type=spec.model_type,
         dims=pruned.dims,
@@ -172,5 +171,6 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
         final_softcap=float(config["final_logit_softcapping"])
         if "final_logit_softcapping" in family.softcapping and config.get("final_logit_softcapping") else None,
         windows=windows,
-        ropes=tuple(types[: spec.dims.layers]) if family.rope_per_layer_type else (),
+        ropes=tuple("sliding_attention" if s else "full_attention" for s in sliding)
+        if family.rope_per_layer_type else (),
     )
