@@ -75,7 +75,7 @@ def builder_child(argv: list[str]) -> None:
     runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
 
 
-def _identity_plan(src: Path, out: Path) -> Path:
+def identity_plan(src: Path, out: Path) -> Path:
     """A plan that keeps every token and channel (the dense export through our exporter)."""
     code = ("import sys; from pathlib import Path; from converter.arch import load_arch; "
             "from converter.plan import PrunePlan; "
@@ -87,7 +87,7 @@ def _identity_plan(src: Path, out: Path) -> Path:
 def exports(src: Path, pruned: Path, work: Path, outtypes: list[str]) -> dict[str, dict]:
     """Run the eight (or fewer) exports; name -> {folder, seconds, rss}."""
     plan = pruned / "prune_plan.json"
-    dense_plan = _identity_plan(src, work / "identity_plan.json")
+    dense_plan = identity_plan(src, work / "identity_plan.json")
     results: dict[str, dict] = {}
     for outtype in outtypes:
         builder = "int4" if outtype == "int4" else "fp32"
@@ -201,27 +201,13 @@ def speeds(results: dict[str, dict], runs: int) -> None:
         results[name]["decode"] = statistics.median(s["decode"] for s in got)
 
 
-def _decoder(folder: Path) -> Any:
-    """An onnxruntime session over either tool's graph; the builder names the cache's head axes
-    symbolically, so the empty past takes its sizes from genai_config.json."""
-    import numpy as np
-
-    from tests.support.onnx_runner import OnnxDecoder
-
-    decoder = OnnxDecoder(folder)
-    config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    shape = (config["num_key_value_heads"], 0, config["head_size"])
-    decoder.empty_past = lambda batch: {i.name: np.zeros((batch, *shape), dtype=decoder.float) for i in decoder.past}
-    return decoder
-
-
 def agreement_child(folders: list[str], tokens: int) -> None:
     """Top-1 agreement of each (int4, fp32) pair of folders on held-out licence prose, teacher-forced in
     one prefill of 4 x tokens/4 (prints {"int4 folder": share}); both graphs read the same token ids."""
     import numpy as np
     from tokenizers import Tokenizer
 
-    from tests.support.onnx_runner import teacher_forced
+    from tests.support.onnx_runner import OnnxDecoder, teacher_forced
     from tools.eval_quality import split_domain
 
     texts, _ = split_domain(24000)
@@ -231,8 +217,8 @@ def agreement_child(folders: list[str], tokens: int) -> None:
         ids = [i for text in texts for i in tokenizer.encode(text).ids][:tokens]
         batch = np.array(ids).reshape(4, -1)
         mask = np.ones_like(batch)
-        want = teacher_forced(_decoder(Path(fp32)), batch, mask, batch.shape[1]).argmax(-1)
-        got = teacher_forced(_decoder(Path(int4)), batch, mask, batch.shape[1]).argmax(-1)
+        want = teacher_forced(OnnxDecoder(Path(fp32)), batch, mask, batch.shape[1]).argmax(-1)
+        got = teacher_forced(OnnxDecoder(Path(int4)), batch, mask, batch.shape[1]).argmax(-1)
         out[int4] = float((got == want).mean())
     print(json.dumps(out))
 

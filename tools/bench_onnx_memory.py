@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from tools.bench_onnx_builder import identity_plan
 from tools.bench_rewrite import MemorySampler
 
 IMPORTS = ("import converter.cli, exporters.onnx, exporters.onnx.fused, onnx, torch, transformers; "
@@ -51,14 +52,6 @@ def checkpoint(work: Path, shape: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "tools.synthetic_qwen", str(folder), "--shape", shape], check=True)
     return folder
-
-
-def identity_plan(src: Path, out: Path) -> Path:
-    code = ("import sys; from pathlib import Path; from converter.arch import load_arch; "
-            "from converter.plan import PrunePlan; "
-            "PrunePlan.identity(load_arch(Path(sys.argv[1]))).save(Path(sys.argv[2]))")
-    subprocess.run([sys.executable, "-c", code, str(src), str(out)], check=True)
-    return out
 
 
 def largest_job_mib(src: Path, outtype: str) -> float:

@@ -8,6 +8,8 @@ model's full forward over the same tokens, without a cache, which is what every 
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +32,15 @@ class OnnxDecoder:
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.float = np.float16 if self.past[0].type == "tensor(float16)" else np.float32
+        heads, head_dim = self.past[0].shape[1], self.past[0].shape[3]
+        if not (isinstance(heads, int) and isinstance(head_dim, int)):  # onnxruntime-genai's builder names them
+            decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+            heads, head_dim = decoder["num_key_value_heads"], decoder["head_size"]
+        self.cache_dims: tuple[int, int] = (heads, head_dim)
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {i.name: np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=self.float) for i in self.past}
+        heads, head_dim = self.cache_dims
+        return {i.name: np.zeros((batch, heads, 0, head_dim), dtype=self.float) for i in self.past}
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
              past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
