@@ -10,6 +10,10 @@ the median of `--runs` taken. On a shared machine the numbers are noisy; the int
 the comparison fair, not the absolute values. `--paired N` then also loads ours and the builder's
 graph of the same weights into one process and times them in N pairs ordered A B B A (neither
 graph always runs right after itself, which favours a repeat), the tighter ratio on a noisy machine.
+Load order matters too: the same graph loaded twice into one process runs 3-5% slower decode and
+6-7% slower prefill as the first-loaded copy (Gemma-3-270M fp32), so half the pairs run in a process
+that loads ours first and half in one that loads the builder's first, and `--paired` first times
+the builder's dense graph against itself that way as the control (a fair split reads 1.00x).
 `--agreement` reports each int4 export's top-1 agreement with the same tool's fp32 export of the
 same weights, teacher-forced over held-out licence prose (the issue's "at least as high as the
 builder's at the same settings").
@@ -152,38 +156,54 @@ def speed_child(folder: str) -> None:
     print(json.dumps(_measure(og, og.Model(folder), _prompt(folder))))
 
 
-def paired_child(ours: str, builder: str, rounds: int) -> None:
-    """Both graphs in this process, timed A B B A: prints {"ours": {...}, "builder": {...}} of medians."""
+def paired_child(first: str, second: str, rounds: int) -> None:
+    """Both graphs loaded into this process in the order given, timed A B B A: prints
+    {"first": [samples], "second": [samples]}."""
     import onnxruntime_genai as og
 
-    models = {"ours": og.Model(ours), "builder": og.Model(builder)}
-    prompt = _prompt(ours)
-    samples: dict[str, list[dict[str, float]]] = {"ours": [], "builder": []}
+    models = {"first": og.Model(first), "second": og.Model(second)}
+    prompt = _prompt(first)
+    samples: dict[str, list[dict[str, float]]] = {"first": [], "second": []}
     for r in range(rounds):
-        for name in ("ours", "builder") if r % 2 == 0 else ("builder", "ours"):
+        for name in ("first", "second") if r % 2 == 0 else ("second", "first"):
             samples[name].append(_measure(og, models[name], prompt))
-    print(json.dumps({name: {key: statistics.median(s[key] for s in got) for key in ("prefill", "decode")}
-                      for name, got in samples.items()}))
+    print(json.dumps(samples))
+
+
+def paired_samples(ours: str, rival: str, rounds: int) -> dict[str, dict[str, float]]:
+    """Medians over `rounds` A B B A pairs, half in a process that loads ours first, half in one that
+    loads the rival first: {"ours": {"prefill", "decode"}, "rival": {...}}."""
+    samples: dict[str, list[dict[str, float]]] = {"ours": [], "rival": []}
+    for order in (("ours", "rival"), ("rival", "ours")):
+        folders = {"ours": ours, "rival": rival}
+        out = subprocess.run([sys.executable, "-m", "tools.bench_onnx_builder", "--paired-child",
+                              folders[order[0]], folders[order[1]], str(max(1, rounds // 2))],
+                             check=True, capture_output=True, text=True).stdout
+        got = json.loads(out.strip().splitlines()[-1])
+        samples[order[0]] += got["first"]
+        samples[order[1]] += got["second"]
+    return {name: {key: statistics.median(s[key] for s in got) for key in ("prefill", "decode")}
+            for name, got in samples.items()}
 
 
 def paired(results: dict[str, dict], rounds: int) -> str:
-    """Ours against the builder, one process per pair: on the same weights, and our pruned graph
-    against the builder's dense one (the model a user gets without us); markdown lines."""
-    pairs = []
-    for outtype in sorted({n.rsplit(" ", 1)[1] for n in results}, reverse=True):
+    """Ours against the builder, two processes per pair (one per load order): on the same weights, and
+    our pruned graph against the builder's dense one (the model a user gets without us), after the
+    control; markdown lines."""
+    outtypes = sorted({n.rsplit(" ", 1)[1] for n in results}, reverse=True)
+    pairs = [(f"builder dense {outtypes[0]}", f"builder dense {outtypes[0]}")]  # the control
+    for outtype in outtypes:
         pairs += [(f"ours {kind} {outtype}", f"builder {kind} {outtype}") for kind in ("dense", "pruned")]
         pairs.append((f"ours pruned {outtype}", f"builder dense {outtype}"))
     lines = []
     for name, rival in pairs:
-        out = subprocess.run([sys.executable, "-m", "tools.bench_onnx_builder", "--paired-child",
-                              results[name]["folder"], results[rival]["folder"], str(rounds)],
-                             check=True, capture_output=True, text=True).stdout
-        got = json.loads(out.strip().splitlines()[-1])
-        lines.append(f"- {name} vs {rival}, {rounds} A B B A pairs in one process: decode "
-                     f"{got['ours']['decode']:.1f} vs {got['builder']['decode']:.1f} tok/s "
-                     f"({got['ours']['decode'] / got['builder']['decode']:.2f}x), prefill "
-                     f"{got['ours']['prefill']:.1f} vs {got['builder']['prefill']:.1f} "
-                     f"({got['ours']['prefill'] / got['builder']['prefill']:.2f}x)")
+        got = paired_samples(results[name]["folder"], results[rival]["folder"], rounds)
+        ours, theirs = got["ours"], got["rival"]
+        lines.append(f"- {name} vs {rival}, {rounds} A B B A pairs, load order balanced: decode "
+                     f"{ours['decode']:.1f} vs {theirs['decode']:.1f} tok/s "
+                     f"({ours['decode'] / theirs['decode']:.2f}x), prefill "
+                     f"{ours['prefill']:.1f} vs {theirs['prefill']:.1f} "
+                     f"({ours['prefill'] / theirs['prefill']:.2f}x)")
         print(lines[-1], flush=True)
     return "\n".join(lines)
 
