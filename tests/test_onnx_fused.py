@@ -32,7 +32,7 @@ from converter.pipeline import export
 from converter.plan import PrunePlan
 from converter.prune import PrunedCheckpoint
 from converter.source import open_source
-from exporters.onnx.fused.quantize import dequantize_blocks, quantize_blocks
+from exporters.onnx.fused.quantize import BlockQuantized, dequantize_blocks, quantize_blocks
 from exporters.onnx.fused.recipe import recipe_for
 from exporters.options import ExportOptions
 from tests.support.onnx_runner import (
@@ -214,6 +214,26 @@ def test_block_quantizer_equals_onnxruntimes(cols: int, block: int) -> None:
     np.testing.assert_array_equal(dequantize_blocks(ours, 4, cols), theirs)  # padding codes differ: 0 vs 8
     error = np.abs(dequantize_blocks(ours, 4, cols) - weight).max(axis=1)
     assert (error <= np.abs(weight).max(axis=1) / 8 + 1e-6).all()
+
+
+@pytest.mark.parametrize("bits,gain", [(4, 0.95), (8, 0.96)])
+def test_searched_scales_lower_every_blocks_error(bits: int, gain: float) -> None:
+    """The exporter's symmetric blocks take the least-squares scale of several candidates: no block's
+    squared error above round-to-nearest's, the sum clearly below it on heavy-tailed weights."""
+    rng = np.random.default_rng(bits)
+    weight = (rng.standard_t(4, (64, 96)) * 0.02).astype(np.float32)
+    weight[0, :32] = 0  # an all-zero block stays exact
+    weight[1, 32:64] = -0.5  # so does a constant one
+
+    def block_errors(quantized: BlockQuantized) -> np.ndarray:
+        got = dequantize_blocks(quantized, bits, 96)
+        return ((got - weight) ** 2).reshape(64, 3, 32).sum(-1)
+
+    plain, searched = quantize_blocks(weight, bits, 32), quantize_blocks(weight, bits, 32, search=True)
+    assert (block_errors(searched) <= block_errors(plain) * (1 + 1e-5) + 1e-12).all()
+    assert block_errors(searched)[0, 0] == 0 and block_errors(searched)[1, 1] < 1e-12
+    assert block_errors(searched).sum() < gain * block_errors(plain).sum()
+    assert searched.packed.shape == plain.packed.shape and searched.scales.dtype == np.float32
 
 
 @pytest.mark.parametrize("family,overrides,fused_path", [

@@ -139,7 +139,8 @@ class _Reader:
         if precision.bits is None:
             out.append((names.weight(job.base, None), onnx_type, weight.converted(np_type, job.kind != "embed")))
         else:
-            quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric)
+            quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric,
+                                        search=precision.symmetric)
             del weight
             packed = quantized.packed
             if job.kind == "embed":
