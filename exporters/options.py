@@ -18,6 +18,7 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 LM_HEAD_TYPES = ("int4", "int8", "fp16", "fp32")
 # onnxruntime execution providers an ONNX export is written for (onnxruntime-genai's builder's `-e`).
 EXECUTION_PROVIDERS = ("cpu", "cuda", "dml", "webgpu")
+ONNX_LOGITS = ("all", "last")
 
 
 def default_accuracy_level(ep: str) -> int:
@@ -74,6 +75,11 @@ class ExportOptions:
     int4_lm_head: str | None = flag(None, Flag(
         "the ONNX LM head's type under --outtype int4: int4 (default), int8 (MatMulNBits 8 bits), fp16 or fp32 "
         "(a plain MatMul)", choices=LM_HEAD_TYPES))
+    onnx_logits: str = flag("all", Flag(
+        "logits the ONNX graph returns: all (every position, the default, as onnxruntime-genai's builder writes "
+        "it) or last (only the last position's, the builder's prune_lm_head: a prompt runs the LM head once, "
+        "not once a token; what onnxruntime-genai needs to generate; Llama, Qwen2/3 and Gemma graphs)",
+        choices=ONNX_LOGITS))
     progress: bool = internal(True)
     command_line: str = internal("")
     report_plots: bool = flag(True, Flag(
@@ -95,6 +101,8 @@ class ExportOptions:
         if self.int4_accuracy_level is not None and self.int4_accuracy_level not in ACCURACY_LEVELS:
             raise ConvertError(f"--int4-accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
                                f"got {self.int4_accuracy_level}")
+        if self.onnx_logits not in ONNX_LOGITS:
+            raise ConvertError(f"--onnx-logits must be one of {', '.join(ONNX_LOGITS)}, got {self.onnx_logits!r}")
         if self.int4_lm_head is not None and self.int4_lm_head not in LM_HEAD_TYPES:
             raise ConvertError(f"--int4-lm-head must be one of {', '.join(LM_HEAD_TYPES)}, got {self.int4_lm_head!r}")
 

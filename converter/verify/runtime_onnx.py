@@ -5,7 +5,8 @@ past_key_values.{i}.key/value and, for the traced graph only, explicit position_
 graph's GroupQueryAttention derives positions from the mask); it returns logits and
 present.{i}.key/value, the past and the new tokens' keys/values together.
 `logits` runs a prefill and then single cached steps for the last few tokens, so the KV cache
-path is checked too, not just one full-sequence pass.
+path is checked too, not just one full-sequence pass; a graph that returns the last position's
+logits only (--onnx-logits last) is stepped a token at a time instead.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class OnnxModel:
         self.name = "onnxruntime"
         shape = self.session.get_outputs()[0].shape
         self.vocab_size = int(shape[-1]) if isinstance(shape[-1], int) else -1
+        self.last_only = len(shape) == 3 and shape[1] == 1
 
     def _step(self, ids: Sequence[int], total: int, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         start = total - len(ids)
@@ -59,7 +61,7 @@ class OnnxModel:
     def logits(self, ids: Sequence[int], cached_steps: int = CACHED_STEPS) -> np.ndarray:
         """Logits for every position: a prefill, then `cached_steps` single tokens with the cache."""
         ids = list(ids)
-        steps = min(cached_steps, len(ids) - 1)
+        steps = len(ids) - 1 if self.last_only else min(cached_steps, len(ids) - 1)
         past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=self.float) for i in self.past}
         prefill = len(ids) - steps
         out, past = self._step(ids[:prefill], prefill, past)

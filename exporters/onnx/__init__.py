@@ -60,6 +60,9 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
     if head is not None and outtype != "int4":
         raise ConvertError(f"--int4-lm-head {head} sets the LM head under --outtype int4; this export's out type "
                            f"is {outtype}")
+    if options.onnx_logits == "last" and _recipe(pruned, outtype, options) is None:
+        raise ConvertError(f"--onnx-logits last is not available for {pruned.spec.family} (traced ONNX graph, "
+                           f"{pruned.source.folder / 'config.json'}); its graph returns every position's logits")
     if head not in (None, "int4") and _recipe(pruned, outtype, options) is None:
         raise ConvertError(f"--int4-lm-head {head} is not available for {pruned.spec.family} (traced ONNX graph, "
                            f"{pruned.source.folder / 'config.json'}); its LM head is int4 like the other weights")
@@ -68,7 +71,8 @@ def check(pruned: PrunedCheckpoint, options: ExportOptions) -> str:
 
 def _recipe(pruned: PrunedCheckpoint, outtype: str, options: ExportOptions) -> FusedRecipe | None:
     return recipe_for(pruned, outtype, options.int4_block_size, options.accuracy_level,
-                      options.int4_symmetric is not False, options.int4_lm_head, options.ep)
+                      options.int4_symmetric is not False, options.int4_lm_head, options.ep,
+                      options.onnx_logits == "last")
 
 
 def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir: Path,

@@ -202,6 +202,22 @@ def _norm(g: Nodes, recipe: FusedRecipe, x: str, weight: str, prefix: str) -> st
                  epsilon=recipe.eps, stash_type=1)[0]
 
 
+def _last_positions(g: Nodes, recipe: FusedRecipe, hidden: str) -> str:
+    """[B, S, H] -> [B, 1, H]: each row's last real token of this chunk (a right-padded batch's rows end
+    at their mask's count), so only those reach the LM head (--onnx-logits last)."""
+    p = "last_position"
+    g.add("Shape", ["input_ids"], [f"{p}/shape"], f"{p}/Shape")
+    g.add("Gather", [f"{p}/shape", g.int64([1], scalar=True)], [f"{p}/chunk"], f"{p}/Chunk", axis=0)
+    g.add("Sub", ["mask/total", f"{p}/chunk"], [f"{p}/past"], f"{p}/Past")
+    g.add("Sub", ["mask/last", f"{p}/past"], [f"{p}/index"], f"{p}/Index")  # int64 [B]
+    g.add("Sub", [f"{p}/chunk", g.int64([1], scalar=True)], [f"{p}/top"], f"{p}/Top")
+    g.add("Min", [f"{p}/index", f"{p}/top"], [f"{p}/below"], f"{p}/Min")
+    g.add("Max", [f"{p}/below", g.int64([0], scalar=True)], [f"{p}/clamped"], f"{p}/Max")
+    g.add("Reshape", [f"{p}/clamped", g.int64([-1, 1, 1])], [f"{p}/rows"], f"{p}/Reshape")
+    g.add("Expand", [f"{p}/rows", g.int64([1, 1, recipe.dims.hidden])], [f"{p}/picks"], f"{p}/Expand")
+    return g.add("GatherElements", [hidden, f"{p}/picks"], [f"{p}/hidden"], f"{p}/GatherElements", axis=1)[0]
+
+
 def _softcap(g: Nodes, recipe: FusedRecipe, logits: str, cap: float) -> str:
     """cap * tanh(logits / cap): Gemma 2's final logit soft-capping."""
     value = g.scalar(cap, recipe.precision.float_type)
@@ -215,7 +231,8 @@ def _io(recipe: FusedRecipe) -> tuple[list[onnx.ValueInfoProto], list[onnx.Value
     tokens, total = ["batch_size", "sequence_length"], ["batch_size", "total_sequence_length"]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, tokens),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, total)]
-    outputs = [helper.make_tensor_value_info("logits", float_type, [*tokens, d.vocab])]
+    positions = 1 if recipe.last_logits else "sequence_length"
+    outputs = [helper.make_tensor_value_info("logits", float_type, ["batch_size", positions, d.vocab])]
     for i in range(d.layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", float_type,
@@ -246,6 +263,8 @@ def build_graph(recipe: FusedRecipe, initializers: list[TensorProto], producer: 
         if recipe.sandwich_norms:
             delta = _norm(g, recipe, delta, names.in_layer(i, names.MLP_OUT_NORM), f"layers.{i}/mlp_out_norm")
     final, _ = _skip_norm(g, recipe, residual, delta, names.FINAL_NORM, "final_norm", keep_sum=False)
+    if recipe.last_logits:
+        final = _last_positions(g, recipe, final)
     d = recipe.dims
     logits = _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head", recipe.head)
     if recipe.final_softcap is None:

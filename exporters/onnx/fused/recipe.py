@@ -8,12 +8,12 @@ sandwich norms around attention and MLP (Gemma 2/3), the attention scale and sof
 final logit soft-cap, a sliding window per layer and a rotary table per layer type (Gemma 3's
 local and global bases). `recipe_for` returns None for anything else, and the exporter falls back
 to the traced graph, so a family is moved onto the fused path by widening this check and the
-graph, nothing more. The recipe also
-fixes the weight precision: float initializers (fp32/fp16) or onnxruntime's `MatMulNBits`
-(4 or 8 bits; 4-bit blocks symmetric or, asked for, asymmetric with zero points; `accuracy_level`
-4 by default lets the CPU kernel use int8 activations, the setting onnxruntime-genai's builder
-picks for CPU), and the LM head's own precision, which under int4 may be 8-bit blocks or a float
-MatMul (fp16 or fp32 weights) instead; a tied embedding reads the head's storage either way.
+graph, nothing more. The recipe also fixes the weight precision: float initializers (fp32/fp16)
+or onnxruntime's `MatMulNBits` (4 or 8 bits; blocks symmetric with least-squares scales or, for
+4 bits asked for, asymmetric with zero points; `accuracy_level` 4 by default lets the CPU kernel
+use int8 activations, the setting onnxruntime-genai's builder picks for CPU), and the LM head's
+own precision, which under int4 may be 8-bit blocks or a float MatMul (fp16 or fp32 weights)
+instead; a tied embedding reads the head's storage either way.
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ class FusedRecipe:
     final_softcap: float | None = None  # logits = cap * tanh(logits / cap)
     windows: tuple[int, ...] = ()  # per layer: the sliding window in tokens, 0 for full attention; () all full
     ropes: tuple[str, ...] = ()  # per layer: the rotary table's layer type; () all DEFAULT_ROPE
+    last_logits: bool = False  # logits [batch, 1, vocab] of the last position only (--onnx-logits last)
 
     def window(self, layer: int) -> int:
         return self.windows[layer] if self.windows else 0
@@ -127,9 +128,11 @@ def _precisions(outtype: str, block_size: int, accuracy_level: int, symmetric: b
 
 
 def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
-               symmetric: bool = True, lm_head: str | None = None, ep: str = "cpu") -> FusedRecipe | None:
+               symmetric: bool = True, lm_head: str | None = None, ep: str = "cpu",
+               last_logits: bool = False) -> FusedRecipe | None:
     """The fused graph's recipe, or None when the model needs the traced graph instead. `lm_head`, the
-    head's type (int4/int8/fp16/fp32), is for int4 weights only; the exporter's check refuses it otherwise."""
+    head's type (int4/int8/fp16/fp32), is for int4 weights only; the exporter's check refuses it otherwise.
+    `last_logits`: the graph returns the last position's logits only (--onnx-logits last)."""
     spec = pruned.spec
     config = dict(spec.config)
     family = spec.family_record
@@ -173,4 +176,5 @@ def recipe_for(pruned: PrunedCheckpoint, outtype: str, block_size: int, accuracy
         windows=windows,
         ropes=tuple("sliding_attention" if s else "full_attention" for s in sliding)
         if family.rope_per_layer_type else (),
+        last_logits=last_logits,
     )
