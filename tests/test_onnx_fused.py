@@ -216,10 +216,10 @@ def test_block_quantizer_equals_onnxruntimes(cols: int, block: int) -> None:
     assert (error <= np.abs(weight).max(axis=1) / 8 + 1e-6).all()
 
 
-@pytest.mark.parametrize("bits,gain", [(4, 0.95), (8, 0.96)])
+@pytest.mark.parametrize("bits,gain", [(4, 0.97), (8, 0.96)])
 def test_searched_scales_lower_every_blocks_error(bits: int, gain: float) -> None:
-    """The exporter's symmetric blocks take the least-squares scale of several candidates: no block's
-    squared error above round-to-nearest's, the sum clearly below it on heavy-tailed weights."""
+    """The exporter's symmetric blocks take the least-squares scale of two candidates: no block's
+    squared error above round-to-nearest's, the sum below it on heavy-tailed weights."""
     rng = np.random.default_rng(bits)
     weight = (rng.standard_t(4, (64, 96)) * 0.02).astype(np.float32)
     weight[0, :32] = 0  # an all-zero block stays exact
