@@ -15,12 +15,14 @@ Load order matters too: the same graph loaded twice into one process runs 3-5% s
 5-10% faster or slower than the next; so every process times one A B B A pair of rounds, half of
 them loading ours first and half the builder's, and `--paired` first times the builder's dense
 graph against itself that way as the control (a fair split reads 1.00x).
-`--agreement` reports each int4 export's top-1 agreement with the same tool's fp32 export of the
+`--onnx-logits last` exports ours with `--onnx-logits last` and the builder with its matching
+`prune_lm_head=true` (both return the last position's logits only; the default, `all`, is both
+tools' default). `--agreement` reports each int4 export's top-1 agreement with the same tool's fp32 export of the
 same weights, teacher-forced over held-out licence prose (the issue's "at least as high as the
 builder's at the same settings").
 
     python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
-        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--agreement] [--reuse]
+        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--agreement] [--reuse] [--onnx-logits last]
 """
 from __future__ import annotations
 
@@ -89,24 +91,29 @@ def identity_plan(src: Path, out: Path) -> Path:
     return out
 
 
-def exports(src: Path, pruned: Path, work: Path, outtypes: list[str]) -> dict[str, dict]:
-    """Run the eight (or fewer) exports; name -> {folder, seconds, rss}."""
+def exports(src: Path, pruned: Path, work: Path, outtypes: list[str], last_logits: bool = False) -> dict[str, dict]:
+    """Run the eight (or fewer) exports; name -> {folder, seconds, rss}. `last_logits`: ours with
+    --onnx-logits last and the builder with its prune_lm_head, the same setting."""
     plan = pruned / "prune_plan.json"
     dense_plan = identity_plan(src, work / "identity_plan.json")
+    ours_extra = ["--onnx-logits", "last"] if last_logits else []
+    builder_extra = ["--extra_options", "prune_lm_head=true"] if last_logits else []
     results: dict[str, dict] = {}
     for outtype in outtypes:
         builder = "int4" if outtype == "int4" else "fp32"
         jobs = {
             f"builder dense {outtype}": [sys.executable, "-m", "tools.bench_onnx_builder", "--builder-child", "-i",
-                                         str(src), "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
+                                         str(src), "-p", builder, "-e", "cpu", "-c", str(work / "cache"),
+                                         *builder_extra, "-o"],
             f"builder pruned {outtype}": [sys.executable, "-m", "tools.bench_onnx_builder", "--builder-child", "-i",
-                                          str(pruned), "-p", builder, "-e", "cpu", "-c", str(work / "cache"), "-o"],
+                                          str(pruned), "-p", builder, "-e", "cpu", "-c", str(work / "cache"),
+                                          *builder_extra, "-o"],
             f"ours dense {outtype}": [sys.executable, "-m", "converter.cli", "export", str(src), "--format", "onnx",
                                       "--plan", str(dense_plan), "--outtype", outtype, "--no-progress",
-                                      "--no-report", "--force"],
+                                      "--no-report", "--force", *ours_extra],
             f"ours pruned {outtype}": [sys.executable, "-m", "converter.cli", "export", str(src), "--format", "onnx",
                                        "--plan", str(plan), "--outtype", outtype, "--no-progress", "--no-report",
-                                       "--force"],
+                                       "--force", *ours_extra],
         }
         for name, cmd in jobs.items():
             folder = work / name.replace(" ", "-")
@@ -292,6 +299,8 @@ def main() -> None:
                         help="also time ours against the builder on the same weights in N A B B A pairs")
     parser.add_argument("--agreement", action="store_true",
                         help="also report each int4 export's top-1 agreement with its fp32 twin (needs both outtypes)")
+    parser.add_argument("--onnx-logits", choices=("all", "last"), default="all",
+                        help="last: ours with --onnx-logits last, the builder with prune_lm_head=true")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
     parser.add_argument("--builder-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--agreement-child", nargs="+", help=argparse.SUPPRESS)
@@ -315,7 +324,7 @@ def main() -> None:
         recorded = json.loads((args.work / "results.json").read_text())
         results = {name: r for name, r in recorded.items() if name.rsplit(" ", 1)[1] in outtypes}
     else:
-        results = exports(args.src, args.pruned, args.work, outtypes)
+        results = exports(args.src, args.pruned, args.work, outtypes, args.onnx_logits == "last")
     report = ""
     if args.runs:  # --runs 0: exports (and --paired/--agreement) without the fresh-process timings
         speeds(results, args.runs)
