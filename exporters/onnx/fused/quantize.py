@@ -100,16 +100,18 @@ def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int) -> t
     best_fit = np.full(peak.shape, -1.0, np.float32)
     best_codes = np.zeros(grouped.shape, np.int8)
     best_scales = np.zeros(peak.shape, np.float32)
+    codes = np.empty_like(grouped)  # one float temporary, reused in place
     for end in (-offset, offset - 1):
         scale = np.where(peak != 0, peak / np.float32(end), np.float32(1.0)).astype(np.float32)
-        codes = np.clip(np.rint(grouped / scale[..., None]), -offset, offset - 1)
+        np.divide(grouped, scale[..., None], out=codes)
+        np.clip(np.rint(codes, out=codes), -offset, offset - 1, out=codes)
         dot = np.einsum("rbk,rbk->rb", grouped, codes)
         norm = np.einsum("rbk,rbk->rb", codes, codes)
         safe = np.where(norm > 0, norm, 1)
         fit = np.where(norm > 0, dot * dot / safe, 0).astype(np.float32)
         better = fit > best_fit
         best_fit = np.where(better, fit, best_fit)
-        best_codes[better] = codes[better]
+        np.copyto(best_codes, codes, casting="unsafe", where=better[..., None])
         best_scales = np.where(better, np.where(norm > 0, dot / safe, 0), best_scales)
     stored = (best_codes.astype(np.int16) + offset).astype(np.uint8)
     if bits == 4:
