@@ -110,7 +110,7 @@ def export(pruned: PrunedCheckpoint, tokenizer: TokenizerRewrite | None, out_dir
 def _export_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, tokenizer: TokenizerRewrite | None, out_dir: Path,
                   options: ExportOptions) -> list[Path]:
     """The hand-written graph (exporters.onnx.fused) with its tokenizer and configs."""
-    written = write_fused(pruned, recipe, out_dir, MODEL_NAME, DATA_NAME, options.progress)
+    written = write_fused(pruned, recipe, out_dir, MODEL_NAME, DATA_NAME, options.progress, options.importance)
     written += write_companions(pruned, tokenizer, out_dir)
     written.append(write_fused_genai_config(pruned, out_dir, MODEL_NAME, options.ep))
     return written

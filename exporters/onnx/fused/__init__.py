@@ -12,6 +12,7 @@ the graph, nothing else.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -24,21 +25,25 @@ from exporters.onnx.fused.rotary import rotary_tables
 from exporters.onnx.fused.runtime_config import write_fused_genai_config
 from exporters.onnx.fused.weights import jobs, write_weights
 
+if TYPE_CHECKING:
+    from converter.score.matmul_inputs import MatmulSums
+
 __all__ = ["FusedRecipe", "recipe_for", "write_fused", "write_fused_genai_config"]
 
 PRODUCER = "compact-convert"
 
 
 def write_fused(pruned: PrunedCheckpoint, recipe: FusedRecipe, out_dir: Path, graph_name: str, data_name: str,
-                progress: bool) -> list[Path]:
+                progress: bool, importance: MatmulSums | None = None) -> list[Path]:
     """Write graph_name and data_name into out_dir; returns both paths. genai_config.json is written
-    by `write_fused_genai_config` once the companions (config.json) are in place."""
+    by `write_fused_genai_config` once the companions (config.json) are in place. `importance`: the
+    scores' matmul input sums, which weigh the quantizer's columns."""
     tables = rotary_tables(pruned, recipe.context, recipe.dims.head_dim, recipe.rope_tables)
     all_jobs = jobs(recipe, tables)
     with ExternalData(out_dir / data_name) as data, \
             progress_bar(progress, total=len(all_jobs), desc="onnx weights", unit="tensor") as bar:
         initializers = []
-        for written in write_weights(pruned, recipe, all_jobs, data):
+        for written in write_weights(pruned, recipe, all_jobs, data, importance):
             initializers += written
             bar.update()
     model = build_graph(recipe, initializers, PRODUCER)

@@ -18,6 +18,7 @@ the float temporaries stay a small multiple of one chunk, not of the tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -86,14 +87,18 @@ def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.n
     return codes, scales.astype(np.float32)
 
 
-def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, ...]:
+def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int,
+                            columns: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Symmetric codes with the least squared error a block, of two candidates: the block's peak on
     the negative end of the code range (-2^(bits-1), round to nearest's choice) or on the positive
     end (2^(bits-1) - 1), the codes rounded for each and the scale then refitted to them by least
     squares (s = <w, q> / <q, q>, error |w|^2 - <w, q>^2 / <q, q>). No block ends worse than round to
     nearest. Shrunk scales that clip the peak were tried as candidates too: less squared error still,
-    but SmolLM2's int4 top-1 agreement with fp32 fell 0.6-3.6 points, so the peak is never clipped."""
+    but SmolLM2's int4 top-1 agreement with fp32 fell 0.6-3.6 points, so the peak is never clipped.
+    `columns` [K] weighs each column's squared error (exporters/onnx/fused/column_weights.py): the
+    choice and the refit are then weighted least squares."""
     grouped = _grouped(weight, block_size)
+    weights = np.ones(grouped.shape[1:], np.float32) if columns is None else _grouped(columns[None], block_size)[0]
     index = np.abs(grouped).argmax(axis=2)[..., None]
     peak = np.take_along_axis(grouped, index, axis=2)[..., 0]
     offset = 1 << (bits - 1)
@@ -105,8 +110,8 @@ def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int) -> t
         scale = np.where(peak != 0, peak / np.float32(end), np.float32(1.0)).astype(np.float32)
         np.divide(grouped, scale[..., None], out=codes)
         np.clip(np.rint(codes, out=codes), -offset, offset - 1, out=codes)
-        dot = np.einsum("rbk,rbk->rb", grouped, codes)
-        norm = np.einsum("rbk,rbk->rb", codes, codes)
+        dot = np.einsum("rbk,bk,rbk->rb", grouped, weights, codes)
+        norm = np.einsum("rbk,bk,rbk->rb", codes, weights, codes)
         safe = np.where(norm > 0, norm, 1)
         fit = np.where(norm > 0, dot * dot / safe, 0).astype(np.float32)
         better = fit > best_fit
@@ -120,12 +125,14 @@ def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int) -> t
 
 
 def quantize_blocks(weight: np.ndarray | Rows, bits: int, block_size: int, symmetric: bool = True,
-                    search: bool = False) -> BlockQuantized:
+                    search: bool = False, columns: np.ndarray | None = None) -> BlockQuantized:
     """Quantize float W [N, K]; `bits` is 4 or 8, `block_size` a power of two of at least 16; `search`
-    (symmetric only) picks each block's scale for the least squared error instead of from its peak."""
+    (symmetric only) picks each block's scale for the least squared error instead of from its peak,
+    each column's error weighed by `columns` [K] when given."""
     if bits not in (4, 8):
         raise ValueError(f"MatMulNBits weights of {bits} bits are not written; use 4 or 8")
-    rows = (_quantize_rows_searched if search else _quantize_rows) if symmetric else _quantize_rows_asymmetric
+    rows = partial(_quantize_rows_searched, columns=columns) if symmetric and search else (
+        _quantize_rows if symmetric else _quantize_rows_asymmetric)
     parts = [rows(np.asarray(weight[i:i + ROW_CHUNK], dtype=np.float32), bits, block_size)
              for i in range(0, weight.shape[0], ROW_CHUNK)]
     packed, scales = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -10,11 +10,14 @@ read and converted in a worker thread while the current one is written (converte
 at most two jobs' tensors are in memory, never the model; a job's matrix stays in its checkpoint
 dtype and is converted to float32 a chunk of rows at a time (Float32Rows), so even the largest
 (a tied 150k-row embedding) costs its bf16 bytes plus its output, not an fp32 copy besides.
+Given the scoring pass's matmul input sums (the plan's scores), the quantizer weighs each block's
+columns by them (exporters.onnx.fused.column_weights).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,8 +28,12 @@ from converter.prune import PlannedTensor, PrunedCheckpoint
 from converter.readahead import read_ahead
 from exporters.onnx.external import ExternalData
 from exporters.onnx.fused import names
+from exporters.onnx.fused.column_weights import column_weights
 from exporters.onnx.fused.quantize import ROW_CHUNK, quantize_blocks
 from exporters.onnx.fused.recipe import FusedRecipe, Precision
+
+if TYPE_CHECKING:
+    from converter.score.matmul_inputs import MatmulSums
 
 Array = tuple[str, int, np.ndarray]  # initializer name, ONNX data type, value
 
@@ -107,10 +114,18 @@ class Float32Rows:
 class _Reader:
     """Loads and converts one job's tensors; runs in the read-ahead thread."""
 
-    def __init__(self, pruned: PrunedCheckpoint, recipe: FusedRecipe) -> None:
+    def __init__(self, pruned: PrunedCheckpoint, recipe: FusedRecipe, importance: MatmulSums | None) -> None:
         self.pruned = pruned
         self.recipe = recipe
+        self.importance = importance
         self.planned: dict[str, PlannedTensor] = {p.name: p for p in pruned.planned()}
+
+    def columns(self, job: Job, width: int) -> np.ndarray | None:
+        """The quantizer's column weights for this job's matrix, when the scores cover it."""
+        if self.importance is None:
+            return None
+        return column_weights(self.importance, self.planned[job.sources[0]], job.base == names.LM_HEAD, width,
+                              self.pruned.source.folder)
 
     def tensor(self, name: str) -> torch.Tensor:
         """One checkpoint tensor in its own dtype."""
@@ -139,8 +154,9 @@ class _Reader:
         if precision.bits is None:
             out.append((names.weight(job.base, None), onnx_type, weight.converted(np_type, job.kind != "embed")))
         else:
+            columns = self.columns(job, weight.shape[1]) if precision.symmetric else None
             quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric,
-                                        search=precision.symmetric)
+                                        search=precision.symmetric, columns=columns)
             del weight
             packed = quantized.packed
             if job.kind == "embed":
@@ -155,9 +171,9 @@ class _Reader:
 
 
 def write_weights(pruned: PrunedCheckpoint, recipe: FusedRecipe, all_jobs: list[Job],
-                  data: ExternalData) -> Iterator[list[TensorProto]]:
+                  data: ExternalData, importance: MatmulSums | None = None) -> Iterator[list[TensorProto]]:
     """Write every job's arrays to `data`; yields each job's external TensorProtos once written."""
-    for _, arrays in read_ahead(all_jobs, _Reader(pruned, recipe)):
+    for _, arrays in read_ahead(all_jobs, _Reader(pruned, recipe, importance)):
         written = []
         for name, data_type, value in arrays:
             value = np.ascontiguousarray(value)
