@@ -17,12 +17,14 @@ them loading ours first and half the builder's, and `--paired` first times the b
 graph against itself that way as the control (a fair split reads 1.00x).
 `--onnx-logits last` exports ours with `--onnx-logits last` and the builder with its matching
 `prune_lm_head=true` (both return the last position's logits only; the default, `all`, is both
-tools' default). `--agreement` reports each int4 export's top-1 agreement with the same tool's fp32 export of the
-same weights, teacher-forced over held-out licence prose (the issue's "at least as high as the
-builder's at the same settings").
+tools' default). `--scores S` gives our exports the scores the plan came from, so their int4 blocks
+weigh each column by its calibration inputs (the one-shot command always has them). `--agreement`
+reports each int4 export's top-1 agreement with the same tool's fp32 export of the same weights,
+teacher-forced over held-out licence prose (the issue's "at least as high as the builder's at the
+same settings").
 
     python -m tools.bench_onnx_builder [--src /tmp/bx/smollm2] [--pruned DIR] [--work /tmp/bench-onnx-builder]
-        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--agreement] [--reuse] [--onnx-logits last]
+        [--outtypes int4,fp32] [--runs 3] [--paired 60] [--agreement] [--reuse] [--onnx-logits last] [--scores S]
 """
 from __future__ import annotations
 
@@ -91,12 +93,14 @@ def identity_plan(src: Path, out: Path) -> Path:
     return out
 
 
-def exports(src: Path, pruned: Path, work: Path, outtypes: list[str], last_logits: bool = False) -> dict[str, dict]:
+def exports(src: Path, pruned: Path, work: Path, outtypes: list[str], last_logits: bool = False,
+            scores: Path | None = None) -> dict[str, dict]:
     """Run the eight (or fewer) exports; name -> {folder, seconds, rss}. `last_logits`: ours with
-    --onnx-logits last and the builder with its prune_lm_head, the same setting."""
+    --onnx-logits last and the builder with its prune_lm_head, the same setting; `scores`: ours
+    given the scores, which weigh the quantizer's columns."""
     plan = pruned / "prune_plan.json"
     dense_plan = identity_plan(src, work / "identity_plan.json")
-    ours_extra = ["--onnx-logits", "last"] if last_logits else []
+    ours_extra = (["--onnx-logits", "last"] if last_logits else []) + (["--scores", str(scores)] if scores else [])
     builder_extra = ["--extra_options", "prune_lm_head=true"] if last_logits else []
     results: dict[str, dict] = {}
     for outtype in outtypes:
@@ -301,6 +305,8 @@ def main() -> None:
                         help="also report each int4 export's top-1 agreement with its fp32 twin (needs both outtypes)")
     parser.add_argument("--onnx-logits", choices=("all", "last"), default="all",
                         help="last: ours with --onnx-logits last, the builder with prune_lm_head=true")
+    parser.add_argument("--scores", type=Path,
+                        help="the scores the pruned plan came from: our exports weigh the int4 blocks' columns by them")
     parser.add_argument("--speed-child", help=argparse.SUPPRESS)
     parser.add_argument("--builder-child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.add_argument("--agreement-child", nargs="+", help=argparse.SUPPRESS)
@@ -324,7 +330,7 @@ def main() -> None:
         recorded = json.loads((args.work / "results.json").read_text())
         results = {name: r for name, r in recorded.items() if name.rsplit(" ", 1)[1] in outtypes}
     else:
-        results = exports(args.src, args.pruned, args.work, outtypes, args.onnx_logits == "last")
+        results = exports(args.src, args.pruned, args.work, outtypes, args.onnx_logits == "last", args.scores)
     report = ""
     if args.runs:  # --runs 0: exports (and --paired/--agreement) without the fresh-process timings
         speeds(results, args.runs)
