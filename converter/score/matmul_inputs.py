@@ -6,7 +6,9 @@ multiplies it (its "importance matrix", made by `llama-imatrix` from `.in_sum2` 
 it sums the same thing for every linear layer of every decoder layer (each named by its weight's
 checkpoint name) and for the output projection (`lm_head.weight`, the final normed hidden
 states), over real positions only. Sums are additive: shards and ranks merge by adding them and
-their token counts. The GGUF exporter maps them to llama.cpp's tensor names through the plan.
+their token counts. The GGUF exporter maps them to llama.cpp's tensor names through the plan, the
+ONNX exporter weighs its quantizer's columns by them; both cut a weight's sums through the plan
+with `planned_columns`.
 A mixture-of-experts layer's experts are one entry per stacked projection (`<experts>.gate_up_proj`
 [experts, hidden], `<experts>.down_proj` [experts, moe_ffn]) with a row per expert and the tokens
 routed to each expert (`expert_counts[<experts>]`), as llama-imatrix collects a MUL_MAT_ID: raw inputs of the
@@ -22,9 +24,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from converter.errors import ConvertError
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
+    from converter.prune import PlannedTensor
     from converter.score.expert_blocks import MoeBlock
 
 OUTPUT_NAME = "lm_head.weight"
@@ -38,6 +45,19 @@ def experts_path(prefix: str, layer: int) -> str:
 
 def router_name(prefix: str, layer: int) -> str:
     return f"{prefix}model.layers.{layer}.mlp.{ROUTER}"
+
+
+def planned_columns(column_sums: np.ndarray, planned: PlannedTensor, name: str, where: Path) -> np.ndarray:
+    """One weight's input sums, cut to the input columns the plan keeps of it (down_proj: its kept FFN
+    channels; a weight that reads the uncut hidden state keeps them all). Sums over another width than
+    the source weight's are a ConvertError: the scores belong to another model."""
+    width = planned.source.shape[-1]
+    if column_sums.shape[-1] != width:
+        raise ConvertError(f"the scores' input sums for '{name}' have {column_sums.shape[-1]} columns, the weight "
+                           f"{width}; the scores belong to another model", where)
+    if planned.axis == 1 and planned.keep is not None:
+        return column_sums[..., np.asarray(planned.keep, dtype=np.int64)]
+    return column_sums
 
 
 @dataclass(frozen=True)

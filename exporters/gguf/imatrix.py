@@ -29,6 +29,8 @@ import numpy as np
 from converter.errors import ConvertError
 from converter.io.gguf_files import IMATRIX_FILE
 
+from converter.score.matmul_inputs import planned_columns
+
 if TYPE_CHECKING:
     from converter.score.matmul_inputs import MatmulSums
     from exporters.gguf.tensors import GgufTensor
@@ -91,8 +93,7 @@ def importance_matrix(tensors: Sequence[GgufTensor], sums: MatmulSums, where: Pa
         column_sums = sums.sums.get(name)
         if column_sums is None:
             continue
-        if planned.axis == 1 and planned.keep is not None:
-            column_sums = column_sums[np.asarray(planned.keep, dtype=np.int64)]
+        column_sums = planned_columns(column_sums, planned, planned.name, where)
         _check_columns(column_sums.shape[-1], t.shape[1], planned.name, where)
         entries.append((t.name, column_sums.astype(np.float32).reshape(1, -1), np.asarray([float(sums.tokens)])))
     if not entries or sums.tokens <= 0:

@@ -15,28 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from converter.errors import ConvertError
 from converter.prune import PlannedTensor
-from converter.score.matmul_inputs import OUTPUT_NAME, MatmulSums
+from converter.score.matmul_inputs import OUTPUT_NAME, MatmulSums, planned_columns
 
 FLOOR = 1e-3
 
 
-def column_weights(sums: MatmulSums, planned: PlannedTensor, head: bool, columns: int, where: Path
-                   ) -> np.ndarray | None:
-    """float32 [columns] weights for the matrix written from `planned` (the first of a packed job's
-    sources: they share their input), or None; `head`: it is written as the LM head."""
+def column_weights(sums: MatmulSums, planned: PlannedTensor, head: bool, where: Path) -> np.ndarray | None:
+    """float32 weights, one per input column of the matrix written from `planned` (the first of a packed
+    job's sources: they share their input), or None; `head`: it is written as the LM head."""
     name = OUTPUT_NAME if head else planned.name
     found = sums.sums.get(name)
     if found is None or found.ndim != 1 or (planned.name.endswith("embed_tokens.weight") and not head):
         return None
-    cut = planned.axis == 1 and planned.keep is not None
-    width = planned.source.shape[1] if cut else columns
-    if found.shape[0] != width:
-        raise ConvertError(f"the scores' input sums for '{name}' have {found.shape[0]} columns, the weight "
-                           f"{width}; the scores belong to another model", where)
-    if cut:
-        found = found[np.asarray(planned.keep, dtype=np.int64)]
+    found = planned_columns(found, planned, name, where)
     mean = float(found.mean())
     scaled = found / mean if mean > 0 else np.ones_like(found)
     return (scaled + FLOOR).astype(np.float32)

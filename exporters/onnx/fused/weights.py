@@ -120,11 +120,11 @@ class _Reader:
         self.importance = importance
         self.planned: dict[str, PlannedTensor] = {p.name: p for p in pruned.planned()}
 
-    def columns(self, job: Job, width: int) -> np.ndarray | None:
+    def columns(self, job: Job) -> np.ndarray | None:
         """The quantizer's column weights for this job's matrix, when the scores cover it."""
         if self.importance is None:
             return None
-        return column_weights(self.importance, self.planned[job.sources[0]], job.base == names.LM_HEAD, width,
+        return column_weights(self.importance, self.planned[job.sources[0]], job.base == names.LM_HEAD,
                               self.pruned.source.folder)
 
     def tensor(self, name: str) -> torch.Tensor:
@@ -154,7 +154,7 @@ class _Reader:
         if precision.bits is None:
             out.append((names.weight(job.base, None), onnx_type, weight.converted(np_type, job.kind != "embed")))
         else:
-            columns = self.columns(job, weight.shape[1]) if precision.symmetric else None
+            columns = self.columns(job) if precision.symmetric else None
             quantized = quantize_blocks(weight, precision.bits, precision.block_size, precision.symmetric,
                                         search=precision.symmetric, columns=columns)
             del weight
