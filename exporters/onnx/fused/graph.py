@@ -65,6 +65,8 @@ class Wiring:
 
     seqlens_k: str
     total_length: str
+    last_int64: str  # seqlens_k before its cast: per row, the index of its last real token in the whole sequence
+    total_int64: str  # total_length before its cast
 
 
 def _linear(g: Nodes, recipe: FusedRecipe, x: str, base: str, k: int, n: int, prefix: str,
@@ -97,7 +99,7 @@ def _mask_inputs(g: Nodes) -> Wiring:
     g.add("Shape", ["attention_mask"], [f"{p}/shape"], f"{p}/Shape")
     g.add("Gather", [f"{p}/shape", g.int64([1], scalar=True)], [f"{p}/total"], f"{p}/Gather", axis=0)
     g.add("Cast", [f"{p}/total"], ["total_sequence_length"], f"{p}/CastTotal", to=TensorProto.INT32)
-    return Wiring("seqlens_k", "total_sequence_length")
+    return Wiring("seqlens_k", "total_sequence_length", f"{p}/last", f"{p}/total")
 
 
 def _embedding(g: Nodes, recipe: FusedRecipe) -> str:
@@ -202,14 +204,14 @@ def _norm(g: Nodes, recipe: FusedRecipe, x: str, weight: str, prefix: str) -> st
                  epsilon=recipe.eps, stash_type=1)[0]
 
 
-def _last_positions(g: Nodes, recipe: FusedRecipe, hidden: str) -> str:
+def _last_positions(g: Nodes, recipe: FusedRecipe, wires: Wiring, hidden: str) -> str:
     """[B, S, H] -> [B, 1, H]: each row's last real token of this chunk (a right-padded batch's rows end
     at their mask's count), so only those reach the LM head (--onnx-logits last)."""
     p = "last_position"
     g.add("Shape", ["input_ids"], [f"{p}/shape"], f"{p}/Shape")
     g.add("Gather", [f"{p}/shape", g.int64([1], scalar=True)], [f"{p}/chunk"], f"{p}/Chunk", axis=0)
-    g.add("Sub", ["mask/total", f"{p}/chunk"], [f"{p}/past"], f"{p}/Past")
-    g.add("Sub", ["mask/last", f"{p}/past"], [f"{p}/index"], f"{p}/Index")  # int64 [B]
+    g.add("Sub", [wires.total_int64, f"{p}/chunk"], [f"{p}/past"], f"{p}/Past")
+    g.add("Sub", [wires.last_int64, f"{p}/past"], [f"{p}/index"], f"{p}/Index")  # int64 [B]
     g.add("Sub", [f"{p}/chunk", g.int64([1], scalar=True)], [f"{p}/top"], f"{p}/Top")
     g.add("Min", [f"{p}/index", f"{p}/top"], [f"{p}/below"], f"{p}/Min")
     g.add("Max", [f"{p}/below", g.int64([0], scalar=True)], [f"{p}/clamped"], f"{p}/Max")
@@ -264,7 +266,7 @@ def build_graph(recipe: FusedRecipe, initializers: list[TensorProto], producer: 
             delta = _norm(g, recipe, delta, names.in_layer(i, names.MLP_OUT_NORM), f"layers.{i}/mlp_out_norm")
     final, _ = _skip_norm(g, recipe, residual, delta, names.FINAL_NORM, "final_norm", keep_sum=False)
     if recipe.last_logits:
-        final = _last_positions(g, recipe, final)
+        final = _last_positions(g, recipe, wires, final)
     d = recipe.dims
     logits = _linear(g, recipe, final, names.LM_HEAD, d.hidden, d.vocab, "lm_head", recipe.head)
     if recipe.final_softcap is None:
