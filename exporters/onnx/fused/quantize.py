@@ -74,10 +74,15 @@ def _quantize_rows_asymmetric(weight: np.ndarray, bits: int, block_size: int) ->
     return codes, scales.astype(np.float32), zero_points
 
 
+def _signed_peaks(grouped: np.ndarray) -> np.ndarray:
+    """Each block's value of largest magnitude, sign kept: [rows, blocks]."""
+    index = np.abs(grouped).argmax(axis=2)[..., None]
+    return np.take_along_axis(grouped, index, axis=2)[..., 0]
+
+
 def _quantize_rows(weight: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, ...]:
     grouped = _grouped(weight, block_size)
-    index = np.abs(grouped).argmax(axis=2)[..., None]
-    peak = np.take_along_axis(grouped, index, axis=2)[..., 0]
+    peak = _signed_peaks(grouped)
     offset = 1 << (bits - 1)
     scales = peak / -offset
     safe = np.where(scales == 0, 1.0, scales)[..., None]
@@ -99,8 +104,7 @@ def _quantize_rows_searched(weight: np.ndarray, bits: int, block_size: int,
     choice and the refit are then weighted least squares."""
     grouped = _grouped(weight, block_size)
     weights = np.ones(grouped.shape[1:], np.float32) if columns is None else _grouped(columns[None], block_size)[0]
-    index = np.abs(grouped).argmax(axis=2)[..., None]
-    peak = np.take_along_axis(grouped, index, axis=2)[..., 0]
+    peak = _signed_peaks(grouped)
     offset = 1 << (bits - 1)
     best_fit = np.full(peak.shape, -1.0, np.float32)
     best_codes = np.zeros(grouped.shape, np.int8)
