@@ -202,9 +202,9 @@ def paired_samples(ours: str, rival: str, rounds: int) -> dict[str, dict[str, fl
 
 
 def paired(results: dict[str, dict], rounds: int) -> str:
-    """Ours against the builder, two processes per pair (one per load order): on the same weights, and
-    our pruned graph against the builder's dense one (the model a user gets without us), after the
-    control; markdown lines."""
+    """Ours against the builder (`paired_samples`: two rounds a process, load order alternating): on the
+    same weights, and our pruned graph against the builder's dense one (the model a user gets without
+    us), after the control; markdown lines."""
     outtypes = sorted({n.rsplit(" ", 1)[1] for n in results}, reverse=True)
     pairs = [(f"builder dense {outtypes[0]}", f"builder dense {outtypes[0]}")]  # the control
     for outtype in outtypes:
