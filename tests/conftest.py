@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.scratch import ModuleTmp
 from tests.support.tiny_tokenizers import train_byte_level_bpe, train_sentencepiece_bpe
 
 FIXTURES = Path(__file__).parent / ".fixtures"
@@ -40,6 +42,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def fixtures_root() -> Path:
     FIXTURES.mkdir(exist_ok=True)
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleTmp]:
+    """Folders for a module's fixtures, removed when the module ends (see tests/support/scratch.py)."""
+    scratch = ModuleTmp(tmp_path_factory)
+    yield scratch
+    scratch.remove_all()
 
 
 @pytest.fixture(scope="session")

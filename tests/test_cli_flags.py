@@ -34,6 +34,7 @@ from converter.source import open_source
 from exporters.options import ExportOptions
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,13 +80,13 @@ def run_without_torch(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
-    return tiny_model_dir(tmp_path_factory.mktemp("flags-model"), byte_level_tokenizer_dir)
+def model(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
+    return tiny_model_dir(module_tmp.mktemp("flags-model"), byte_level_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("flags-corpus") / "calib.txt", 10, 12)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("flags-corpus") / "calib.txt", 10, 12)
 
 
 def test_one_shot_takes_every_stage_and_export_option() -> None:

@@ -36,6 +36,7 @@ from tests.support.gguf_runtime import (hf_greedy, leading_agreement, llama_gree
 from tests.support.onnx_runner import OnnxDecoder, cached_decode_error, genai_greedy, greedy
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, write_corpus
+from tests.support.scratch import ModuleTmp
 
 IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 OTHER_TOWERS = ("vision_tower.", "multi_modal_projector.")
@@ -65,8 +66,8 @@ def _tiny_multimodal(vocab: int, ids: dict[str, int]) -> Gemma3ForConditionalGen
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gemma3-mm")
+def exported(module_tmp: ModuleTmp) -> dict[str, Path]:
+    root = module_tmp.mktemp("gemma3-mm")
     src = train_gemma_style_spm(root / "in", 1500)
     tok = AutoTokenizer.from_pretrained(src)
     tok.add_tokens(IMAGE_TOKENS, special_tokens=True)

@@ -23,6 +23,7 @@ from converter.score.retention import (Retention, answer_bits_per_byte, answer_b
 from converter.source import open_source
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
 from tests.support.tiny_tokenizers import train_byte_level_bpe
+from tests.support.scratch import ModuleTmp
 
 TOPICS = {"facts", "history", "science", "health", "cooking", "travel", "daily_life", "writing", "maths", "code",
           "translation", "money", "nature", "sport", "technology"}
@@ -31,8 +32,8 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Hi
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_byte_level_bpe(tmp_path_factory.mktemp("tok"))
+def tokenizer_dir(module_tmp: ModuleTmp) -> Path:
+    return train_byte_level_bpe(module_tmp.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +102,9 @@ def test_batched_greedy_answers_equal_generate_one_by_one(family: str, tokenizer
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path, tokenizer):
+def saved_model(module_tmp: ModuleTmp, tokenizer_dir: Path, tokenizer):
     model = build_tiny_model("llama", vocab_size=len(tokenizer))
-    folder = save_tiny_model(model, tmp_path_factory.mktemp("model") / "m", tokenizer_dir=tokenizer_dir)
+    folder = save_tiny_model(model, module_tmp.mktemp("model") / "m", tokenizer_dir=tokenizer_dir)
     return model, folder
 
 

@@ -25,6 +25,7 @@ from converter.score.scores import Scores, merge
 from converter.source import open_source
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
 from tests.support.tiny_tokenizers import train_byte_level_bpe
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, probe_prompts=8, probe_heldout=4,
                   probe_new_tokens=8)
@@ -33,14 +34,14 @@ RETENTION_KEYS = {"measured", "split", "prompts", "answer_bytes", "dropped_share
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer_dir = train_byte_level_bpe(tmp_path_factory.mktemp("tok"))
-    return tiny_model_dir(tmp_path_factory.mktemp("model"), tokenizer_dir)
+def model(module_tmp: ModuleTmp) -> Path:
+    tokenizer_dir = train_byte_level_bpe(module_tmp.mktemp("tok"))
+    return tiny_model_dir(module_tmp.mktemp("model"), tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "calib.txt", 10, 12)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("corpus") / "calib.txt", 10, 12)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ from tests.support.gguf_runtime import (
 )
 from tools import gemma3_hf, smollm2_hf
 from tools.make_varied_corpus import read_corpus
+from tests.support.scratch import ModuleTmp
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 STEPS = 32
@@ -54,7 +55,7 @@ def _source_and_original(name: str) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory):
+def exports(module_tmp: ModuleTmp):
     """name -> (source, original GGUF, pruned HF folder, {outtype: pruned GGUF}, tolerance), built on first use."""
     built: dict[str, tuple] = {}
 
@@ -63,7 +64,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory):
             src, original = _source_and_original(name)
             vocab, ffn, tolerance = MODELS[name]
             plan = frequency_plan(src, vocab, ffn, f"gguf-{name}")
-            out = tmp_path_factory.mktemp(f"gguf-{name}")
+            out = module_tmp.mktemp(f"gguf-{name}")
             export(open_source(src), plan, out / "hf", "hf", ExportOptions(progress=False))
             ggufs = {t: the_gguf(export(open_source(src), plan, out / t, "gguf",
                                         ExportOptions(outtype=t, progress=False))) for t in ("f32", "f16", "q8_0")}

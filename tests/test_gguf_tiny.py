@@ -38,6 +38,7 @@ from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import FAMILIES, build_tiny_model, save_tiny_model
 from tests.support.tiny_tokenizers import train_byte_level_bpe
 from tools.make_varied_corpus import read_corpus
+from tests.support.scratch import ModuleTmp
 
 TOKENIZER_OF = {"llama": "gpt2", "mistral": "gpt2", "qwen2": "qwen2", "qwen3": "qwen2", "gemma": "gemma",
                 "phi3": "gpt2",
@@ -55,8 +56,8 @@ STEPS = 32
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gguf-tokenizers")
+def tokenizer_dirs(module_tmp: ModuleTmp) -> dict[str, Path]:
+    root = module_tmp.mktemp("gguf-tokenizers")
     return {"gpt2": train_byte_level_bpe(root / "gpt2", 2000), "qwen2": train_qwen2_style_bpe(root / "qwen2", 2000),
             "gemma": train_gemma_style_spm(root / "gemma", 1500)}
 

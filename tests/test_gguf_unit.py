@@ -31,13 +31,14 @@ from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
 from tests.support.tiny_tokenizers import train_byte_level_bpe
 from tools import smollm2_hf
+from tests.support.scratch import ModuleTmp
 
 FIXTURES = Path(__file__).parent / ".fixtures"
 
 
 @pytest.fixture(scope="module")
-def gpt2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_byte_level_bpe(tmp_path_factory.mktemp("gpt2-tok"), 2000)
+def gpt2_tokenizer(module_tmp: ModuleTmp) -> Path:
+    return train_byte_level_bpe(module_tmp.mktemp("gpt2-tok"), 2000)
 
 
 def _model(tmp_path: Path, family: str, tokenizer: Path, **overrides: object) -> tuple[Path, Path]:

@@ -32,6 +32,7 @@ from converter.source import open_source
 from exporters.options import ExportOptions
 from tests.support.ggml_reader import ggml_read
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, heldout_tokens=512, probe_prompts=0, probe_heldout=0,
                   predict_tokens=0)
@@ -42,19 +43,19 @@ LLAMA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> tuple[Path, Path, Scores]:
-    root = tmp_path_factory.mktemp("imatrix")
+def scored(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> tuple[Path, Path, Scores]:
+    root = module_tmp.mktemp("imatrix")
     folder = tiny_model_dir(root / "model", byte_level_tokenizer_dir, tied=False)
     corpus = write_corpus(root / "calib.txt", 20, 3)
     return folder, corpus, score(open_source(folder), open_corpus([corpus]), OPTIONS)
 
 
 @pytest.fixture(scope="module")
-def exported(scored: tuple[Path, Path, Scores], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(scored: tuple[Path, Path, Scores], module_tmp: ModuleTmp) -> Path:
     folder, _, scores = scored
     source = open_source(folder)
     plan = make_plan(source, scores, Budget(vocab_size=900, intermediate_size=96, device="cpu"))
-    out = tmp_path_factory.mktemp("imatrix-out") / "gguf"
+    out = module_tmp.mktemp("imatrix-out") / "gguf"
     export(source, plan, out, "gguf", ExportOptions(outtype="f16", progress=False, report_plots=False),
            report=ReportContext(scores, "scored now"))
     return out

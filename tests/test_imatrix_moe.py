@@ -44,6 +44,7 @@ from tests.support.gguf_runtime import llama_log_lines
 from tests.support.moe_models import moe_plan, save_moe_model
 from tests.support.score_fixtures import ALL_WINDOWS, write_corpus
 from tests.support.tiny_models import build_tiny_model
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, heldout_tokens=512, probe_prompts=0, probe_heldout=0, predict_tokens=0)
 # llama.cpp's name for each transformers module whose input it sums (per layer), and the output projection.
@@ -62,19 +63,19 @@ CASES: dict[str, tuple[str, dict[str, Any], int]] = {
 
 
 @pytest.fixture(scope="module")
-def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("moe-imatrix-corpus")
+def corpus_files(module_tmp: ModuleTmp) -> tuple[Path, Path]:
+    root = module_tmp.mktemp("moe-imatrix-corpus")
     return write_corpus(root / "a.txt", 20, 2), write_corpus(root / "b.txt", 23, 2)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def models(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
            corpus_files: tuple[Path, Path]) -> dict[str, tuple[Path, Scores, PrunePlan]]:
     """Per family: the saved model, its scores on both corpus files and a plan that cuts every expert."""
     out = {}
     for family, (layout, overrides, cut) in CASES.items():
         model = build_tiny_model(family, seed=0, **overrides)
-        folder = save_moe_model(model, tmp_path_factory.mktemp(family) / "in", layout, byte_level_tokenizer_dir)
+        folder = save_moe_model(model, module_tmp.mktemp(family) / "in", layout, byte_level_tokenizer_dir)
         scores = score(open_source(folder), open_corpus(list(corpus_files)), OPTIONS)
         out[family] = (folder, scores, moe_plan(model, 1200, seed=1, expert_cut=cut))
     return out

@@ -19,13 +19,14 @@ from converter.plan import PrunePlan
 from exporters.staging import current_umask
 from tests.support.cli_process import cli_command, digest, limit_file_size, staging_dirs
 from tests.support.synthetic_llama import write_synthetic
+from tests.support.scratch import ModuleTmp
 
 LAYERS, HIDDEN, FFN, VOCAB = 6, 1024, 4096, 32000
 
 
 @pytest.fixture(scope="module")
-def medium(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("medium")
+def medium(module_tmp: ModuleTmp) -> tuple[Path, Path]:
+    root = module_tmp.mktemp("medium")
     src = root / "in model é"
     write_synthetic(src, LAYERS, shard_bytes=100 << 20, hidden=HIDDEN, ffn=FFN, vocab=VOCAB)
     rng = np.random.default_rng(0)

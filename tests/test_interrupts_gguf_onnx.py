@@ -29,6 +29,7 @@ from gguf import GGUFReader
 from tests.support.cli_process import cli_command, contents, digest, interrupt, limit_file_size, run_timed, staging_dirs
 from tests.support.reference_prune import random_plan
 from tests.support.synthetic_llama import write_synthetic
+from tests.support.scratch import ModuleTmp
 
 LAYERS, HIDDEN, FFN, VOCAB = 4, 1024, 4096, 2000
 KEPT_TOKENS, KEPT_CHANNELS = 1500, 3072
@@ -54,8 +55,8 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Model:
-    root = tmp_path_factory.mktemp("gguf-onnx")
+def model(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Model:
+    root = module_tmp.mktemp("gguf-onnx")
     src = root / "in model é"
     write_synthetic(src, LAYERS, shard_bytes=100 << 20, hidden=HIDDEN, ffn=FFN, vocab=VOCAB)
     config = json.loads((src / "config.json").read_text())
@@ -68,9 +69,9 @@ def model(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Pa
 
 
 @pytest.fixture(scope="module", params=["gguf", "onnx"])
-def reference(request: pytest.FixtureRequest, model: Model, tmp_path_factory: pytest.TempPathFactory) -> Reference:
+def reference(request: pytest.FixtureRequest, model: Model, module_tmp: ModuleTmp) -> Reference:
     fmt = request.param
-    out = tmp_path_factory.mktemp(f"{fmt}-reference") / "reference"
+    out = module_tmp.mktemp(f"{fmt}-reference") / "reference"
     run = run_timed(cli_command(model.src, out, model.plan, "--format", fmt), out, TIMEOUT_S)
     assert run.returncode == 0 and run.write_window_s is not None, run.stderr[-500:]
     files = contents(out)

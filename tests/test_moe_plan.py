@@ -36,6 +36,7 @@ from converter.source import open_source
 from tests.support.moe_models import unrouted_expert_model
 from tests.support.reference_moe import prune_moe_state_dict
 from tests.support.score_fixtures import ALL_WINDOWS, hf_bits, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, seq_len=128, probe_prompts=2,
                   probe_heldout=2, probe_new_tokens=8, predict_tokens=0)
@@ -49,28 +50,28 @@ GRID = ["--ffn-multiple", "8", "--device", "cpu", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("moe-plan-corpus") / "calib.txt", 20, 6)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("moe-plan-corpus") / "calib.txt", 20, 6)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def models(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
            corpus: Path) -> dict[str, tuple[Path, Path]]:
     """Per family: the model folder and its scores file."""
     out = {}
     for family, overrides in MOE.items():
-        root = tmp_path_factory.mktemp(family)
+        root = module_tmp.mktemp(family)
         folder = tiny_model_dir(root / "model", byte_level_tokenizer_dir, family, seed=1, **overrides)
         out[family] = folder, score(open_source(folder), open_corpus([corpus]), OPTIONS).save(root / "scores.st")
     return out
 
 
 @pytest.fixture(scope="module")
-def unused_expert(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def unused_expert(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
                   corpus: Path) -> tuple[Path, Path]:
     """A Qwen3-MoE whose layer 0 never routes to expert 3 (as in tests/test_moe_scoring.py: hidden channel 0
     is positive for every token and the router weighs it -50 for expert 3), and its scores without probe."""
-    root = tmp_path_factory.mktemp("unused")
+    root = module_tmp.mktemp("unused")
     folder = unrouted_expert_model(root / "model", byte_level_tokenizer_dir, **MOE["qwen3_moe"])
     options = replace(OPTIONS, probe_prompts=0, probe_heldout=0)
     return folder, score(open_source(folder), open_corpus([corpus]), options).save(root / "scores.st")

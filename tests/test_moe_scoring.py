@@ -31,6 +31,7 @@ from converter.score.tokens import load_tokenizer
 from converter.source import Source, open_source
 from tests.support.moe_models import unrouted_expert_model
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, probe_prompts=0, probe_heldout=0, predict_tokens=0)
 MOE: dict[str, dict[str, object]] = {
@@ -52,19 +53,19 @@ def moe_source(folder: Path) -> Source:
 
 
 @pytest.fixture(scope="module")
-def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("moe-corpus")
+def corpus_files(module_tmp: ModuleTmp) -> tuple[Path, Path]:
+    root = module_tmp.mktemp("moe-corpus")
     return write_corpus(root / "a.txt", 20, 3), write_corpus(root / "b.txt", 23, 3)
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def scored(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
            corpus_files: tuple[Path, Path]) -> dict[str, tuple[Path, Scores, Scores]]:
     """Per family: the model folder, its whole-model scores and its layer-by-layer scores on both files."""
     out = {}
     corpus = open_corpus(list(corpus_files))
     for family, overrides in MOE.items():
-        folder = tiny_model_dir(tmp_path_factory.mktemp(family), byte_level_tokenizer_dir, family, **overrides)
+        folder = tiny_model_dir(module_tmp.mktemp(family), byte_level_tokenizer_dir, family, **overrides)
         source = moe_source(folder)
         out[family] = (folder, score(source, corpus, OPTIONS), score(source, corpus, replace(OPTIONS, layerwise=True)))
     return out

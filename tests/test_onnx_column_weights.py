@@ -26,6 +26,7 @@ from exporters.onnx.fused.quantize import BlockQuantized, dequantize_blocks
 from exporters.options import ExportOptions
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
                "mlp.up_proj", "mlp.down_proj")
@@ -47,8 +48,8 @@ def _skewed_sums(model: torch.nn.Module, seed: int, drop: int = 0) -> MatmulSums
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> dict:
-    root = tmp_path_factory.mktemp("column-weights")
+def setup(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> dict:
+    root = module_tmp.mktemp("column-weights")
     model = build_tiny_model("llama", seed=11, tied=False)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config

@@ -36,6 +36,7 @@ from tests.support.onnx_runner import (
 )
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 # Llama, Qwen2 and Qwen3 without a sliding window and Gemma 1-3 take the fused graph
 # (tests/test_onnx_fused.py); these are the families the traced graph serves.
@@ -64,10 +65,10 @@ class Exported:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def exported(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
              byte_level_tokenizer_dir: Path) -> Exported:
     family = request.param
-    root = tmp_path_factory.mktemp(f"onnx-{family}")
+    root = module_tmp.mktemp(f"onnx-{family}")
     overrides = dict(CASES[family])
     model = build_tiny_model(family, seed=0, tied=overrides.pop("tied", None), **overrides)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)

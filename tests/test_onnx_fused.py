@@ -47,6 +47,7 @@ from tests.support.onnx_runner import (
 )
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 # family: (tied, config overrides)
 CASES: dict[str, tuple[bool, dict[str, object]]] = {
@@ -69,10 +70,10 @@ class Fused:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def fused(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def fused(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
           byte_level_tokenizer_dir: Path) -> Fused:
     family, (tied, overrides) = request.param, CASES[request.param]
-    root = tmp_path_factory.mktemp(f"onnx-fused-{family}")
+    root = module_tmp.mktemp(f"onnx-fused-{family}")
     model = build_tiny_model(family, seed=0, tied=tied, **overrides)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config

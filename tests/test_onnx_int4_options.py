@@ -32,6 +32,7 @@ from exporters.options import ExportOptions
 from tests.support.onnx_runner import OnnxDecoder, genai_greedy, greedy, teacher_forced
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 VARIANTS: dict[str, dict[str, object]] = {
     "fp32": {"outtype": "fp32"},
@@ -53,10 +54,10 @@ class Exports:
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
-def exports(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def exports(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
             byte_level_tokenizer_dir: Path) -> Exports:
     tied = request.param
-    root = tmp_path_factory.mktemp(f"int4-options-{'tied' if tied else 'untied'}")
+    root = module_tmp.mktemp(f"int4-options-{'tied' if tied else 'untied'}")
     model = build_tiny_model("llama", seed=0, tied=tied)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config

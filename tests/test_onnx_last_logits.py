@@ -22,16 +22,17 @@ from exporters.options import ExportOptions
 from tests.support.onnx_runner import OnnxDecoder, genai_greedy, positions_from_mask
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 FAMILIES = [("llama", {}), ("gemma3_text", {"layer_types": ["sliding_attention", "full_attention"]}),
             ("gemma2", {})]
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f for f, _ in FAMILIES])
-def folders(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def folders(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
             byte_level_tokenizer_dir: Path) -> dict[str, Path]:
     family, overrides = request.param
-    root = tmp_path_factory.mktemp(f"last-logits-{family}")
+    root = module_tmp.mktemp(f"last-logits-{family}")
     model = build_tiny_model(family, seed=4, **overrides)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config

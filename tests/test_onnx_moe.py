@@ -52,6 +52,7 @@ from tests.support.onnx_runner import (
     teacher_forced,
 )
 from tests.support.tiny_models import build_tiny_model
+from tests.support.scratch import ModuleTmp
 
 # family -> (on-disk expert layout, config overrides)
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,11 +76,11 @@ class Exported:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def exported(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
              byte_level_tokenizer_dir: Path) -> Exported:
     family = request.param
     layout, overrides = CASES[family]
-    root = tmp_path_factory.mktemp(f"onnx-moe-{family}")
+    root = module_tmp.mktemp(f"onnx-moe-{family}")
     model = build_tiny_model(family, seed=0, **overrides)
     src = save_moe_model(model, root / "in", layout, byte_level_tokenizer_dir)
     plan = moe_plan(model, 1500, seed=1)

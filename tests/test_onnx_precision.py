@@ -28,6 +28,7 @@ from exporters.options import ExportOptions
 from tests.support.onnx_runner import OnnxDecoder, max_rel_error, pruned_hf_model, reference_logits, teacher_forced
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 TRACED = {"sliding_window": 8}  # a tied Mistral with a window: a family the traced graph serves
 
@@ -38,9 +39,9 @@ def _ids(vocab: int, length: int = 28, seed: int = 3) -> tuple[np.ndarray, np.nd
 
 
 @pytest.fixture(scope="module")
-def traced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def traced(module_tmp: ModuleTmp) -> Path:
     """A tied Mistral with a sliding window exported in fp32 (the traced graph)."""
-    root = tmp_path_factory.mktemp("onnx-precision-traced")
+    root = module_tmp.mktemp("onnx-precision-traced")
     model = build_tiny_model("mistral", seed=2, tied=True, **TRACED)
     src = save_tiny_model(model, root / "in")
     cfg = model.config

@@ -37,6 +37,7 @@ from tests.support.onnx_runner import (
 )
 from tests.support.smollm2_plans import PROMPT, smollm2_plan
 from tools.smollm2_hf import cached_smollm2_hf
+from tests.support.scratch import ModuleTmp
 
 STEPS = 16
 # Measured here (prompt + 16 generated tokens), fused graph: int8 (MatMulNBits, 8 bits) top-1 0.97, int4
@@ -56,9 +57,9 @@ class Smol:
 
 
 @pytest.fixture(scope="module")
-def smol(fixtures_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Smol:
+def smol(fixtures_root: Path, module_tmp: ModuleTmp) -> Smol:
     src = cached_smollm2_hf(fixtures_root)
-    root = tmp_path_factory.mktemp("onnx-smollm2")
+    root = module_tmp.mktemp("onnx-smollm2")
     plan = smollm2_plan(open_source(src))
     export(open_source(src), plan, root / "onnx", "onnx", ExportOptions(outtype="fp32", progress=False))
     reference = pruned_hf_model(src, plan, root / "hf")

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 BLOCKED = ("onnx", "onnxruntime", "onnxscript")
 # Importing a blocked module raises ModuleNotFoundError naming it; a probe (importlib.util.find_spec, as
@@ -53,8 +54,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def model_and_plan(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("extras")
+def model_and_plan(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> tuple[Path, Path]:
+    root = module_tmp.mktemp("extras")
     folder = save_tiny_model(build_tiny_model("llama"), root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     return folder, random_plan(2000, 160, 2, 1200, 96, seed=2).save(root / "plan.json")
 

@@ -38,6 +38,7 @@ from tests.support.onnx_runner import OnnxDecoder, positions_from_mask, teacher_
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, tiny_model_dir, write_corpus
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, gram=True)
 ORIGINAL = 256  # tiny_config's phi3: original context 256 of 1024
@@ -65,8 +66,8 @@ def test_the_fused_tensors_count_as_ffn_and_attention(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path):
-    root = tmp_path_factory.mktemp("phi3-score")
+def scored(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path):
+    root = module_tmp.mktemp("phi3-score")
     folder = tiny_model_dir(root / "model", byte_level_tokenizer_dir, "phi3")
     corpus = open_corpus([write_corpus(root / "calib.txt", 10, 12)])
     whole = score(open_source(folder), corpus, OPTIONS)
@@ -109,9 +110,9 @@ def test_simulated_cut_equals_the_exported_model(tmp_path: Path, scored, refit: 
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path):
+def exported(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path):
     """The tiny Phi-3 (original context 256), pruned and exported as HF, ONNX and GGUF."""
-    root = tmp_path_factory.mktemp("phi3-longrope")
+    root = module_tmp.mktemp("phi3-longrope")
     model = build_tiny_model("phi3", seed=2)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config

@@ -29,6 +29,7 @@ from exporters.onnx.precision import OUTTYPES as ONNX_OUTTYPES
 from exporters.options import ExportOptions
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 Q = GGMLQuantizationType
 HIDDEN, FFN, LAYERS, VOCAB = 256, 512, 2, 2000
@@ -36,10 +37,10 @@ OUR_WARNING = "warning: --outtype"
 
 
 @pytest.fixture(scope="module")
-def source_dir(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
+def source_dir(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
     model = build_tiny_model("llama", vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, head_dim=64,
                              num_hidden_layers=LAYERS)
-    return save_tiny_model(model, tmp_path_factory.mktemp("k-quant-model") / "in",
+    return save_tiny_model(model, module_tmp.mktemp("k-quant-model") / "in",
                            tokenizer_dir=byte_level_tokenizer_dir)
 
 
@@ -59,8 +60,8 @@ def _q4_k_m(source_dir: Path, out: Path, keep_tokens: int | None, channels: int)
 
 
 @pytest.fixture(scope="module")
-def dense_types(source_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _read_back(_q4_k_m(source_dir, tmp_path_factory.mktemp("dense") / "out", None, FFN))
+def dense_types(source_dir: Path, module_tmp: ModuleTmp) -> dict:
+    return _read_back(_q4_k_m(source_dir, module_tmp.mktemp("dense") / "out", None, FFN))
 
 
 def _warnings(err: str) -> list[str]:

@@ -32,20 +32,21 @@ from converter.score.corpus import open_corpus
 from converter.score.refit_solver import refit_map
 from converter.score.scores import Scores
 from tests.support.score_fixtures import ALL_WINDOWS, hf_bits, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024, gram=True)
 KEEP = 64
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "calib.txt", 10, 12)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("corpus") / "calib.txt", 10, 12)
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
-def scored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def scored(request: pytest.FixtureRequest, module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
            corpus: Path) -> tuple[Path, Scores, Path]:
-    folder = tiny_model_dir(tmp_path_factory.mktemp("model"), byte_level_tokenizer_dir,
+    folder = tiny_model_dir(module_tmp.mktemp("model"), byte_level_tokenizer_dir,
                             dtype=getattr(torch, request.param))
     scores = score(open_source(folder), open_corpus([corpus]), OPTIONS)
     return folder, scores, scores.save(folder.parent / "scores.safetensors")

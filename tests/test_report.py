@@ -30,6 +30,7 @@ from converter.score.planner import channel_scores, coverage
 from converter.score.scores import Scores
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 PNG_NAMES = {"parameters": "report_parameters.png", "coverage": "report_coverage.png",
              "ffn_importance": "report_ffn_importance.png", "auto_split": "report_auto_split.png",
@@ -99,20 +100,20 @@ def check_common(out: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
-    return tiny_model_dir(tmp_path_factory.mktemp("report-model"), byte_level_tokenizer_dir)
+def model(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
+    return tiny_model_dir(module_tmp.mktemp("report-model"), byte_level_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("report-corpus") / "calib.txt", 10, 12)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("report-corpus") / "calib.txt", 10, 12)
 
 
 @pytest.fixture(scope="module")
-def plan_path(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plan_path(model: Path, module_tmp: ModuleTmp) -> Path:
     spec = open_source(model).spec
     plan = random_plan(spec.dims.vocab, spec.dims.ffn, spec.dims.layers, 1200, 96, seed=3)
-    return plan.save(tmp_path_factory.mktemp("report-plan") / "prune_plan.json")
+    return plan.save(module_tmp.mktemp("report-plan") / "prune_plan.json")
 
 
 @pytest.mark.parametrize("fmt", ["hf", "gguf", "onnx"])

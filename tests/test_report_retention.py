@@ -23,6 +23,7 @@ from converter.source import open_source
 from tests.support.reference_prune import random_plan
 from tests.support.score_fixtures import tiny_model_dir
 from tests.test_report import check_common
+from tests.support.scratch import ModuleTmp
 
 RETENTION = {"measured": True, "split": "heldout", "prompts": 90, "answer_bytes": 12345, "dropped_share": 0.247,
              "answer_bpb": 0.9621, "dense_answer_bpb": 0.2135, "ratio": 0.9621 / 0.2135}
@@ -34,8 +35,8 @@ def _candidate(vocab: int, ffn: int, bpb: float, dropped: float, ratio: float) -
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
-    return tiny_model_dir(tmp_path_factory.mktemp("retention-model"), byte_level_tokenizer_dir)
+def model(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
+    return tiny_model_dir(module_tmp.mktemp("retention-model"), byte_level_tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +52,12 @@ def _save(plan: PrunePlan, folder: Path, **metadata: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def measured_plan(settled: PrunePlan, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def measured_plan(settled: PrunePlan, module_tmp: ModuleTmp) -> Path:
     v, f = settled.vocab_size, settled.intermediate_size
     table = [{"vocab": v, "ffn": f, "bits_per_byte": 5.1, "retention": RETENTION},
              {**_candidate(v + 300, f - 16, 5.3, 0.12, 2.4), "over_cap": True},
              {"vocab": v - 200, "ffn": f + 16, "bits_per_byte": 5.2}]  # no retention: an older candidate
-    return _save(settled, tmp_path_factory.mktemp("retention-plan"), retention=RETENTION, auto_split=table,
+    return _save(settled, module_tmp.mktemp("retention-plan"), retention=RETENTION, auto_split=table,
                  budget={"target_ratio": 0.3}, heldout_bits_per_byte=5.1, max_dropped_share=0.02)
 
 

@@ -26,6 +26,7 @@ from tests.support.gguf_runtime import llama_greedy, llama_logits, load_llama, t
 from tests.support.onnx_runner import OnnxDecoder, greedy, hf_greedy, reference_logits
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 ORIGINAL = 16
 CASES: dict[str, tuple[str, dict[str, object]]] = {
@@ -44,11 +45,11 @@ def _rope(parameters: dict[str, object]) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+def case(request: pytest.FixtureRequest, module_tmp: ModuleTmp,
          byte_level_tokenizer_dir: Path) -> tuple[str, Path, Path, Path, object]:
     name = request.param
     family, parameters = CASES[name]
-    root = tmp_path_factory.mktemp(f"rope-{name}")
+    root = module_tmp.mktemp(f"rope-{name}")
     vocab = 1 + max(json.loads((byte_level_tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"].values())
     model = build_tiny_model(family, seed=3, vocab_size=vocab, rope_parameters=_rope(parameters),
                              max_position_embeddings=CONTEXT)

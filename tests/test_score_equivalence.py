@@ -27,19 +27,20 @@ from converter.score.scorer import score
 from converter.score.corpus import open_corpus
 from converter.score.scores import Scores
 from tests.support.score_fixtures import ALL_WINDOWS, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("corpus")
+def corpus_files(module_tmp: ModuleTmp) -> tuple[Path, Path]:
+    root = module_tmp.mktemp("corpus")
     return write_corpus(root / "a.txt", 0, 6), write_corpus(root / "b.txt", 6, 6)
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
-    return tiny_model_dir(tmp_path_factory.mktemp("llama"), byte_level_tokenizer_dir)
+def llama_dir(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
+    return tiny_model_dir(module_tmp.mktemp("llama"), byte_level_tokenizer_dir)
 
 
 def assert_same_scores(a: Scores, b: Scores) -> None:

@@ -28,19 +28,20 @@ from converter.score.corpus import open_corpus
 from converter.score.planner import VocabFitter, channel_scores
 from converter.score.scores import Scores
 from tests.support.score_fixtures import ALL_WINDOWS, folder_params, hf_bits, tiny_model_dir, write_corpus
+from tests.support.scratch import ModuleTmp
 
 OPTIONS = replace(ALL_WINDOWS, calib_tokens=4096, heldout_tokens=1024)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "calib.txt", 10, 12)
+def corpus(module_tmp: ModuleTmp) -> Path:
+    return write_corpus(module_tmp.mktemp("corpus") / "calib.txt", 10, 12)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
-def scored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path,
+def scored(request: pytest.FixtureRequest, module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path,
            corpus: Path) -> tuple[Path, Scores, Path]:
-    folder = tiny_model_dir(tmp_path_factory.mktemp("model"), byte_level_tokenizer_dir, tied=request.param)
+    folder = tiny_model_dir(module_tmp.mktemp("model"), byte_level_tokenizer_dir, tied=request.param)
     scores = score(open_source(folder), open_corpus([corpus]), OPTIONS)
     path = scores.save(folder.parent / "scores.safetensors")
     return folder, scores, path

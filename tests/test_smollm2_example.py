@@ -11,6 +11,7 @@ import pytest
 
 from tools import smollm2_hf
 from tools.make_varied_corpus import read_corpus
+from tests.support.scratch import ModuleTmp
 
 FIXTURES = Path(__file__).resolve().parent / ".fixtures"
 VARIED = Path(__file__).resolve().parent / "data" / "varied.txt"
@@ -171,11 +172,11 @@ def test_cache_replaces_incomplete_folder_and_then_reuses(tmp_path: Path, monkey
 
 
 @pytest.fixture(scope="module")
-def example_gguf(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def example_gguf(folder: Path, module_tmp: ModuleTmp) -> Path:
     """The README example, run once: compact-convert SMOL OUT --format gguf --target-ratio 0.2 --calib-tokens 16384."""
     from converter.cli import main
 
-    out = tmp_path_factory.mktemp("example") / "smollm2-gguf"
+    out = module_tmp.mktemp("example") / "smollm2-gguf"
     code = main([str(folder), str(out), "--format", "gguf", "--target-ratio", "0.2", "--calib-tokens", "16384",
                  "--no-progress", "--no-report"])
     assert code in (0, None)

@@ -26,6 +26,7 @@ from tests.support.tiny_tokenizers import corpus_lines, train_byte_level_bpe, tr
 from tests.support.tokenizer_invariants import (EXTRA_LINES, RawEncoder, SentencePieceEncoder, check_equivalence,
                                         check_lossless)
 from tools.make_varied_corpus import read_corpus
+from tests.support.scratch import ModuleTmp
 
 CONVERSATION = [{"role": "user", "content": "What is the value of the expression?"},
                 {"role": "assistant", "content": "The value of the expression is an object."}]
@@ -57,13 +58,13 @@ class TinyCase:
 
 
 @pytest.fixture(scope="module")
-def byte_level(tmp_path_factory: pytest.TempPathFactory) -> TinyCase:
-    return TinyCase(train_byte_level_bpe(tmp_path_factory.mktemp("bpe"), vocab_size=2000))
+def byte_level(module_tmp: ModuleTmp) -> TinyCase:
+    return TinyCase(train_byte_level_bpe(module_tmp.mktemp("bpe"), vocab_size=2000))
 
 
 @pytest.fixture(scope="module")
-def sentencepiece(tmp_path_factory: pytest.TempPathFactory) -> TinyCase:
-    return TinyCase(train_sentencepiece_bpe(tmp_path_factory.mktemp("spm"), vocab_size=1500))
+def sentencepiece(module_tmp: ModuleTmp) -> TinyCase:
+    return TinyCase(train_sentencepiece_bpe(module_tmp.mktemp("spm"), vocab_size=1500))
 
 
 keep_sets = st.tuples(st.sampled_from(["random", "frequent"]), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0),

@@ -29,6 +29,7 @@ from tests.support.tiny_tokenizers import corpus_lines
 from tests.support.tokenizer_invariants import (EXTRA_LINES, AutoEncoder, RawEncoder, SentencePieceEncoder,
                                                 check_equivalence, check_lossless)
 from tools.make_varied_corpus import read_corpus
+from tests.support.scratch import ModuleTmp
 
 REAL: dict[str, Callable[[], Path]] = {
     "smollm2": smollm2_tokenizer_dir, "qwen2.5": qwen_tokenizer_dir, "gemma3": gemma3_tokenizer_dir,
@@ -78,10 +79,10 @@ def original(request: pytest.FixtureRequest) -> Original:
 
 
 @pytest.fixture(scope="module", params=[4096, 16384])
-def pruned(original: Original, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pruned:
+def pruned(original: Original, request: pytest.FixtureRequest, module_tmp: ModuleTmp) -> Pruned:
     n = request.param
     requested = most_frequent(original.counts, n, original.raw.get_vocab_size())
-    out = tmp_path_factory.mktemp(f"{original.name}-{n}")
+    out = module_tmp.mktemp(f"{original.name}-{n}")
     start = time.perf_counter()
     rewrite = plan_tokenizer(original.folder, requested, vocab_size=EMBEDDING_ROWS[original.name])
     write_tokenizer(original.folder, rewrite, out)

@@ -25,6 +25,7 @@ from converter.verify.probe import PROBE_SNIPPETS
 from exporters.options import ExportOptions
 from tests.support.reference_prune import random_plan
 from tests.support.tiny_models import build_tiny_model, save_tiny_model
+from tests.support.scratch import ModuleTmp
 
 FORMATS = [("hf", None), ("gguf", "f32"), ("gguf", "f16"), ("onnx", "fp32")]
 
@@ -34,9 +35,9 @@ def _name(fmt: str, outtype: str | None) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, byte_level_tokenizer_dir: Path) -> Path:
+def tiny(module_tmp: ModuleTmp, byte_level_tokenizer_dir: Path) -> Path:
     """root/in (the dense source), root/text.txt and one pruned export per FORMATS entry."""
-    root = tmp_path_factory.mktemp("verify-tiny")
+    root = module_tmp.mktemp("verify-tiny")
     model = build_tiny_model("llama", seed=0, vocab_size=2000)
     src = save_tiny_model(model, root / "in", tokenizer_dir=byte_level_tokenizer_dir)
     cfg = model.config
@@ -244,13 +245,13 @@ def test_retention_can_be_turned_off(tiny: Path, capsys: pytest.CaptureFixture[s
 
 
 @pytest.fixture(scope="module")
-def smollm2(fixtures_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def smollm2(fixtures_root: Path, module_tmp: ModuleTmp) -> tuple[Path, Path]:
     """The real SmolLM2-135M source and a folder with its pruned hf, GGUF f32 and ONNX fp32 exports."""
     from tests.support.smollm2_plans import smollm2_plan
     from tools.smollm2_hf import cached_smollm2_hf
 
     src = cached_smollm2_hf(fixtures_root)
-    root = tmp_path_factory.mktemp("verify-smollm2")
+    root = module_tmp.mktemp("verify-smollm2")
     plan = smollm2_plan(open_source(src))
     for fmt, outtype in (("hf", None), ("gguf", "f32"), ("onnx", "fp32")):
         export(open_source(src), plan, root / fmt, fmt, ExportOptions(outtype=outtype, progress=False))
