@@ -7,7 +7,8 @@ output more, so the quantizer weighs each column's squared error by these sums: 
 are cut through the plan as the weight is (down_proj keeps its kept FFN channels' sums; q/k/v/o,
 gate/up and the LM head read the uncut hidden state), and scaled to a mean of 1 with a small floor, so
 a column no calibration token reached still counts a little. A tied embedding is quantized as the
-LM head (its matmul use); an untied embedding table and any weight the scores do not cover get none.
+LM head (its matmul use); an untied embedding table (a lookup: the scores hold no sums under its
+name) and any other weight the scores do not cover get none.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def column_weights(sums: MatmulSums, planned: PlannedTensor, head: bool, where: 
     job's sources: they share their input), or None; `head`: it is written as the LM head."""
     name = OUTPUT_NAME if head else planned.name
     found = sums.sums.get(name)
-    if found is None or found.ndim != 1 or (planned.name.endswith("embed_tokens.weight") and not head):
+    if found is None or found.ndim != 1:
         return None
     found = planned_columns(found, planned, name, where)
     mean = float(found.mean())
