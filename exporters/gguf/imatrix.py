@@ -28,7 +28,6 @@ import numpy as np
 
 from converter.errors import ConvertError
 from converter.io.gguf_files import IMATRIX_FILE
-
 from converter.score.matmul_inputs import planned_columns
 
 if TYPE_CHECKING:
